@@ -1,0 +1,114 @@
+"""The manifest: one row per photo, the input of every job (DESIGN.md, "Data layout").
+
+Required columns: `image_id` (unique string), `uri` (local path or `s3://...`; a relative path is taken
+relative to the manifest's folder), `lat`, `lon` (WGS84 degrees). Optional: `heading` (degrees),
+`landmark_id`, `split`, and any ground-truth columns a dataset has; they are carried through untouched.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+REQUIRED_COLUMNS = ("image_id", "uri", "lat", "lon")
+OPTIONAL_COLUMNS = ("heading", "landmark_id", "split")
+SPLITS = ("database", "query", "train", "val", "test")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the column, row or file at fault."""
+
+
+def url_to_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem (local or s3fs, credentials from the environment) and the path within it."""
+    return fsspec.core.url_to_fs(uri)
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join_uri(base: str, relative: str) -> str:
+    """`relative` resolved against the folder `base` (local path or URL); absolute inputs are returned as they are."""
+    if is_remote(relative) or posixpath.isabs(relative):
+        return relative
+    if is_remote(base):
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, relative))}"
+    return posixpath.normpath(posixpath.join(posixpath.abspath(base), relative))
+
+
+def validate(table: pa.Table, source: str = "manifest") -> pa.Table:
+    """Check the required columns and their values; return the table with canonical column types."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ManifestError(f"{source}: missing column(s) {missing}; has {table.column_names}")
+    table = _cast(table, "image_id", pa.string(), source)
+    table = _cast(table, "uri", pa.string(), source)
+    for column in ("lat", "lon", "heading"):
+        if column in table.column_names:
+            table = _cast(table, column, pa.float64(), source)
+    for column in ("image_id", "uri", "lat", "lon"):
+        nulls = np.flatnonzero(table[column].is_null().to_numpy(zero_copy_only=False))
+        if len(nulls):
+            raise ManifestError(f"{source}: row {int(nulls[0])}: {column} is empty ({len(nulls)} row(s) in all)")
+    _check_range(table, "lat", -90.0, 90.0, source)
+    _check_range(table, "lon", -180.0, 180.0, source)
+    ids = table["image_id"].to_numpy(zero_copy_only=False)
+    unique, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if len(unique) != len(ids):
+        dup = unique[counts > 1][0]
+        rows = np.flatnonzero(ids == dup)[:5].tolist()
+        raise ManifestError(f"{source}: duplicate image_id {dup!r} at rows {rows}")
+    if "split" in table.column_names:
+        bad = set(pc.unique(table["split"].drop_null()).to_pylist()) - set(SPLITS)
+        if bad:
+            raise ManifestError(f"{source}: unknown split value(s) {sorted(bad)}; known: {list(SPLITS)}")
+    return table
+
+
+def _cast(table: pa.Table, column: str, type_: pa.DataType, source: str) -> pa.Table:
+    if table[column].type == type_:
+        return table
+    try:
+        cast = pc.cast(table[column], type_)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ManifestError(f"{source}: column {column} cannot be read as {type_}: {exc}") from None
+    return table.set_column(table.column_names.index(column), column, cast)
+
+
+def _check_range(table: pa.Table, column: str, low: float, high: float, source: str) -> None:
+    values = table[column].to_numpy()
+    bad = np.flatnonzero(~np.isfinite(values) | (values < low) | (values > high))
+    if len(bad):
+        row = int(bad[0])
+        ident = table["image_id"][row].as_py()
+        raise ManifestError(f"{source}: row {row} (image_id {ident!r}): {column}={values[row]} outside [{low}, {high}]")
+
+
+def read_manifest(path: str) -> pa.Table:
+    """Read a Parquet or CSV manifest (local or s3://), validate it and make every `uri` absolute."""
+    fs, fs_path = url_to_fs(path)
+    if not fs.exists(fs_path):
+        raise ManifestError(f"manifest not found: {path}")
+    with fs.open(fs_path, "rb") as f:
+        table = pacsv.read_csv(f) if path.endswith(".csv") else pq.read_table(f)
+    table = validate(table, source=path)
+    base = posixpath.dirname(path) if is_remote(path) else posixpath.dirname(posixpath.abspath(path))
+    uris = [join_uri(base, u) for u in table["uri"].to_pylist()]
+    return table.set_column(table.column_names.index("uri"), "uri", pa.array(uris, pa.string()))
+
+
+def write_manifest(table: pa.Table, path: str) -> None:
+    """Validate and write `table` as Parquet (local or s3://)."""
+    table = validate(table, source=path)
+    fs, fs_path = url_to_fs(path)
+    fs.makedirs(posixpath.dirname(fs_path), exist_ok=True)
+    with fs.open(fs_path, "wb") as f:
+        pq.write_table(table, f, compression="zstd")
