@@ -19,6 +19,10 @@ import pyarrow.parquet as pq
 REQUIRED_COLUMNS = ("image_id", "uri", "lat", "lon")
 OPTIONAL_COLUMNS = ("heading", "landmark_id", "split")
 SPLITS = ("database", "query", "train", "val", "test")
+# ids stay strings in CSVs ("0001" is not 1, a 16-hex-digit GLDv2 id is not a number); empty cells are nulls
+_CSV_OPTIONS = pacsv.ConvertOptions(
+    column_types={"image_id": pa.string(), "uri": pa.string()}, strings_can_be_null=True
+)
 
 
 class ManifestError(ValueError):
@@ -55,7 +59,10 @@ def validate(table: pa.Table, source: str = "manifest") -> pa.Table:
         if column in table.column_names:
             table = _cast(table, column, pa.float64(), source)
     for column in ("image_id", "uri", "lat", "lon"):
-        nulls = np.flatnonzero(table[column].is_null().to_numpy(zero_copy_only=False))
+        empty = table[column].is_null()
+        if column in ("image_id", "uri"):
+            empty = pc.or_kleene(empty, pc.equal(pc.utf8_length(table[column]), 0))
+        nulls = np.flatnonzero(empty.to_numpy(zero_copy_only=False))
         if len(nulls):
             raise ManifestError(f"{source}: row {int(nulls[0])}: {column} is empty ({len(nulls)} row(s) in all)")
     _check_range(table, "lat", -90.0, 90.0, source)
@@ -79,8 +86,19 @@ def _cast(table: pa.Table, column: str, type_: pa.DataType, source: str) -> pa.T
     try:
         cast = pc.cast(table[column], type_)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ManifestError(f"{source}: column {column} cannot be read as {type_}: {exc}") from None
+        raise ManifestError(f"{source}: {_first_uncastable(table[column], type_)}column {column} cannot be read as "
+                            f"{type_}: {exc}") from None
     return table.set_column(table.column_names.index(column), column, cast)
+
+
+def _first_uncastable(values: pa.ChunkedArray, type_: pa.DataType) -> str:
+    """'row i: ' for the first value that does not cast on its own (to name the row in an error), else ''."""
+    for row, value in enumerate(values.to_pylist()):
+        try:
+            pc.cast(pa.array([value], values.type), type_)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return f"row {row} ({value!r}): "
+    return ""
 
 
 def _check_range(table: pa.Table, column: str, low: float, high: float, source: str) -> None:
@@ -98,7 +116,7 @@ def read_manifest(path: str) -> pa.Table:
     if not fs.exists(fs_path):
         raise ManifestError(f"manifest not found: {path}")
     with fs.open(fs_path, "rb") as f:
-        table = pacsv.read_csv(f) if path.endswith(".csv") else pq.read_table(f)
+        table = pacsv.read_csv(f, convert_options=_CSV_OPTIONS) if path.endswith(".csv") else pq.read_table(f)
     table = validate(table, source=path)
     base = posixpath.dirname(path) if is_remote(path) else posixpath.dirname(posixpath.abspath(path))
     uris = [join_uri(base, u) for u in table["uri"].to_pylist()]

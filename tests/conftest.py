@@ -1,0 +1,42 @@
+"""Shared fixtures: a real S3 API (moto's server on loopback), reached through s3fs/boto3 like a real bucket."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto S3 server on a free loopback port for the session; yields its endpoint URL.
+
+    While it runs, AWS_ENDPOINT_URL and dummy credentials are set in the environment (restored afterwards), so
+    s3fs, boto3 and subprocesses such as Ray workers reach it with no extra configuration."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", endpoint)
+        for key, value in _CREDENTIALS.items():
+            env.setenv(key, value)
+        yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the moto server; yields its `s3://name` prefix."""
+    import boto3
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # no client cached from another endpoint or an earlier bucket listing
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    yield f"s3://{name}"
+    s3fs.S3FileSystem.clear_instance_cache()

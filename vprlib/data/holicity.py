@@ -1,0 +1,179 @@
+"""HoliCity (Zhou et al., "HoliCity: A City-Scale Data Platform for Learning Holistic 3D Structures", 2020) as a
+manifest: the paper's first dataset (IV-A), London street views with CAD-rendered depth and segmentation.
+
+Published layout (local folder or s3:// prefix), one viewpoint = one panorama seen as several perspective images:
+
+    {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_imag.jpg   RGB, 512x512, 90 degree field of view
+    {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_dpth.npz   "depth" (H, W, 1) float32 metres (gt_depth_uri)
+    {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_sgmt.png   labels 0 sky, 1 building, 2 road, 3 terrain, 4 tree (gt_seg_uri)
+    {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_camr.npz   camera: "loc" (x, y, z) metres in the CAD model frame,
+                                                        "yaw" (degrees clockwise from the frame's north), "pitch"
+    split/{version}/{train,valid,test}-middlesplit.txt  one viewpoint per line: "{YYYY-MM}/{panoid}_{HD|LD}"
+
+The month folders may sit directly under the root or one level down (e.g. `image/2008-07/...` as the official
+archives unpack); siblings are matched by month folder and file stem wherever they are under the root. The test
+split's depth maps are withheld by the authors, so missing `_dpth`/`_sgmt` files give null ground-truth columns;
+a missing `_camr.npz` is an error, since it holds the position.
+
+Positions: the CAD frame (x east, y north, metres, grid-aligned with the British National Grid) is turned into
+WGS84 with the georeference HoliCity publishes (`gps_london.py` in github.com/zhou13/holicity): latitude/longitude
+measured at the corners of a 1 km grid, interpolated bilinearly. Its origin, model (0, 0), is at 51.51256733 N,
+0.09916756 W (City of London). Outside the published 8 x 6 km grid the nearest cell is extrapolated linearly.
+Heading is yaw corrected from the frame's north to true north (about 1.4 degrees in London).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+import pyarrow as pa
+
+from vprlib.data.manifest import ManifestError, is_remote, url_to_fs, validate
+
+# (lat, lon) of model point (1000 * (i - 4), 1000 * (j - 3)) metres at [i, j]; from HoliCity's gps_london.py
+_GEOREFERENCE = np.array([
+    [[51.48653658, -0.15787351], [51.49552138, -0.15750779], [51.50450284, -0.15714251],
+     [51.5134942, -0.15678146], [51.522482, -0.15641665], [51.53147821, -0.15603593]],
+    [[51.48629708, -0.14348133], [51.4952862, -0.14311014], [51.50427476, -0.14273894],
+     [51.51326159, -0.14237039], [51.52225695, -0.14200299], [51.53124625, -0.14162871]],
+    [[51.48606092, -0.12908871], [51.49505511, -0.12871558], [51.50405668, -0.12834281],
+     [51.51303504, -0.1279733], [51.52202077, -0.12760482], [51.53100586, -0.12723739]],
+    [[51.485832, -0.11469519], [51.49482364, -0.11431929], [51.50381857, -0.11394519],
+     [51.51280529, -0.11357625], [51.5217936, -0.11320131], [51.53077853, -0.11282795]],
+    [[51.48560681, -0.10029999], [51.49459821, -0.09992166], [51.50358628, -0.09954092],
+     [51.51256733, -0.09916756], [51.52156189, -0.09879787], [51.53055204, -0.09841437]],
+    [[51.48537856, -0.08590049], [51.49436934, -0.08552391], [51.50335272, -0.08514402],
+     [51.51233467, -0.08477007], [51.52132308, -0.08439054], [51.53031843, -0.08400393]],
+    [[51.48514379, -0.07149651], [51.49412855, -0.07111692], [51.50311466, -0.0707391],
+     [51.51210374, -0.07036401], [51.52108874, -0.06998574], [51.53007984, -0.06960159]],
+    [[51.48490644, -0.05709119], [51.49389141, -0.05671215], [51.50287896, -0.05633446],
+     [51.51186803, -0.05595725], [51.5208552, -0.05557937], [51.5298418, -0.05520037]],
+])  # fmt: skip
+_GRID_ORIGIN = (4, 3)  # grid index of model (0, 0)
+_GRID_STEP_M = 1000.0
+
+SPLIT_NAMES = {"train": "train", "valid": "val", "test": "test"}  # HoliCity file name -> manifest split
+_FILE = re.compile(
+    r"(?P<key>(?P<month>\d{4}-\d{2})/(?P<panoid>[^/]+)_(?P<detail>HD|LD)_(?P<yaw>-?\d+)_(?P<pitch>-?\d+))"
+    r"_(?P<kind>imag|dpth|sgmt|camr)\.(?:jpg|npz|png)$"
+)
+
+
+def holicity_to_wgs84(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """(lat, lon) in degrees of CAD-model points (x east, y north, metres) by bilinear georeference interpolation."""
+    gx = np.asarray(x, dtype=np.float64) / _GRID_STEP_M + _GRID_ORIGIN[0]
+    gy = np.asarray(y, dtype=np.float64) / _GRID_STEP_M + _GRID_ORIGIN[1]
+    i = np.clip(np.floor(gx), 0, _GEOREFERENCE.shape[0] - 2).astype(int)
+    j = np.clip(np.floor(gy), 0, _GEOREFERENCE.shape[1] - 2).astype(int)
+    fx, fy = (gx - i)[..., None], (gy - j)[..., None]
+    g = _GEOREFERENCE
+    latlon = (g[i, j] * (1 - fx) * (1 - fy) + g[i + 1, j] * fx * (1 - fy)
+              + g[i, j + 1] * (1 - fx) * fy + g[i + 1, j + 1] * fx * fy)  # fmt: skip
+    return latlon[..., 0], latlon[..., 1]
+
+
+def grid_north_bearing(x, y) -> np.ndarray:
+    """True bearing in degrees of the CAD frame's +y axis at model points: add it to a yaw to get a heading."""
+    lat0, lon0 = holicity_to_wgs84(x, y)
+    lat1, lon1 = holicity_to_wgs84(x, np.asarray(y, dtype=np.float64) + 1.0)
+    return np.degrees(np.arctan2((lon1 - lon0) * np.cos(np.radians(lat0)), lat1 - lat0))
+
+
+def holicity_manifest(root: str, split_version: str = "v1", split_scheme: str = "middlesplit") -> pa.Table:
+    """Manifest of every HoliCity perspective image under `root` (local or s3://), validated.
+
+    Columns: image_id (`{YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}`), uri, lat, lon, heading, pitch, yaw, east_m,
+    north_m, height_m (CAD frame), place_id (panorama id), detail (HD/LD), split (train/val/test from
+    `split/{split_version}/{name}-{split_scheme}.txt`, null for an image in no list), gt_depth_uri, gt_seg_uri.
+    """
+    fs, base = url_to_fs(root)
+    files = _index_files(fs.find(base))
+    keys = sorted(k for k, kinds in files.items() if "imag" in kinds)
+    if not keys:
+        raise ManifestError(f"{root}: no HoliCity images ({{YYYY-MM}}/{{panoid}}_{{HD|LD}}_{{yaw}}_{{pitch}}_imag.jpg)")
+    missing = [files[k]["imag"] for k in keys if "camr" not in files[k]]
+    if missing:
+        raise ManifestError(f"{_uri(root, missing[0])}: no camera file (_camr.npz) beside it ({len(missing)} in all)")
+    cameras = _read_cameras(fs, root, [files[k]["camr"] for k in keys])
+    loc = np.array([c["loc"] for c in cameras])
+    lat, lon = holicity_to_wgs84(loc[:, 0], loc[:, 1])
+    yaw = np.array([c["yaw"] for c in cameras])
+    splits = _read_splits(fs, root, f"{base.rstrip('/')}/split/{split_version}", split_scheme)
+    parsed = [_FILE.search(files[k]["imag"]) for k in keys]
+    table = pa.table({
+        "image_id": keys,
+        "uri": [_uri(root, files[k]["imag"]) for k in keys],
+        "lat": lat, "lon": lon,
+        "heading": np.mod(yaw + grid_north_bearing(loc[:, 0], loc[:, 1]), 360.0),
+        "pitch": np.array([c["pitch"] for c in cameras]), "yaw": yaw,
+        "east_m": loc[:, 0], "north_m": loc[:, 1], "height_m": loc[:, 2],
+        "place_id": [m["panoid"] for m in parsed],
+        "detail": [m["detail"] for m in parsed],
+        "split": pa.array([_split_of(m, splits) for m in parsed], pa.string()),
+        "gt_depth_uri": pa.array([_uri(root, files[k].get("dpth")) for k in keys], pa.string()),
+        "gt_seg_uri": pa.array([_uri(root, files[k].get("sgmt")) for k in keys], pa.string()),
+    })  # fmt: skip
+    return validate(table, source=root)
+
+
+def _index_files(paths: list[str]) -> dict[str, dict[str, str]]:
+    """{"YYYY-MM/stem": {"imag"|"dpth"|"sgmt"|"camr": path}} for the HoliCity files among `paths`."""
+    files: dict[str, dict[str, str]] = {}
+    for path in paths:
+        match = _FILE.search(path)
+        if match:
+            files.setdefault(match["key"], {})[match["kind"]] = path
+    return files
+
+
+def _read_cameras(fs, root: str, paths: list[str]) -> list[dict[str, np.ndarray]]:
+    """loc, yaw, pitch of each `_camr.npz` (fetched concurrently on object stores)."""
+    blobs = fs.cat(paths)
+    cameras = []
+    for path in paths:
+        try:
+            with np.load(io.BytesIO(blobs[path])) as npz:
+                camera = {key: np.asarray(npz[key], dtype=np.float64) for key in ("loc", "yaw", "pitch")}
+        except (KeyError, ValueError, OSError) as exc:
+            raise ManifestError(f"{_uri(root, path)}: not a HoliCity camera file (loc, yaw, pitch): {exc}") from None
+        if camera["loc"].shape != (3,) or not np.all(np.isfinite(camera["loc"])):
+            raise ManifestError(f"{_uri(root, path)}: loc must be 3 finite numbers, got {camera['loc']}")
+        cameras.append(camera)
+    return cameras
+
+
+def _read_splits(fs, root: str, split_dir: str, scheme: str) -> dict[str, str]:
+    """{viewpoint or image key: manifest split} from the split lists; at least one list must exist."""
+    splits: dict[str, str] = {}
+    found = []
+    for name, split in SPLIT_NAMES.items():
+        path = f"{split_dir}/{name}-{scheme}.txt"
+        if not fs.exists(path):
+            continue
+        found.append(path)
+        for line in fs.cat_file(path).decode().splitlines():
+            key = line.strip()
+            if key and splits.setdefault(key, split) != split:
+                raise ManifestError(f"{_uri(root, path)}: {key!r} is also in the {splits[key]!r} split")
+    if not found:
+        names = ", ".join(f"{n}-{scheme}.txt" for n in SPLIT_NAMES)
+        raise ManifestError(f"{_uri(root, split_dir)}: no split lists ({names})")
+    return splits
+
+
+def _split_of(match: re.Match, splits: dict[str, str]) -> str | None:
+    """An image's split, listed by viewpoint (as published), by image, or by panorama."""
+    panorama = f"{match['month']}/{match['panoid']}"
+    for key in (f"{panorama}_{match['detail']}", match["key"], panorama):
+        if key in splits:
+            return splits[key]
+    return None
+
+
+def _uri(root: str, path: str | None) -> str | None:
+    """A filesystem path as a URI of the same kind as `root` (s3 paths get their scheme back)."""
+    if path is None or not is_remote(root):
+        return path
+    return f"{root.split('://', 1)[0]}://{path}"

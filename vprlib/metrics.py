@@ -1,0 +1,152 @@
+"""Recall@N for visual place recognition, as in the paper's equation (10).
+
+    Recall@N = 1/M * sum_i 1[min(dist_i1, ..., dist_iN) < t]
+
+M is the number of queries, dist_ij the distance between query i and its j-th ranked database item, t the
+threshold. Two notions of distance (paper IV-C):
+- GPS: metres between the camera positions, t = 25 m (HoliCity). Positions are lat/lon (haversine) or local
+  metric coordinates such as UTM easting/northing. A database item at exactly `radius_m` counts as a match, as
+  the paper's text says ("at most a 25-meter difference", IV-A) and as radius searches in VPR benchmarks do.
+- Landmark: 0 if the two images show the same landmark, 1 otherwise, t = 1 (Google Landmarks v2).
+
+Both reduce to a set of positive database indices per query (`manifest_positives` picks the right one for two
+manifests); `recall_at_n` then counts a query as right if any of its top N predictions is a positive. Queries
+with no positive in the database stay in M (they can never be right), as the 1/M of equation (10) says;
+`exclude_no_positive=True` drops them from M instead, the other convention some benchmarks use.
+Recalls are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+EARTH_RADIUS_M = 6_371_008.8  # mean Earth radius (IUGG), the usual constant for haversine distances
+DEFAULT_NS = (1, 5, 10)
+GPS_THRESHOLD_M = 25.0  # paper IV-A
+_PAIRS_PER_CHUNK = 2_000_000  # query-database distances computed at once (a few arrays of this size in memory)
+
+
+def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
+    """Great-circle distance in metres between points given in degrees (broadcasts like numpy)."""
+    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (lat1, lon1, lat2, lon2))
+    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def _radius_positives(dist_fn, queries: np.ndarray, db: np.ndarray, radius_m: float, chunk: int | None):
+    """Per query, the sorted database indices within `radius_m`; queries go in chunks to bound memory."""
+    chunk = chunk or max(1, _PAIRS_PER_CHUNK // max(len(db), 1))
+    positives: list[np.ndarray] = []
+    for start in range(0, len(queries), chunk):
+        q = queries[start : start + chunk]
+        dist = dist_fn(q[:, None, :], db[None, :, :])  # chunk x D
+        positives.extend(np.flatnonzero(row <= radius_m) for row in dist)
+    return positives
+
+
+def gps_positives(query_latlon, db_latlon, radius_m: float = GPS_THRESHOLD_M, chunk: int | None = None) -> list:
+    """Database indices within `radius_m` metres (haversine) of each query. Inputs are (Q, 2) and (D, 2) lat/lon."""
+    q, db = _points(query_latlon, "query_latlon"), _points(db_latlon, "db_latlon")
+    return _radius_positives(_haversine_pairs, q, db, radius_m, chunk)
+
+
+def metric_positives(query_xy, db_xy, radius_m: float = GPS_THRESHOLD_M, chunk: int | None = None) -> list:
+    """Database indices within `radius_m` of each query in a metric frame (UTM easting/northing, local metres).
+
+    The caller makes sure all points share one frame (for UTM: one zone)."""
+    q, db = _points(query_xy, "query_xy"), _points(db_xy, "db_xy")
+    return _radius_positives(_euclidean_pairs, q, db, radius_m, chunk)
+
+
+def landmark_positives(query_ids: Sequence, db_ids: Sequence) -> list[np.ndarray]:
+    """Database indices sharing each query's landmark id. A missing id (None or NaN) has no positive."""
+    by_id: dict = {}
+    for index, ident in enumerate(db_ids):
+        if not _missing(ident):
+            by_id.setdefault(ident, []).append(index)
+    empty = np.zeros(0, dtype=np.int64)
+    return [empty if _missing(q) else np.asarray(by_id.get(q, []), dtype=np.int64) for q in query_ids]
+
+
+METRIC_FRAMES = (("utm_east", "utm_north"), ("east_m", "north_m"))  # synthetic city (UTM), HoliCity (CAD frame)
+
+
+def manifest_positives(
+    queries: pa.Table, database: pa.Table, mode: str = "gps", radius_m: float = GPS_THRESHOLD_M
+) -> list[np.ndarray]:
+    """Positives of each query row among the database rows of two manifests.
+
+    mode "gps": within `radius_m` metres, measured in a metric frame both manifests have with no gaps (UTM
+    easting/northing within one zone, or HoliCity's CAD frame), else by haversine on lat/lon.
+    mode "landmark": same `landmark_id`.
+    """
+    if mode == "landmark":
+        return landmark_positives(queries["landmark_id"].to_pylist(), database["landmark_id"].to_pylist())
+    if mode != "gps":
+        raise ValueError(f"unknown mode {mode!r}; known: ['gps', 'landmark']")
+    columns = next((c for c in METRIC_FRAMES if _has_frame(queries, database, *c)), ("lat", "lon"))
+    points = [np.stack([t[c].to_numpy(zero_copy_only=False) for c in columns], axis=1) for t in (queries, database)]
+    if columns == ("lat", "lon"):
+        return gps_positives(*points, radius_m=radius_m)
+    return metric_positives(*points, radius_m=radius_m)
+
+
+def _has_frame(queries: pa.Table, database: pa.Table, east: str, north: str) -> bool:
+    """Both manifests have the columns with no nulls and, when they say, a single UTM zone between them."""
+    tables = (queries, database)
+    if not all(c in t.column_names and t[c].null_count == 0 for t in tables for c in (east, north)):
+        return False
+    zones = {z for t in tables if "utm_zone" in t.column_names for z in t["utm_zone"].to_pylist()}
+    return east != "utm_east" or len(zones) <= 1
+
+
+def recall_at_n(
+    predictions,
+    positives: Sequence[np.ndarray],
+    ns: Iterable[int] = DEFAULT_NS,
+    exclude_no_positive: bool = False,
+) -> dict[int, float]:
+    """Recall@N (paper eq. (10)) for each N in `ns`.
+
+    predictions: (Q, K) int database indices, best first (K >= max N; negative entries, e.g. faiss padding, never
+    match). positives: per query, the database indices that count as right. Returns {N: fraction of queries with
+    a positive among their first N predictions}. Queries without positives count as misses unless
+    `exclude_no_positive`, which drops them from the denominator (0.0 if no query is left).
+    """
+    predictions = np.asarray(predictions)
+    ns = sorted(set(int(n) for n in ns))
+    if predictions.ndim != 2 or not np.issubdtype(predictions.dtype, np.integer):
+        raise ValueError(f"predictions must be a 2-D integer array (queries x ranked indices), got {predictions.shape}")
+    if len(positives) != len(predictions):
+        raise ValueError(f"{len(predictions)} queries in predictions but {len(positives)} positive lists")
+    if not ns or ns[0] < 1 or ns[-1] > predictions.shape[1]:
+        raise ValueError(f"every N must be in [1, {predictions.shape[1]}] (the predictions per query), got {ns}")
+    hits = np.zeros(predictions.shape, dtype=bool)
+    for i, (row, pos) in enumerate(zip(predictions, positives, strict=True)):
+        hits[i] = np.isin(row, pos) & (row >= 0)
+    first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), predictions.shape[1])  # rank of the first right one
+    keep = np.array([len(p) > 0 for p in positives], dtype=bool) if exclude_no_positive else np.ones(len(hits), bool)
+    total = int(keep.sum())
+    return {n: float((first_hit[keep] < n).sum() / total) if total else 0.0 for n in ns}
+
+
+def _haversine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return haversine_m(a[..., 0], a[..., 1], b[..., 0], b[..., 1])
+
+
+def _euclidean_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.hypot(a[..., 0] - b[..., 0], a[..., 1] - b[..., 1])
+
+
+def _points(values, name: str) -> np.ndarray:
+    points = np.asarray(values, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (n, 2), got {points.shape}")
+    return points
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
