@@ -1,0 +1,245 @@
+"""The embedded synthetic city: ground truth, layout, determinism, manifest and the job's command line."""
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from vprlib.data import synthcity as sc
+from vprlib.data.manifest import read_manifest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = sc.CityConfig(places=12, side=32, train_visits=1, workers=1)
+
+
+@pytest.fixture(scope="module")
+def cities(tmp_path_factory):
+    """The same small city generated twice, by one process and by two."""
+    first, second = tmp_path_factory.mktemp("city1"), tmp_path_factory.mktemp("city2")
+    table = sc.generate_city(SMALL, str(first))
+    sc.generate_city(dataclasses.replace(SMALL, workers=2), str(second))
+    return table, str(first), str(second)
+
+
+def _file_hashes(root: str) -> dict[str, str]:
+    hashes = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                hashes[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+    return hashes
+
+
+def test_same_config_gives_identical_bytes(cities):
+    _, first, second = cities
+    hashes = _file_hashes(first)
+    assert len(hashes) == 2 * SMALL.headings * 18 + 2  # rgb + gt per capture, manifest.parquet, summary.json
+    assert hashes == _file_hashes(second)
+
+
+def test_static_maps_ignore_dynamic_objects():
+    config = sc.CityConfig(places=8, side=48)
+    city = sc.build_city(config)
+    visit = sc.plan_visits(city)[0]
+    camera = sc.Camera(visit.position, heading=90.0)
+    first, second = (sc.render(city, camera, visit.appearance,
+                               sc.dynamic_objects(config, np.array(visit.position[:2]), np.random.default_rng(s)),
+                               side=48) for s in (1, 2))
+    assert first["dynamic"].any() and not np.array_equal(first["obs_seg"], second["obs_seg"])
+    for key in ("depth", "seg"):
+        np.testing.assert_array_equal(first[key], second[key])
+    for maps in (first, second):
+        static = maps["depth"] > 0
+        assert np.all(maps["obs_depth"][static] <= maps["depth"][static] + 1e-4)
+        np.testing.assert_array_equal(maps["obs_depth"][~maps["dynamic"]], maps["depth"][~maps["dynamic"]])
+
+
+def _reference_hit(kind, p, o, d):
+    """Scalar ray/primitive intersection, written apart from the vectorised renderer: nearest t > 0 or inf."""
+    if kind == sc.BOX:
+        near, far = -math.inf, math.inf
+        for i in range(3):
+            if d[i] == 0:
+                if not p[i] <= o[i] <= p[i + 3]:
+                    return math.inf
+                continue
+            t1, t2 = sorted(((p[i] - o[i]) / d[i], (p[i + 3] - o[i]) / d[i]))
+            near, far = max(near, t1), min(far, t2)
+        return near if near <= far and near > 0 else math.inf
+    if kind == sc.CYLINDER:
+        cx, cy, r, z0, z1 = p[:5]
+        best = math.inf
+        a = d[0] ** 2 + d[1] ** 2
+        b = 2 * ((o[0] - cx) * d[0] + (o[1] - cy) * d[1])
+        c = (o[0] - cx) ** 2 + (o[1] - cy) ** 2 - r * r
+        if b * b - 4 * a * c >= 0:
+            t = (-b - math.sqrt(b * b - 4 * a * c)) / (2 * a)
+            if t > 0 and z0 <= o[2] + t * d[2] <= z1:
+                best = t
+        for z in (z0, z1):  # discs
+            if d[2] != 0:
+                t = (z - o[2]) / d[2]
+                if 0 < t < best and (o[0] + t * d[0] - cx) ** 2 + (o[1] + t * d[1] - cy) ** 2 <= r * r:
+                    best = t
+        return best
+    cx, cy, cz, rxy, rz = p[:5]
+    q = [(o[0] - cx) / rxy, (o[1] - cy) / rxy, (o[2] - cz) / rz]
+    e = [d[0] / rxy, d[1] / rxy, d[2] / rz]
+    a, b, c = sum(v * v for v in e), 2 * sum(u * v for u, v in zip(q, e, strict=True)), sum(v * v for v in q) - 1
+    if b * b - 4 * a * c < 0:
+        return math.inf
+    t = (-b - math.sqrt(b * b - 4 * a * c)) / (2 * a)
+    return t if t > 0 else math.inf
+
+
+def test_rendered_depth_matches_scalar_ray_cast():
+    config = sc.CityConfig(places=8, side=40, max_distance=1e4)
+    city = sc.build_city(config)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for visit in sc.plan_visits(city)[:3]:
+        heading, pitch = float(rng.choice([0.0, 45.0, 225.0])), float(rng.uniform(-10, 10))
+        camera = sc.Camera(visit.position, heading, pitch, fov=config.fov)
+        maps = sc.render(city, camera, side=config.side)
+        h, p = math.radians(heading), math.radians(pitch)
+        forward = (math.sin(h) * math.cos(p), math.cos(h) * math.cos(p), math.sin(p))
+        right = (math.cos(h), -math.sin(h), 0.0)
+        up = (right[1] * forward[2], -right[0] * forward[2], right[0] * forward[1] - right[1] * forward[0])
+        for row, col in rng.integers(0, config.side, (25, 2)):
+            u = ((col + 0.5) / config.side * 2 - 1) * math.tan(math.radians(config.fov) / 2)
+            v = (1 - (row + 0.5) / config.side * 2) * math.tan(math.radians(config.fov) / 2)
+            d = [forward[i] + u * right[i] + v * up[i] for i in range(3)]
+            hits = [_reference_hit(k, prm, visit.position, d)
+                    for k, prm in zip(city.static.kind.tolist(), city.static.params.tolist(), strict=True)]
+            ground = -visit.position[2] / d[2] if d[2] < 0 else math.inf
+            nearest = min(min(hits), ground)
+            expected = 0.0 if nearest > 1000 else nearest  # forward component of d is 1: t is planar depth
+            assert maps["depth"][row, col] == pytest.approx(expected, rel=1e-4, abs=1e-4), (row, col)
+            if np.isfinite(nearest) and nearest < ground:
+                label = sc.LABEL_NAMES[city.static.label[int(np.argmin(hits))]]
+                assert maps["seg"][row, col] == sc.LABELS[label][0]
+            checked += 1
+    assert checked == 75
+
+
+def test_every_class_appears_and_dynamic_share_is_sensible(cities):
+    table, first, _ = cities
+    seg, obs, dynamic = np.zeros(256, int), np.zeros(256, int), 0
+    for gt_uri in table["gt_uri"].to_pylist():
+        with np.load(os.path.join(first, gt_uri), allow_pickle=False) as gt:
+            assert set(gt.files) == {"depth", "seg", "obs_seg", "obs_depth", "dynamic"}
+            assert gt["depth"].dtype == np.float32 and gt["seg"].dtype == np.uint8 and gt["dynamic"].dtype == bool
+            assert np.all((gt["depth"] == 0) == (gt["seg"] == 0))  # sky, and only sky, has no depth
+            seg += np.bincount(gt["seg"].ravel(), minlength=256)
+            obs += np.bincount(gt["obs_seg"].ravel(), minlength=256)
+            dynamic += int(gt["dynamic"].sum())
+    assert np.flatnonzero(seg).tolist() == [0, 1, 2, 3, 4]
+    # sky, building, road, sidewalk, tree, person, car, bus, truck, bicycle (ADE20K 0-based)
+    assert {2, 1, 6, 11, 4, 12, 20, 80, 83, 127} <= set(np.flatnonzero(obs).tolist())
+    assert 0.01 <= dynamic / obs.sum() <= 0.3
+    with open(os.path.join(first, "summary.json")) as f:
+        assert json.load(f)["dynamic_share"] == pytest.approx(dynamic / obs.sum(), abs=1e-4)
+
+
+def test_layout_splits_headings_and_revisits(cities):
+    table, _, _ = cities
+    rows = table.to_pylist()
+    assert {r["split"] for r in rows} == set(sc.SPLIT_ORDER)
+    by_visit = {}
+    for r in rows:
+        by_visit.setdefault(r["visit_id"], []).append(r)
+    for views in by_visit.values():
+        assert sorted(v["heading"] for v in views) == [45.0 * k for k in range(8)]
+        assert len({(v["lat"], v["lon"], v["time_of_day"], v["season"]) for v in views}) == 1
+    database = {r["place_id"]: r for r in rows if r["split"] == "database"}
+    queries = [r for r in rows if r["split"] == "query"]
+    assert queries and all(q["place_id"] in database for q in queries)
+    for q in queries:
+        db = database[q["place_id"]]
+        x, y = sc.geo_to_local(SMALL, np.array([q["lat"], db["lat"]]), np.array([q["lon"], db["lon"]]))
+        assert 0 < math.hypot(x[0] - x[1], y[0] - y[1]) <= 2 * SMALL.jitter
+        assert (q["time_of_day"], q["season"]) != (db["time_of_day"], db["season"])
+        assert q["visit_id"] != db["visit_id"]
+    train = [r for r in rows if r["split"] in ("train", "val")]
+    tx, ty = sc.geo_to_local(SMALL, np.array([r["lat"] for r in train]), np.array([r["lon"] for r in train]))
+    ex, ey = sc.geo_to_local(SMALL, np.array([r["lat"] for r in database.values()]),
+                             np.array([r["lon"] for r in database.values()]))
+    gaps = np.hypot(tx[:, None] - ex[None], ty[:, None] - ey[None])
+    assert gaps.min() > 25.0  # the retrieval threshold: training never sees evaluation places
+
+
+def test_val_split_with_more_places():
+    city = sc.build_city(sc.CityConfig(places=40))
+    visits = sc.plan_visits(city)
+    counts = {s: sum(v.split == s for v in visits) for s in sc.SPLIT_ORDER}
+    assert counts == {"train": 16 * 2, "val": 4 * 2, "database": 20, "query": 20}
+
+
+def test_latlon_round_trip_and_utm():
+    x, y = np.meshgrid(np.linspace(-2000, 2000, 9), np.linspace(-1500, 3000, 7))
+    geo = sc.local_to_geo(SMALL, x, y)
+    back_x, back_y = sc.geo_to_local(SMALL, geo["lat"], geo["lon"])
+    assert np.abs(back_x - x).max() < 0.01 and np.abs(back_y - y).max() < 0.01
+    assert np.all(geo["utm_zone"] == 30)  # central London
+    east, north, zone = sc.latlon_to_utm(0.0, -3.0)  # the origin of zone 30's grid
+    assert zone == 30 and east == pytest.approx(500_000.0) and north == pytest.approx(0.0, abs=1e-6)
+    _, north_1, _ = sc.latlon_to_utm(51.0, -3.0)
+    _, north_2, _ = sc.latlon_to_utm(52.0, -3.0)
+    assert north_2 - north_1 == pytest.approx(111_256 * 0.9996, abs=30)  # a degree of meridian near 51.5 N
+    lat, lon = sc.utm_to_latlon(*sc.latlon_to_utm(-33.9, 18.4)[:2], zone=34, southern=True)
+    assert lat == pytest.approx(-33.9, abs=1e-7) and lon == pytest.approx(18.4, abs=1e-7)  # about 1 cm
+
+
+def test_manifest_validates_and_points_at_files(cities):
+    table, first, _ = cities
+    manifest = read_manifest(os.path.join(first, "manifest.parquet"))
+    assert manifest.num_rows == table.num_rows == 18 * 8
+    for column in ("heading", "pitch", "utm_east", "utm_north", "utm_zone", "place_id", "split", "time_of_day",
+                   "season", "dynamic_fraction", "gt_uri"):
+        assert column in manifest.column_names
+    assert all(os.path.exists(uri) for uri in manifest["uri"].to_pylist())
+    assert all(os.path.exists(os.path.join(first, g)) for g in manifest["gt_uri"].to_pylist())
+    raw = pq.read_table(os.path.join(first, "manifest.parquet"))
+    assert raw["uri"][0].as_py() == "rgb/000000.png"
+    fractions = raw["dynamic_fraction"].to_numpy()
+    assert np.all((fractions >= 0) & (fractions <= 1)) and fractions.max() > 0
+
+
+def test_large_side_renders():
+    config = sc.CityConfig(places=8, side=512)
+    city = sc.build_city(config)
+    visit = sc.plan_visits(city)[0]
+    maps = sc.render(city, sc.Camera(visit.position, 45.0), visit.appearance, side=512)
+    assert maps["rgb"].shape == (512, 512, 3) and maps["depth"].shape == (512, 512)
+    assert len(np.unique(maps["seg"])) >= 4
+
+
+def _job(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "jobs", "synthcity.py"), *args],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+@pytest.mark.parametrize("args", [["--output", "x", "--bogus", "1"], ["--output", "x", "--places", "many"],
+                                  ["--places", "4"], ["--output", "x", "--places", "1"]])
+def test_job_bad_flags_give_one_line_and_exit_2(args):
+    result = _job(*args)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "error" in result.stderr
+    assert result.stdout == ""
+
+
+def test_job_writes_city_config_and_summary(tmp_path):
+    result = _job("--output", str(tmp_path), "--places", "4", "--side", "16", "--seed", "3", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["places"] == 4 and config["side"] == 16 and config["seed"] == 3
+    assert "64 captures of 4 places" in result.stdout and "images/s" in result.stdout
+    assert read_manifest(str(tmp_path / "manifest.parquet")).num_rows == 64
