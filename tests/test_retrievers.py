@@ -1,0 +1,211 @@
+"""Retrievers (CosPlace, NetVLAD) and their input encodings: random weights, shapes, norms, losses."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from vprlib.models.cosplace import (
+    BACKBONES,
+    CosPlace,
+    CosPlaceConfig,
+    GeM,
+    LargeMarginCosineLoss,
+    adapt_first_conv,
+    cosplace_groups,
+    load_cosplace,
+    load_imagenet,
+    save_cosplace,
+)
+from vprlib.models.encodings import SEG_ENCODINGS, EncodingConfig, InputEncoder
+from vprlib.models.netvlad import (
+    TRIPLET_MARGIN,
+    NetVLAD,
+    NetVLADConfig,
+    NetVLADLayer,
+    init_clusters,
+    load_netvlad,
+    save_netvlad,
+    triplet_loss,
+)
+
+torch.manual_seed(0)
+
+
+def _unit_norm(descriptors: torch.Tensor) -> bool:
+    return torch.allclose(descriptors.norm(dim=1), torch.ones(len(descriptors)), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("modalities", "seg_encoding", "channels"),
+    [
+        ("depth+seg", "label", 2),
+        ("depth", "label", 1),
+        ("seg", "label", 1),
+        ("depth+seg", "probabilities", 5),
+        ("depth+seg", "onehot", 5),
+        ("seg", "embedding", 3),
+    ],
+)
+def test_encodings_channels(modalities, seg_encoding, channels):
+    config = EncodingConfig(modalities=modalities, seg_encoding=seg_encoding, num_classes=4, embedding_dim=3)
+    assert config.in_channels == channels
+    depth = torch.rand(2, 1, 8, 8)
+    labels = torch.randint(0, 4, (2, 8, 8))
+    seg = torch.softmax(torch.rand(2, 4, 8, 8), dim=1) if seg_encoding == "probabilities" else labels
+    encoded = InputEncoder(config)(depth, seg)
+    assert encoded.shape == (2, channels, 8, 8)
+    assert torch.isfinite(encoded).all()
+
+
+def test_encodings_values():
+    labels = torch.tensor([[[0, 3], [1, 2]]])
+    onehot = InputEncoder(EncodingConfig(modalities="seg", seg_encoding="onehot", num_classes=4))(None, labels)
+    assert torch.equal(onehot.argmax(dim=1), labels) and onehot.sum(dim=1).eq(1).all()
+    label = InputEncoder(EncodingConfig(modalities="seg", num_classes=4))(None, labels.float().unsqueeze(1))
+    assert torch.allclose(label[0, 0], torch.tensor([[0.0, 1.0], [1 / 3, 2 / 3]]))
+
+
+def test_encodings_unknown_names_list_known():
+    with pytest.raises(ValueError, match="onehot"):
+        EncodingConfig(seg_encoding="rgb")
+    with pytest.raises(ValueError, match="depth\\+seg"):
+        EncodingConfig(modalities="rgb")
+    with pytest.raises(ValueError, match="resnet50"):
+        CosPlaceConfig(backbone="resnet34")
+    assert set(SEG_ENCODINGS) == {"label", "probabilities", "onehot", "embedding"}
+
+
+def test_learned_embedding_trains_with_cosplace():
+    encoding = EncodingConfig(seg_encoding="embedding", num_classes=5, embedding_dim=3)
+    model = CosPlace(CosPlaceConfig(backbone="resnet18", descriptor_size=16, encoding=encoding))
+    model.embed(torch.rand(2, 1, 32, 32), torch.randint(0, 5, (2, 32, 32))).sum().backward()
+    assert model.encoder.seg.embedding.weight.grad is not None
+
+
+@pytest.mark.parametrize("encoding", [EncodingConfig(), EncodingConfig(seg_encoding="probabilities", num_classes=4)])
+def test_cosplace_resnet18_forward(encoding):
+    model = CosPlace(CosPlaceConfig(backbone="resnet18", descriptor_size=64, encoding=encoding)).eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, encoding.in_channels, 64, 64))
+    assert out.shape == (2, 64) and model.descriptor_size == 64
+    assert torch.isfinite(out).all() and _unit_norm(out)
+
+
+# Parameters of the paper-size CosPlace (2 input channels, descriptor 512): backbone without fc + Linear + GeM p.
+@pytest.mark.parametrize(
+    ("backbone", "params"),
+    [("resnet50", 24_553_985), ("resnet101", 43_546_113), ("resnet152", 59_189_761), ("vgg16", 14_976_769)],
+)
+def test_cosplace_paper_backbones_build(backbone, params):
+    model = CosPlace(CosPlaceConfig(backbone=backbone))
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert model.aggregation[3].in_features == BACKBONES[backbone]
+    assert model.descriptor_size == 512
+
+
+def test_cosplace_vgg16_forward():
+    model = CosPlace(CosPlaceConfig(backbone="vgg16", descriptor_size=32)).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 2, 48, 48))
+    assert out.shape == (1, 32) and _unit_norm(out)
+
+
+def test_gem_of_constant_map_is_the_constant():
+    assert torch.allclose(GeM()(torch.full((1, 3, 4, 4), 0.5)), torch.full((1, 3, 1, 1), 0.5))
+
+
+def test_lmcl_hand_case():
+    assert (LargeMarginCosineLoss(4, 3).s, LargeMarginCosineLoss(4, 3).m) == (30.0, 0.4)  # CosPlace defaults
+    head = LargeMarginCosineLoss(descriptor_size=2, num_classes=2, s=2.0, m=0.4)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+    descriptors = torch.tensor([[3.0, 0.0]])  # cos 1 to class 0, 0 to class 1
+    labels = torch.tensor([0])
+    logits = head.logits(descriptors, labels)
+    assert torch.allclose(logits, torch.tensor([[2 * 0.6, 0.0]]))
+    expected = -math.log(math.exp(1.2) / (math.exp(1.2) + 1.0))
+    assert head(descriptors, labels).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_cosplace_groups():
+    east = np.array([0.0, 5.0, 12.0, 55.0, 3.0])
+    north = np.array([0.0, 3.0, 0.0, 0.0, 0.0])
+    heading = np.array([0.0, 10.0, 45.0, 350.0, 40.0])
+    classes, groups = cosplace_groups(east, north, heading)
+    assert classes[0] == classes[1]  # same 10 m cell, same 30 degree bin
+    assert len(set(classes.tolist())) == 4
+    # cell (5, 0) is N=5 cells from (0, 0): same group modulo N; bin 11 vs bin 0 differ modulo L=2.
+    assert groups.tolist() == [0, 0, 11, 1, 1]
+
+
+def test_adapt_first_conv_keeps_gray_response():
+    rgb = torch.randn(8, 3, 7, 7)
+    adapted = adapt_first_conv(rgb, 2)
+    assert adapted.shape == (8, 2, 7, 7)
+    assert torch.allclose(adapted.sum(dim=1), rgb.sum(dim=1), atol=1e-5)
+
+
+def test_load_imagenet_adapts_and_freezes(tmp_path):
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    model = load_imagenet(CosPlace(CosPlaceConfig(backbone="resnet18")), tmp_path / "resnet18.pth")
+    assert torch.allclose(model.backbone[0].weight, adapt_first_conv(reference.conv1.weight, 2))
+    assert torch.equal(model.backbone[7][1].conv2.weight, reference.layer4[1].conv2.weight)
+    assert model.backbone[0].weight.requires_grad  # the adapted conv sees maps: it trains
+    assert not model.backbone[4][0].conv1.weight.requires_grad  # layer1 frozen as in CosPlace
+    assert model.backbone[6][0].conv1.weight.requires_grad  # layer3 trains
+
+
+def test_cosplace_checkpoint_round_trip(tmp_path):
+    config = CosPlaceConfig(backbone="resnet18", descriptor_size=8, encoding=EncodingConfig(modalities="depth"))
+    model = CosPlace(config).eval()
+    save_cosplace(model, tmp_path / "cosplace.pt")
+    loaded = load_cosplace(tmp_path / "cosplace.pt")
+    x = torch.rand(1, 1, 32, 32)
+    assert loaded.config == config
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x))
+
+
+def test_netvlad_forward_and_kmeans_init(tmp_path):
+    model = NetVLAD(NetVLADConfig(num_clusters=8))
+    assert model.descriptor_size == 8 * 512
+    before = model.pool.centroids.detach().clone()
+    maps = [torch.rand(2, 2, 64, 64) for _ in range(2)]
+    alpha = init_clusters(model, maps, niter=5, per_image=16)
+    assert alpha > 0 and model.pool.alpha.item() == pytest.approx(alpha)
+    assert not torch.equal(model.pool.centroids, before)
+    # The assignment conv holds alpha times the unit centroids (vladv1 init).
+    unit = torch.nn.functional.normalize(model.pool.centroids.detach(), dim=1)
+    assert torch.allclose(model.pool.conv.weight[:, :, 0, 0], alpha * unit, atol=1e-4)
+    model.eval()
+    with torch.no_grad():
+        out = model(maps[0])
+    assert out.shape == (2, 8 * 512) and torch.isfinite(out).all() and _unit_norm(out)
+    save_netvlad(model, tmp_path / "netvlad.pt")
+    with torch.no_grad():
+        assert torch.allclose(load_netvlad(tmp_path / "netvlad.pt")(maps[0]), out, atol=1e-6)
+
+
+def test_netvlad_layer_matches_loop_reference():
+    layer = NetVLADLayer(num_clusters=3, dim=4)
+    x = torch.rand(2, 4, 3, 5)
+    unit = torch.nn.functional.normalize(x, dim=1).flatten(2)  # B,D,N
+    assign = torch.softmax(layer.conv(unit.unsqueeze(-1)).squeeze(-1), dim=1)
+    expected = torch.stack(
+        [(assign[:, k : k + 1] * (unit - layer.centroids[k][None, :, None])).sum(-1) for k in range(3)], dim=1
+    )
+    expected = torch.nn.functional.normalize(torch.nn.functional.normalize(expected, dim=2).flatten(1), dim=1)
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+
+
+def test_triplet_loss_margin():
+    anchor = torch.tensor([[1.0, 0.0]])
+    positive = torch.tensor([[1.0, 0.0]])
+    far = torch.tensor([[[-1.0, 0.0]]])  # distance 2 > margin: no loss
+    near = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]])  # one at distance 0: loss margin, averaged over 2
+    assert triplet_loss(anchor, positive, far).item() == pytest.approx(0.0, abs=1e-5)
+    assert triplet_loss(anchor, positive, near).item() == pytest.approx(TRIPLET_MARGIN / 2, rel=1e-4)

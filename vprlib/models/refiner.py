@@ -1,0 +1,208 @@
+"""Dual-encoder U-Net refiners of the synthetic refining strategy (paper section III-A, Fig. 3).
+
+Two encoders of the same structure, one for the initial segmentation map and one for the initial
+depth map, each a chain of double convolutions (3x3 conv, BN, ReLU, twice) with a MaxPool between
+blocks: 32 channels first, doubled after each pool. At a 512x512 input each encoder ends at
+32x32x512; both are concatenated into 32x32x1024 (the first decoder block). Every further decoder
+block upsamples with a transposed convolution that halves the channels, concatenates the two
+encoders' skips of that scale (together as wide as the upsampled tensor) and halves the channels
+again with a double convolution; a final 1x1 convolution maps 64 channels to the output: 1 for
+refined depth (F_d), 4 for the refined segmentation logits (F_s: sky, building, terrain, tree).
+
+`load_refiners(models)` returns (F_d, F_s) in eval mode on CPU: "tiny" builds small random ones,
+"paper-random" the paper-size ones with seeded random weights, "paper" ($VPRLIB_HOME, as in
+`vprlib.models.zoo`) or a directory loads `refiner_depth.pt` / `refiner_seg.pt` state dicts written by training.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from itertools import pairwise
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Segmentation classes the refiner F_s predicts; HoliCity's road is merged into terrain (paper III-A).
+REFINED_CLASSES = ("sky", "building", "terrain", "tree")
+# HoliCity static labels (0 sky, 1 building, 2 road, 3 terrain, 4 tree) -> REFINED_CLASSES ids.
+HOLICITY_TO_REFINED = (0, 1, 2, 2, 3)
+ADE20K_NUM_CLASSES = 150
+DEPTH_FILE = "refiner_depth.pt"
+SEG_FILE = "refiner_seg.pt"
+# Where `load_refiners("paper")` looks: $VPRLIB_HOME, else ~/.cache/vprlib (the same home as vprlib.models.zoo).
+DEFAULT_HOME = "~/.cache/vprlib"
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    depth_channels: int = 1  # relative inverse depth from DPT
+    seg_channels: int = 1  # ADE20K label map as one channel (label / 149); 150 for class probabilities
+    out_channels: int = 1  # 1 for the depth refiner F_d, 4 for the segmentation refiner F_s
+    base_width: int = 32  # channels of the first encoder block, doubled after every MaxPool
+    levels: int = 5  # encoder blocks: 512x512x32 ... 32x32x512 in the paper
+
+    def widths(self) -> list[int]:
+        """Channels of each encoder block, e.g. [32, 64, 128, 256, 512]."""
+        return [self.base_width * 2**i for i in range(self.levels)]
+
+
+PAPER_DEPTH = RefinerConfig(out_channels=1)
+PAPER_SEG = RefinerConfig(out_channels=len(REFINED_CLASSES))
+# Seeded random presets of `load_refiners` (out_channels set per refiner).
+RANDOM_CONFIGS = {"tiny": RefinerConfig(base_width=8, levels=3), "paper-random": RefinerConfig()}
+
+
+class DoubleConv(nn.Sequential):
+    """(3x3 conv, BN, ReLU) twice; the first conv sets the width, the second keeps it."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Encoder(nn.Module):
+    """One modality's encoder: DoubleConv, then (MaxPool, DoubleConv) per further level."""
+
+    def __init__(self, in_channels: int, widths: list[int]):
+        super().__init__()
+        blocks = [DoubleConv(in_channels, widths[0])]
+        blocks += [nn.Sequential(nn.MaxPool2d(2), DoubleConv(a, b)) for a, b in pairwise(widths)]
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return features  # level i: B, base*2^i, H/2^i, W/2^i
+
+
+class UpBlock(nn.Module):
+    """Decoder block: transposed conv (C -> C/2, 2x size), concat both encoders' skips (C/2), DoubleConv -> C/2."""
+
+    def __init__(self, in_channels: int):
+        super().__init__()
+        half = in_channels // 2
+        self.up = nn.ConvTranspose2d(in_channels, half, kernel_size=2, stride=2)
+        self.conv = DoubleConv(2 * half, half)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
+
+
+class DualEncoderUNet(nn.Module):
+    """Refiner F_d or F_s (paper Fig. 3): forward(depth B,1,H,W, seg B,Cs,H,W) -> B,out,H,W.
+
+    The depth refiner returns depth, the segmentation refiner class logits (softmax gives the
+    probabilities of REFINED_CLASSES). Any H, W works: inputs are padded to a multiple of
+    2^(levels-1) and the output is cropped back.
+    """
+
+    def __init__(self, config: RefinerConfig = PAPER_DEPTH):
+        super().__init__()
+        self.config = config
+        widths = config.widths()
+        self.seg_encoder = Encoder(config.seg_channels, widths)
+        self.depth_encoder = Encoder(config.depth_channels, widths)
+        # Block i maps 2*widths[i] -> widths[i-1]*2 channels: the concatenated bottom is 2*widths[-1].
+        self.decoder = nn.ModuleList(UpBlock(2 * w) for w in reversed(widths[1:]))
+        self.head = nn.Conv2d(2 * widths[0], config.out_channels, kernel_size=1)
+
+    def forward(self, depth: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        height, width = depth.shape[-2:]
+        depth, seg = _pad_to_multiple(depth, seg, multiple=2 ** (self.config.levels - 1))
+        seg_features = self.seg_encoder(seg)
+        depth_features = self.depth_encoder(depth)
+        skips = [torch.cat(pair, dim=1) for pair in zip(seg_features, depth_features, strict=True)]
+        x = skips[-1]  # first decoder block: B, 2*512, H/16, W/16 in the paper
+        for block, skip in zip(self.decoder, reversed(skips[:-1]), strict=True):
+            x = block(x, skip)  # e.g. B,512,64,64 -> B,256,128,128
+        return self.head(x)[..., :height, :width]  # B, out, H, W
+
+
+def _pad_to_multiple(depth: torch.Tensor, seg: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Replicate-pad both maps at the bottom/right so their sides divide by `multiple`."""
+    height, width = depth.shape[-2:]
+    pad = (0, -width % multiple, 0, -height % multiple)
+    if not any(pad):
+        return depth, seg
+    return F.pad(depth, pad, mode="replicate"), F.pad(seg, pad, mode="replicate")
+
+
+def labels_to_channel(labels: torch.Tensor, num_classes: int = ADE20K_NUM_CLASSES) -> torch.Tensor:
+    """Integer label map B,H,W -> float B,1,H,W in [0,1] (label / (num_classes-1)): the refiners' seg input."""
+    return (labels.float() / (num_classes - 1)).unsqueeze(1)
+
+
+def holicity_to_refined(seg: torch.Tensor) -> torch.Tensor:
+    """HoliCity 5-class labels -> the 4 refined classes (road merged into terrain), same shape, int64."""
+    lut = torch.tensor(HOLICITY_TO_REFINED, dtype=torch.int64, device=seg.device)
+    return lut[seg.long()]
+
+
+def config_from_state_dict(state: dict[str, torch.Tensor]) -> RefinerConfig:
+    """Recover a RefinerConfig from a DualEncoderUNet state dict (input/output widths and depth)."""
+    first_seg = state["seg_encoder.blocks.0.0.weight"]  # base, seg_channels, 3, 3
+    first_depth = state["depth_encoder.blocks.0.0.weight"]
+    levels = 1 + sum(1 for key in state if key.startswith("decoder.") and key.endswith(".up.weight"))
+    return RefinerConfig(
+        depth_channels=first_depth.shape[1],
+        seg_channels=first_seg.shape[1],
+        out_channels=state["head.weight"].shape[0],
+        base_width=first_seg.shape[0],
+        levels=levels,
+    )
+
+
+def load_refiner(path: str | os.PathLike) -> DualEncoderUNet:
+    """Build a refiner from a state dict file (read with weights_only=True), eval mode on CPU."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = DualEncoderUNet(config_from_state_dict(state))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def random_refiners(models: str = "tiny", seed: int = 0) -> tuple[DualEncoderUNet, DualEncoderUNet]:
+    """Seeded random refiners: "tiny" (base width 8, 3 levels, for tests and CPU runs) or "paper-random"."""
+    base = RANDOM_CONFIGS[models]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        depth = DualEncoderUNet(replace(base, out_channels=1))
+        seg = DualEncoderUNet(replace(base, out_channels=len(REFINED_CLASSES)))
+    return depth.eval(), seg.eval()
+
+
+def refiners_dir(models: str) -> Path:
+    """The directory holding refiner_depth.pt / refiner_seg.pt for "paper" or a directory path."""
+    if models == "paper":
+        return Path(os.environ.get("VPRLIB_HOME", DEFAULT_HOME)).expanduser()
+    path = Path(models).expanduser()
+    if not path.is_dir():
+        known = [*RANDOM_CONFIGS, "paper"]
+        raise ValueError(f"unknown models {models!r}: use one of {known} or an existing directory")
+    return path
+
+
+def load_refiners(models: str) -> tuple[DualEncoderUNet, DualEncoderUNet]:
+    """(F_d, F_s) for `models`: "tiny" / "paper-random" (seeded random), "paper" ($VPRLIB_HOME) or a directory."""
+    if models in RANDOM_CONFIGS:
+        return random_refiners(models)
+    directory = refiners_dir(models)
+    paths = [directory / DEPTH_FILE, directory / SEG_FILE]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"refiner weights not found: {', '.join(missing)}. The refiners are not published with the paper; "
+            f"they come from training on synthetic ground truth (the refiner training job writes {DEPTH_FILE} and "
+            f"{SEG_FILE}). Put them in {directory} (for 'paper', $VPRLIB_HOME), or use models='tiny'."
+        )
+    return load_refiner(paths[0]), load_refiner(paths[1])
