@@ -1,0 +1,238 @@
+"""Extraction stages called directly on small batches (no Ray): strategies, error rows, OOM splitting, encoding."""
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch import nn
+
+from vprlib.extract.config import ExtractConfig
+from vprlib.extract.encode import (
+    carry_columns,
+    decode_depth,
+    decode_seg,
+    decode_seg_prob,
+    encode_batch,
+    output_schema,
+    read_maps,
+)
+from vprlib.extract.resume import OutputMismatchError, check_config, scan_output, write_part
+from vprlib.extract.stages import DepthStage, FusedChain, InpaintStage, MaskStage, build_stages
+from vprlib.models.dpt import normalize_depth
+
+SIDE = 32
+
+
+def _config(**kwargs) -> ExtractConfig:
+    return ExtractConfig(**{"input": "in", "output": "out", "models": "tiny", "side": SIDE, "device": "cpu", **kwargs})
+
+
+def _batch(n: int = 3, bad: tuple[int, ...] = (1,)) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    status = np.array(["error" if i in bad else "ok" for i in range(n)], dtype=object)
+    return {
+        "image_id": np.array([f"id{i}" for i in range(n)], dtype=object),
+        "image": rng.integers(0, 256, (n, SIDE, SIDE, 3), dtype=np.uint8),
+        "status": status,
+        "error": np.array(["decode failed" if s == "error" else "" for s in status], dtype=object),
+    }
+
+
+@pytest.mark.parametrize("strategy", ["inpaint", "synthetic", "none"])
+def test_fused_chain_matches_separate_stages(strategy):
+    config = _config(strategy=strategy, seg_probabilities=True)
+    fused = FusedChain(config)(_batch())
+    separate = _batch()
+    for stage in build_stages(config, {}):
+        separate = stage(separate)
+    assert list(fused["status"]) == ["ok", "error", "ok"] and fused["error"][1] == "decode failed"
+    assert fused["depth"].shape == (3, SIDE, SIDE) and fused["depth"].dtype == np.float32
+    assert fused["seg"].shape == (3, SIDE, SIDE) and fused["seg"].dtype == np.uint8
+    assert (fused["depth"][1] == 0).all() and (fused["seg"][1] == 0).all()  # error rows are not computed
+    # pools hand inpainted images on as uint8, so allow a rounding-sized difference there
+    assert np.abs(fused["depth"] - separate["depth"]).max() < (0.05 if strategy == "inpaint" else 1e-5)
+    assert (fused["seg"] != separate["seg"]).mean() < (0.05 if strategy == "inpaint" else 1e-9)
+    if strategy == "synthetic":
+        assert fused["seg"].max() < 4  # refined classes: sky, building, terrain, tree
+        assert np.allclose(fused["seg_prob"][[0, 2]].astype(np.float32).sum(axis=1), 1.0, atol=1e-2)
+    else:
+        assert fused["seg"].max() < 150
+
+
+class DynamicEverywhere(nn.Module):
+    """A segmenter that calls every pixel a car (ADE20K 20)."""
+
+    def labels(self, images, size=None):
+        return torch.full((images.shape[0], *images.shape[-2:]), 20, dtype=torch.long)
+
+
+class Grey(nn.Module):
+    """An inpainter that fills holes with grey."""
+
+    def forward(self, images, mask):
+        return torch.where(mask > 0, torch.full_like(images, 0.5), images)
+
+
+def test_mask_and_inpaint_stages():
+    config = _config()
+    batch = MaskStage(config, DynamicEverywhere())(_batch())
+    assert batch["mask"][[0, 2]].all() and not batch["mask"][1].any()
+    assert np.allclose(batch["dynamic_fraction"][[0, 2]], 1.0)
+    out = InpaintStage(config, Grey())(batch)
+    assert (np.abs(out["image"][[0, 2]].astype(int) - 128) <= 1).all()
+    assert (out["image"][1] == batch["image"][1]).all()  # error row untouched
+
+
+class CountingSegmenter(nn.Module):
+    """Labels every pixel `label`, and records the batch sizes it was called with."""
+
+    def __init__(self, label: int):
+        super().__init__()
+        self.label, self.sizes = label, []
+
+    def labels(self, images, size=None):
+        self.sizes.append(images.shape[0])
+        return torch.full((images.shape[0], *images.shape[-2:]), self.label, dtype=torch.long)
+
+
+@pytest.mark.parametrize(("label", "calls"), [(2, [2]), (20, [2, 2])], ids=["static-sky", "all-car"])
+def test_fused_inpaint_segments_again_only_inpainted_images(label, calls):
+    segmenter = CountingSegmenter(label)
+    out = FusedChain(_config(), models={"segmenter": segmenter, "inpainter": Grey()})(_batch())
+    assert segmenter.sizes == calls  # S(x) on the 2 ok rows; S(y) only where LaMa changed the image
+    assert (out["seg"][[0, 2]] == label).all()
+    assert np.allclose(out["dynamic_fraction"][[0, 2]], 1.0 if label == 20 else 0.0)
+
+
+class OomDepth(nn.Module):
+    """Depth that raises CUDA OOM for batches larger than `fits` (0: always); records the batch sizes it saw."""
+
+    def __init__(self, fits: int):
+        super().__init__()
+        self.fits, self.sizes = fits, []
+
+    def forward(self, images):
+        self.sizes.append(images.shape[0])
+        if images.shape[0] > self.fits:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return images.mean(dim=1)
+
+    normalize_depth = staticmethod(normalize_depth)
+
+
+def test_cuda_oom_splits_the_batch_and_remembers():
+    model = OomDepth(fits=2)
+    stage = DepthStage(_config(), model)
+    batch = _batch(n=7, bad=())
+    out = stage(batch)
+    assert (out["status"] == "ok").all()
+    expected = normalize_depth(torch.from_numpy(batch["image"]).float().div(255).mean(dim=-1)).numpy()
+    assert np.allclose(out["depth"], expected, atol=1e-6)
+    assert stage.oom.limit <= 2
+    model.sizes.clear()
+    stage(_batch(n=5, bad=()))
+    assert max(model.sizes) <= 2  # later batches start at the size that fitted
+
+
+def test_fused_chain_splits_on_oom():
+    chain = FusedChain(_config(strategy="none"), models={"depth": OomDepth(fits=1)})
+    out = chain(_batch(n=4, bad=()))
+    assert (out["status"] == "ok").all() and chain.oom.limit == 1
+
+
+def test_oom_at_batch_size_one_fails_only_those_rows():
+    out = DepthStage(_config(), OomDepth(fits=0))(_batch(n=3, bad=(1,)))
+    assert list(out["status"]) == ["error"] * 3
+    assert "depth stage failed: OutOfMemoryError" in out["error"][0] and out["error"][1] == "decode failed"
+
+
+def test_encode_write_and_read_back(tmp_path):
+    config = _config(strategy="synthetic", seg_probabilities=True)
+    maps = FusedChain(config)(_batch())
+    manifest = pa.table({"image_id": ["id0", "id1", "id2"], "uri": ["a", "b", "c"], "lat": [1.0] * 3,
+                         "lon": [2.0] * 3, "dynamic_fraction": [0.5] * 3})
+    manifest = carry_columns(manifest)
+    assert "input_dynamic_fraction" in manifest.column_names
+    batch = {**maps, **{c: np.array(manifest[c].to_pylist(), dtype=object) for c in ("uri", "lat", "lon")}}
+    encoded = encode_batch(batch, "synthetic", '{"m": "tiny"}', seg_probabilities=True)
+    schema = output_schema(manifest.schema, seg_probabilities=True)
+    written = write_part(pa.table(encoded), str(tmp_path), schema)
+    assert written.column("status").to_pylist() == ["ok", "error", "ok"]
+    table = read_maps(str(tmp_path))
+    assert table.schema == schema and table["input_dynamic_fraction"].null_count == 3
+    rows = table.to_pylist()
+    assert np.array_equal(decode_depth(rows[0]), maps["depth"][0])
+    assert np.array_equal(decode_seg(rows[2]), maps["seg"][2])
+    assert np.allclose(decode_seg_prob(rows[0]), maps["seg_prob"][0].astype(np.float32))
+    assert rows[1]["depth"] == b"" and rows[1]["error"] == "decode failed" and rows[0]["seg_classes"] == "refined4"
+    # portable: plain pyarrow + PIL read the same maps
+    plain = pq.read_table(str(tmp_path)).to_pylist()[0]
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(plain["seg"]))), maps["seg"][0])
+
+
+def test_scan_removes_partial_parts(tmp_path):
+    schema = pa.schema([("image_id", pa.string()), ("status", pa.string())])
+    write_part(pa.table({"image_id": ["a", "b"], "status": ["ok", "error"]}), str(tmp_path), schema)
+    (tmp_path / "part-cut.parquet").write_bytes(b"PAR1 cut short by a kill")
+    (tmp_path / ".tmp-part-x.parquet").write_bytes(b"PAR1")
+    done, removed = scan_output(str(tmp_path))
+    assert sorted(done["image_id"].to_pylist()) == ["a", "b"]
+    assert len(removed) == 2 and not (tmp_path / "part-cut.parquet").exists()
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    schema = pa.schema([("image_id", pa.string()), ("status", pa.string())])
+    check_config(str(tmp_path), _config(strategy="none").to_json())
+    write_part(pa.table({"image_id": ["a"], "status": ["ok"]}), str(tmp_path), schema)
+    check_config(str(tmp_path), _config(strategy="none").to_json())
+    with pytest.raises(OutputMismatchError, match="strategy"):
+        check_config(str(tmp_path), _config(strategy="inpaint").to_json())
+
+
+def test_config_rejects_unknown_values():
+    with pytest.raises(ValueError, match="unknown strategy"):
+        _config(strategy="magic")
+    with pytest.raises(ValueError, match="batch_size"):
+        _config(batch_size=0)
+
+
+def test_load_input_reads_a_manifest_a_city_folder_and_a_photo_folder(tmp_path):
+    from PIL import Image
+
+    from vprlib.data.manifest import ManifestError, write_manifest
+    from vprlib.extract.pipeline import load_input
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.jpg")
+    (tmp_path / "locations.csv").write_text("image,lat,lon\na.jpg,51.5,-0.1\nmissing.jpg,51.6,-0.2\n")
+    table = load_input(str(tmp_path))  # photo folder + CSV; a missing photo is left to become an error row
+    assert table["image_id"].to_pylist() == ["a.jpg", "missing.jpg"]
+    assert table["uri"][0].as_py() == str(tmp_path / "a.jpg")
+    write_manifest(table, str(tmp_path / "manifest.parquet"))
+    assert load_input(str(tmp_path)).num_rows == 2  # folder with manifest.parquet
+    assert load_input(str(tmp_path / "manifest.parquet")).num_rows == 2
+    with pytest.raises(ManifestError, match="input not found"):
+        load_input(str(tmp_path / "nowhere"))
+
+
+def test_too_few_cpus_fail_fast():
+    from vprlib.extract.pipeline import ResourceError, check_resources
+
+    check_resources(_config(), {"CPU": 2.0})
+    with pytest.raises(ResourceError, match="CPUs"):
+        check_resources(_config(actors=2), {"CPU": 2.0})
+
+
+def test_missing_weights_fail_before_any_work(tmp_path):
+    from vprlib.extract.loaders import check_weights
+
+    check_weights("tiny", "inpaint")
+    check_weights("paper-random", "synthetic")
+    with pytest.raises(FileNotFoundError, match="segformer/config.json"):
+        check_weights(str(tmp_path), "none")
+    with pytest.raises(ValueError, match="unknown models 'bogus'"):
+        check_weights("bogus", "none")

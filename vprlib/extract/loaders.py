@@ -1,0 +1,96 @@
+"""The models the extraction chain needs, from one `models` string (vprlib.models.zoo plus the refiners)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vprlib.models import zoo
+from vprlib.models.refiner import (
+    DEPTH_FILE,
+    PAPER_DEPTH,
+    PAPER_SEG,
+    SEG_FILE,
+    DualEncoderUNet,
+    load_refiners,
+    refiners_dir,
+)
+
+
+def load_refiner_pair(models: str) -> tuple[nn.Module, nn.Module]:
+    """(F_d, F_s): random paper-size U-Nets for random presets other than tiny, else refiner.load_refiners."""
+    if models in zoo.RANDOM_PRESETS and models != "tiny":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(zoo.SEED)
+            return DualEncoderUNet(PAPER_DEPTH).eval(), DualEncoderUNet(PAPER_SEG).eval()
+    return load_refiners(models)
+
+
+ROLES = {"inpaint": ("segmenter", "inpainter", "depth"), "none": ("segmenter", "depth"),
+         "synthetic": ("segmenter", "depth", "refiners")}
+
+
+def models_identity(models: str, strategy: str) -> dict[str, str]:
+    """What each model a strategy uses is (zoo.model_identity, plus the refiners' source for synthetic)."""
+    identity = dict(zoo.model_identity(models))
+    if models in zoo.RANDOM_PRESETS:
+        identity["refiners"] = f"random:{models}:seed={zoo.SEED}"
+    else:
+        identity["refiners"] = str(refiners_dir(models))
+    return {role: identity[role] for role in ROLES[strategy]}
+
+
+def check_weights(models: str, strategy: str) -> None:
+    """Fail in the driver, before any actor starts, when a strategy's weights are absent (FileNotFoundError
+    saying what to put where); random presets need none. Cheap: looks for files, loads nothing."""
+    if models in zoo.RANDOM_PRESETS:
+        return
+    if models != "paper" and not Path(models).is_dir():
+        raise ValueError(f"unknown models {models!r}: use one of {list(zoo.KNOWN)} or an existing directory")
+    missing = [f"{hub_id} ({sub}/config.json)" for sub, hub_id in (("segformer", zoo.SEGFORMER_ID),
+                                                                    ("dpt", zoo.DPT_ID))
+               if not _hf_weights_present(models, sub, hub_id)]
+    if missing:
+        raise FileNotFoundError(f"weights not found for models={models!r}: {', '.join(missing)}. Download them on a "
+                                f"machine with network (`hf download <id> --local-dir <models>/<sub>`) and pass "
+                                f"--models <models>, or use --models tiny / paper-random")
+    if strategy == "inpaint":
+        zoo.lama_path(models)  # raises FileNotFoundError naming the checkpoint to download
+    if strategy == "synthetic":
+        directory = refiners_dir(models)
+        absent = [str(directory / name) for name in (DEPTH_FILE, SEG_FILE) if not (directory / name).is_file()]
+        if absent:
+            raise FileNotFoundError(f"refiner weights not found: {', '.join(absent)} (the refiner training job "
+                                    f"writes them; use --models tiny or paper-random to run without)")
+
+
+def _hf_weights_present(models: str, sub: str, hub_id: str) -> bool:
+    if models != "paper":
+        return (Path(models) / sub / "config.json").is_file()
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
+
+
+def prepare(model: nn.Module, device: str, precision: str, channels_last: bool, compile: bool) -> nn.Module:
+    """Move a model to its device and set its compute options.
+
+    Zoo models carry their own `bf16` / `channels_last` flags (each defaults to what is fastest for it): fp32
+    turns bf16 off, channels_last=False turns NHWC off; a model without such flags (the refiners, plain
+    convolutional U-Nets) gets NHWC weights on CUDA when channels_last is on.
+    """
+    config = getattr(model, "config", None)
+    if dataclasses.is_dataclass(config):
+        names = {f.name for f in dataclasses.fields(config)}
+        options = {"bf16": False} if precision == "fp32" else {}
+        options.update({} if channels_last else {"channels_last": False})
+        model.config = dataclasses.replace(config, **{k: v for k, v in options.items() if k in names})
+    elif channels_last and device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model = model.to(device).eval()
+    if compile:
+        model.compile()  # in place: calls through any method (labels, probabilities) hit the compiled forward
+    return model

@@ -1,0 +1,220 @@
+"""The extraction job on Ray Data (DESIGN.md, "The pipeline"): manifest -> decode -> models -> encode -> Parquet.
+
+CPU tasks decode and resize; the models run on actor pools that load them once (fused: one actor class runs the
+whole strategy per batch; pools: one pool per stage, GPU fractions so they share a GPU); CPU tasks encode the maps
+and write atomic part files. `run_extract(config)` resumes: ids already in the output are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import time
+from dataclasses import replace
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vprlib.data.folder import folder_manifest
+from vprlib.data.manifest import ManifestError, read_manifest, url_to_fs
+from vprlib.extract.config import ExtractConfig
+from vprlib.extract.decode import decode_batch
+from vprlib.extract.encode import SUMMARY_FILE, carry_columns, encode_batch, output_schema
+from vprlib.extract.loaders import check_weights, models_identity
+from vprlib.extract.resume import check_config, duplicate_ids, scan_output, write_part
+from vprlib.extract.stages import FusedChain, build_stage, stage_plan
+
+STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "S3_")
+MAX_BLOCKS = 4096
+
+
+def load_input(uri: str) -> pa.Table:
+    """Manifest from a .parquet/.csv file, a folder with manifest.parquet, or a folder of images + locations.csv."""
+    fs, path = url_to_fs(uri)
+    if not fs.exists(path):
+        raise ManifestError(f"input not found: {uri}")
+    if not fs.isdir(path):
+        return read_manifest(uri)
+    for name in ("manifest.parquet", "manifest.csv"):
+        if fs.exists(posixpath.join(path, name)):
+            return read_manifest(uri.rstrip("/") + "/" + name)
+    return folder_manifest(uri, check_files=False)  # a missing photo becomes an error row, not a refused job
+
+
+def storage_env() -> dict[str, str]:
+    """The driver's storage settings (endpoint, credentials), handed to the tasks that read and write files."""
+    return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
+
+
+def resolve_device(config: ExtractConfig) -> ExtractConfig:
+    import ray
+
+    if config.device != "auto":
+        return config
+    return replace(config, device="cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu")
+
+
+def _actor_args(config: ExtractConfig, share: float) -> dict:
+    """map_batches arguments of a model actor pool; `share` of the per-actor CPUs/GPUs (1/stages in pools mode)."""
+    from ray.data import ActorPoolStrategy
+
+    threads = config.actor_threads if config.actor_threads > 1 else None
+    compute = ActorPoolStrategy(size=config.actors, max_tasks_in_flight_per_actor=config.prefetch_batches,
+                                max_concurrent_calls_per_actor=threads,
+                                enable_true_multi_threading=bool(threads and config.concurrent_batches))
+    gpus = config.gpus_per_actor * share if config.device == "cuda" else 0
+    return {"compute": compute, "batch_size": config.batch_size, "num_cpus": config.cpus_per_actor * share,
+            "num_gpus": gpus}
+
+
+def check_resources(config: ExtractConfig, resources: dict) -> None:
+    """Fail at once, not hang, when the model actors cannot all start and still leave a CPU for decoding.
+
+    Too few GPUs only warns: an autoscaling cluster adds GPU nodes once the actors ask for them."""
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    need_cpus = config.actors * config.cpus_per_actor
+    if need_cpus > cpus - 1:
+        raise ResourceError(f"model actors need {need_cpus:g} CPUs (--actors x --cpus-per-actor) and decoding at "
+                            f"least 1, but the cluster has {cpus:g}: lower --cpus-per-actor or --actors")
+    need_gpus = config.actors * config.gpus_per_actor
+    if config.device == "cuda" and need_gpus > gpus:
+        print(f"extract: warning: model actors need {need_gpus:g} GPUs (--actors x --gpus-per-actor), the cluster "
+              f"has {gpus:g} now: waiting for the autoscaler", flush=True)
+
+
+class ResourceError(ValueError):
+    """The Ray cluster is too small for the requested actor pools."""
+
+
+def build_dataset(config: ExtractConfig, todo: pa.Table, schema: pa.Schema, models_json: str):
+    """The Ray Data pipeline over the rows still to do; its output rows are (image_id, status) of written rows."""
+    import ray
+
+    # Tasks that touch storage get the driver's storage settings (a cluster's workers may lack them); Ray merges
+    # these env_vars into the job's runtime environment. Model actors never touch storage.
+    env = storage_env()
+    io_args = {"runtime_env": {"env_vars": env}} if env else {}
+    block_rows = max(config.decode_batch_size, -(-todo.num_rows // MAX_BLOCKS))
+    blocks = [todo.slice(i, block_rows) for i in range(0, todo.num_rows, block_rows)]
+    ds = ray.data.from_arrow(blocks)
+    # The memory a decode task may need (one image at the pixel limit, RGBA, plus its batch) is reserved: it bounds
+    # how many run at once, and differing from the actors' resources it keeps decoding out of the model actors.
+    decode_memory = 4 * config.max_image_pixels + 2 * config.decode_batch_size * 3 * config.side**2
+    ds = ds.map_batches(decode_batch, batch_size=config.decode_batch_size, num_cpus=1, memory=decode_memory,
+                        fn_kwargs={"side": config.side, "max_pixels": config.max_image_pixels}, **io_args)
+    if config.mode == "fused":
+        ds = ds.map_batches(FusedChain, fn_constructor_kwargs={"config": config}, **_actor_args(config, 1.0))
+    else:
+        plan = stage_plan(config.strategy)
+        for name in plan:
+            ds = ds.map_batches(_StageActor, fn_constructor_kwargs={"name": name, "config": config,
+                                                                    "last": name == plan[-1]},
+                                **_actor_args(config, 1.0 / len(plan)))
+    ds = ds.map_batches(encode_batch, batch_size=config.batch_size, num_cpus=1,
+                        fn_kwargs={"strategy": config.strategy, "models": models_json,
+                                   "seg_probabilities": config.seg_probabilities}, **io_args)
+    return ds.map_batches(write_part, batch_size=config.rows_per_file, batch_format="pyarrow", num_cpus=1,
+                          fn_kwargs={"output": config.output, "schema": schema}, **io_args)
+
+
+class _StageActor:
+    """One named stage as an actor-pool class (pools mode); the last one drops the images."""
+
+    def __init__(self, name: str, config: ExtractConfig, last: bool):
+        self.stage = build_stage(name, config)
+        if last:
+            self.stage.drops = ("image", "mask")
+
+    def __call__(self, batch):
+        return self.stage(batch)
+
+
+def _run_ray(config: ExtractConfig, todo: pa.Table, schema: pa.Schema, models_json: str) -> dict[str, int]:
+    ds = build_dataset(config, todo, schema, models_json)
+    counts = {"ok": 0, "error": 0}
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for status, n in zip(*_value_counts(batch["status"]), strict=True):
+            counts[status] = counts.get(status, 0) + n
+    return counts
+
+
+def _value_counts(column) -> tuple[list[str], list[int]]:
+    counts = pc.value_counts(column)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def init_ray(config: ExtractConfig) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=config.ray_address or None, logging_level="WARNING")
+
+
+def run_extract(config: ExtractConfig) -> dict:
+    """Run (or resume) the extraction job; return the summary (also written as _extract_summary.json)."""
+    import ray
+
+    start = time.perf_counter()
+    manifest = carry_columns(load_input(config.input))
+    check_weights(config.models, config.strategy)
+    init_ray(config)
+    config = resolve_device(config)
+    check_resources(config, ray.cluster_resources())
+    identity = models_identity(config.models, config.strategy)
+    check_config(config.output, json.dumps({**json.loads(config.to_json()), "models_identity": identity}, indent=2))
+    done, removed = scan_output(config.output)
+    todo = manifest.filter(pc.invert(pc.is_in(manifest["image_id"], value_set=done["image_id"])))
+    print(f"extract: {manifest.num_rows} rows in the manifest, {done.num_rows} already written, "
+          f"{todo.num_rows} to do; removed {len(removed)} partial file(s)", flush=True)
+    schema = output_schema(manifest.schema, config.strategy == "synthetic" and config.seg_probabilities)
+    run_start = time.perf_counter()
+    counts = _run_ray(config, todo, schema, json.dumps(identity, sort_keys=True)) if todo.num_rows else {}
+    run_seconds = time.perf_counter() - run_start
+    summary = summarise(config, manifest, counts, run_seconds, time.perf_counter() - start)
+    fs, root = url_to_fs(config.output)
+    with fs.open(posixpath.join(root, SUMMARY_FILE), "w") as f:
+        f.write(json.dumps(summary, indent=2))
+    print_summary(summary)
+    return summary
+
+
+def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_seconds: float, wall: float) -> dict:
+    """Totals over the whole output folder (earlier runs included), checked against the manifest."""
+    written, _ = scan_output(config.output)
+    statuses = dict(zip(*_value_counts(written["status"]), strict=True)) if written.num_rows else {}
+    missing = pc.sum(pc.invert(pc.is_in(manifest["image_id"], value_set=written["image_id"]))).as_py() or 0
+    processed = sum(counts.values())
+    rows_ok, rows_failed = statuses.get("ok", 0), statuses.get("error", 0)
+    return {
+        "input_rows": manifest.num_rows,
+        "rows_ok": rows_ok,
+        "rows_failed": rows_failed,
+        "rows_missing": missing,
+        "duplicate_ids": len(duplicate_ids(written["image_id"])),
+        "failed_fraction": rows_failed / max(1, manifest.num_rows),
+        "rows_this_run": processed,
+        "images_per_s": processed / run_seconds if run_seconds > 0 and processed else 0.0,
+        "wall_s": wall,
+        "output": config.output,
+        "strategy": config.strategy,
+        "mode": config.mode,
+        "device": config.device,
+    }
+
+
+def print_summary(summary: dict) -> None:
+    print(f"extract: rows ok {summary['rows_ok']}, rows failed {summary['rows_failed']}, "
+          f"missing {summary['rows_missing']}, duplicates {summary['duplicate_ids']}; this run "
+          f"{summary['rows_this_run']} rows at {summary['images_per_s']:.2f} images/s; wall {summary['wall_s']:.1f} s",
+          flush=True)
+
+
+def job_failed(summary: dict, config: ExtractConfig) -> str:
+    """Why the job should exit non-zero ('' when it succeeded)."""
+    if summary["rows_missing"] or summary["duplicate_ids"]:
+        return f"output incomplete: {summary['rows_missing']} missing, {summary['duplicate_ids']} duplicate ids"
+    if summary["failed_fraction"] > config.max_failure_fraction:
+        return (f"{summary['rows_failed']} of {summary['input_rows']} rows failed ({summary['failed_fraction']:.1%}), "
+                f"above --max-failure-fraction {config.max_failure_fraction:.1%}")
+    return ""
