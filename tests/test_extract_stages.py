@@ -107,6 +107,43 @@ def test_fused_inpaint_segments_again_only_inpainted_images(label, calls):
     assert np.allclose(out["dynamic_fraction"][[0, 2]], 1.0 if label == 20 else 0.0)
 
 
+class MarkedCars(nn.Module):
+    """Calls an image all car (ADE20K 20) when its first pixel is bright, else all sky; records batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def labels(self, images, size=None):
+        self.sizes.append(images.shape[0])
+        car = images[:, 0, 0, 0] > 0.5
+        return torch.where(car[:, None, None], 20, 2).expand(-1, *images.shape[-2:]).long()
+
+
+class CountingGrey(Grey):
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def forward(self, images, mask):
+        self.sizes.append(images.shape[0])
+        return super().forward(images, mask)
+
+
+def test_subsets_are_padded_to_power_of_two_buckets():
+    batch = _batch(n=8, bad=())
+    batch["image"][:, 0, 0, :] = 0
+    cars = [0, 3, 5]
+    batch["image"][cars, 0, 0, :] = 255
+    segmenter, inpainter = MarkedCars(), CountingGrey()
+    out = FusedChain(_config(), models={"segmenter": segmenter, "inpainter": inpainter})(batch)
+    assert inpainter.sizes == [4]  # 3 images with holes, padded to 4
+    assert segmenter.sizes == [8, 4]  # S(x) on all, S(y) on the 3 inpainted (padded to 4)
+    # grey images are not 'car' any more; the others keep their S(x) labels
+    assert (out["seg"][cars] == 2).all() and (out["seg"][[1, 2, 4, 6, 7]] == 2).all()
+    assert np.allclose(out["dynamic_fraction"][cars], 1.0)
+
+
 class OomDepth(nn.Module):
     """Depth that raises CUDA OOM for batches larger than `fits` (0: always); records the batch sizes it saw."""
 

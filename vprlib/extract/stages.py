@@ -173,6 +173,24 @@ class Stage:
         return {k: v for k, v in batch.items() if k not in self.drops}
 
 
+def bucket_size(n: int, full: int) -> int:
+    """`n` rounded up to a power of two, at most `full` (the batch size)."""
+    return min(full, 1 << max(n - 1, 0).bit_length())
+
+
+def on_subset(fn, full: int, *tensors: torch.Tensor) -> torch.Tensor:
+    """fn on a subset of a batch, padded (repeating its first row) to `bucket_size` rows, cut back to the subset.
+
+    The subsets LaMa and the second segmentation see change size from batch to batch; every new shape costs
+    cudnn's autotuner (cudnn.benchmark) and torch.compile a new tuning pass, which on an H200 held the first
+    ~30 s of a Ray job at a quarter of its steady rate. Buckets bound the shapes to log2(batch) + 1."""
+    n = tensors[0].shape[0]
+    pad = bucket_size(n, max(full, n)) - n
+    if pad:
+        tensors = tuple(torch.cat([t, t[:1].expand(pad, *t.shape[1:])]) for t in tensors)
+    return fn(*tensors)[:n]
+
+
 def _dynamic_fraction(labels: torch.Tensor) -> torch.Tensor:
     return dynamic_mask(labels).float().mean(dim=(1, 2))
 
@@ -210,7 +228,7 @@ class InpaintStage(Stage):
         if not bool(holes.any()):
             return {"x": x, "inpainted": holes}
         x = x.clone()
-        x[holes] = self.inpainter(x[holes], mask[holes][:, None].float()).to(x.dtype)
+        x[holes] = on_subset(self.inpainter, len(x), x[holes], mask[holes][:, None].float()).to(x.dtype)
         return {"x": x, "inpainted": holes}
 
 
@@ -246,7 +264,7 @@ class SegmentStage(Stage):
         if "labels_x" in state and "inpainted" in state:  # fused inpaint chain: y == x where nothing was inpainted
             labels, redo = state["labels_x"].clone(), state["inpainted"]
             if bool(redo.any()):
-                labels[redo] = self.segmenter.labels(state["x"][redo])
+                labels[redo] = on_subset(self.segmenter.labels, len(labels), state["x"][redo])
         else:
             labels = self.segmenter.labels(state["x"])
         out = {"seg": labels}
