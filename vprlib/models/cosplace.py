@@ -14,7 +14,7 @@ Building never downloads; `load_imagenet(model, path)` adapts a local torchvisio
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from vprlib.models.encodings import EncodingConfig, InputEncoder
+from vprlib.models.encodings import EncodingConfig, InputEncoder, load_retriever, save_retriever
 
 # Channels of the last convolution of each backbone (CosPlace's CHANNELS_NUM_IN_LAST_CONV).
 BACKBONES = {"resnet18": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048, "vgg16": 512}
@@ -224,14 +224,9 @@ def cosplace_groups(
 
 def save_cosplace(model: CosPlace, path: str | os.PathLike) -> None:
     """Save config and weights as plain containers (readable with weights_only=True)."""
-    torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, path)
+    save_retriever(model, path)
 
 
 def load_cosplace(path: str | os.PathLike) -> CosPlace:
     """A CosPlace saved by `save_cosplace`, in eval mode on CPU."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    config = dict(checkpoint["config"])
-    config["encoding"] = EncodingConfig(**config["encoding"])
-    model = CosPlace(CosPlaceConfig(**config))
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
+    return load_retriever(path, CosPlace, CosPlaceConfig)

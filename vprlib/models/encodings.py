@@ -12,7 +12,8 @@ ablations of Table 1) and how a segmentation map becomes channels are chosen by 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -146,3 +147,19 @@ class InputEncoder(nn.Module):
                 raise ValueError(f"modalities {self.config.modalities!r} need a segmentation map")
             parts.append(self.seg(seg))
         return torch.cat(parts, dim=1)
+
+
+def save_retriever(model: nn.Module, path: str | os.PathLike) -> None:
+    """Save a retriever's config (a dataclass holding an EncodingConfig) and weights as plain containers, so
+    `load_retriever` reads them back with weights_only=True."""
+    torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, path)
+
+
+def load_retriever(path: str | os.PathLike, model_class: type, config_class: type) -> nn.Module:
+    """A retriever saved by `save_retriever`, rebuilt as model_class(config_class(...)), in eval mode on CPU."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    config = dict(checkpoint["config"])
+    config["encoding"] = EncodingConfig(**config["encoding"])
+    model = model_class(config_class(**config))
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vprlib.models.cosplace import build_backbone, load_imagenet_backbone
-from vprlib.models.encodings import EncodingConfig, InputEncoder
+from vprlib.models.encodings import EncodingConfig, InputEncoder, load_retriever, save_retriever
 
 VGG16_CONV5_CHANNELS = 512
 TRIPLET_MARGIN = math.sqrt(0.1)
@@ -151,14 +151,9 @@ def triplet_loss(
 
 def save_netvlad(model: NetVLAD, path: str | os.PathLike) -> None:
     """Save config and weights as plain containers (readable with weights_only=True)."""
-    torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, path)
+    save_retriever(model, path)
 
 
 def load_netvlad(path: str | os.PathLike) -> NetVLAD:
     """A NetVLAD saved by `save_netvlad`, in eval mode on CPU."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    config = dict(checkpoint["config"])
-    config["encoding"] = EncodingConfig(**config["encoding"])
-    model = NetVLAD(NetVLADConfig(**config))
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()
+    return load_retriever(path, NetVLAD, NetVLADConfig)
