@@ -1,5 +1,6 @@
 """Extraction stages called directly on small batches (no Ray): strategies, error rows, OOM splitting, encoding."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -172,6 +173,20 @@ def test_cuda_oom_splits_the_batch_and_remembers():
     model.sizes.clear()
     stage(_batch(n=5, bad=()))
     assert max(model.sizes) <= 2  # later batches start at the size that fitted
+
+
+def test_compiled_stages_pad_short_batches_to_buckets():
+    model = OomDepth(fits=99)
+    stage = DepthStage(_config(batch_size=8), model)
+    stage.config = dataclasses.replace(stage.config, compile=True)  # padding only; no compilation in a unit test
+    batch = _batch(n=5, bad=(1,))  # 4 ok rows
+    out = stage(_batch(n=5, bad=(1,)))
+    assert model.sizes == [4]
+    out = stage(_batch(n=6, bad=(1,)))  # 5 ok rows -> bucket 8
+    assert model.sizes == [4, 8]
+    expected = normalize_depth(torch.from_numpy(batch["image"]).float().div(255).mean(dim=-1)).numpy()
+    ok = [0, 2, 3, 4]
+    assert out["depth"].shape == (6, SIDE, SIDE) and np.allclose(out["depth"][ok], expected[ok], atol=1e-6)
 
 
 def test_fused_chain_splits_on_oom():

@@ -135,11 +135,18 @@ class Stage:
         raise NotImplementedError
 
     def compute(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The stage on ok rows only (numpy in, numpy out, no status handling)."""
+        """The stage on ok rows only (numpy in, numpy out, no status handling).
+
+        With --compile, a short batch (the last of a block, one with error rows, an OOM half) is padded to a
+        power-of-two bucket: each new batch shape would otherwise cost a recompilation (minutes on a GPU)."""
+        n = len(next(iter(arrays.values())))
+        padded = bucket_size(n, max(n, self.config.batch_size)) if self.config.compile else n
+        if padded > n:
+            arrays = {k: np.concatenate([v, np.repeat(v[:1], padded - n, axis=0)]) for k, v in arrays.items()}
         with torch.inference_mode(), self._stream():
             state = to_device(arrays, self.device)
             state.update(self.forward(state))
-            return to_numpy(state, self.produces)
+            return {k: v[:n] for k, v in to_numpy(state, self.produces).items()}
 
     def _stream(self):
         """On CUDA with concurrent batches, each calling thread works on its own stream (copies overlap kernels)."""
