@@ -137,7 +137,7 @@ def job_config(args, manifest: str, output: str, **overrides):
     options = dict(input=manifest, output=output, strategy=args.strategy, models=args.models, side=args.side,
                    device=args.device, precision=args.precision, batch_size=args.batch_size,
                    decode_batch_size=args.decode_batch_size, rows_per_file=args.rows_per_file,
-                   channels_last=args.channels_last, compile=args.compile, actor_threads=args.actor_threads,
+                   compile=args.compile, actor_threads=args.actor_threads,
                    prefetch_batches=args.prefetch_batches, max_failure_fraction=1.0)
     options.update(overrides)
     return ExtractConfig(**options)
@@ -154,8 +154,7 @@ def plain_loop(args, manifest: str, sampler: GpuSampler) -> float:
     from vprlib.extract.stages import FusedChain
 
     uris = read_manifest(manifest)["uri"].to_pylist()[: args.loop_images]
-    config = job_config(args, manifest, "unused", precision=args.loop_precision, compile=False,
-                        channels_last=args.loop_precision != "fp32" and args.channels_last)
+    config = job_config(args, manifest, "unused", precision=args.loop_precision, compile=False)
     start = time.perf_counter()
     chain = FusedChain(config)
     say(f"plain loop: models loaded in {time.perf_counter() - start:.1f} s ({args.loop_precision}, batch 1)")
@@ -264,7 +263,6 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=None, help="model batch (cpu 8, cuda 32)")
     parser.add_argument("--decode-batch-size", type=int, default=8)
     parser.add_argument("--rows-per-file", type=int, default=None, help="default: 2 model batches")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--actor-threads", type=int, default=2)
     parser.add_argument("--prefetch-batches", type=int, default=4)

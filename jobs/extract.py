@@ -11,14 +11,8 @@ import argparse
 import dataclasses
 import sys
 
+from vprlib.cli import OneLineParser
 from vprlib.extract.config import ExtractConfig, field_help
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad command line gives one line on stderr (exit status 2)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_args(argv: list[str] | None = None) -> ExtractConfig:

@@ -5,21 +5,14 @@
 Writes DIR/rgb/*.png, DIR/gt/*.npz, DIR/manifest.parquet, DIR/summary.json and the resolved DIR/config.json.
 """
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
 import time
 
+from vprlib.cli import OneLineParser
 from vprlib.data.synthcity import CityConfig, generate_city, resolve_workers
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad command line gives one line on stderr (exit status 2)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_args(argv=None) -> tuple[str, CityConfig]:

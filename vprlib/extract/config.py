@@ -31,7 +31,11 @@ class ExtractConfig:
         metadata={"help": "fused: one actor runs the whole chain on a batch (no object-store round trips between "
                   "models; the faster on one GPU); pools: one actor pool per model stage"},
     )
-    device: str = field(default="auto", metadata={"help": "auto (cuda when the Ray cluster has GPUs), cpu or cuda"})
+    device: str = field(
+        default="auto",
+        metadata={"help": "auto (cuda when the Ray cluster has GPUs when the job starts), cpu or cuda; on an "
+                  "autoscaling cluster whose GPU nodes start at zero, pass cuda so the actors ask for GPUs"},
+    )
     precision: str = field(default="bf16", metadata={"help": "bf16 autocast on CUDA (fp32 on CPU always) or fp32"})
     batch_size: int = field(default=32, metadata={"help": "images per model batch (split in halves on CUDA OOM)"})
     decode_batch_size: int = field(default=8, metadata={"help": "images per CPU decode task"})
@@ -52,7 +56,6 @@ class ExtractConfig:
                                  "(copies overlap kernels; more GPU memory)"},
     )
     prefetch_batches: int = field(default=4, metadata={"help": "batches queued per model actor (input prefetch)"})
-    channels_last: bool = field(default=True, metadata={"help": "NHWC memory format on CUDA"})
     compile: bool = field(default=False, metadata={"help": "torch.compile each model (slow start, faster steady)"})
     dilation: int = field(default=0, metadata={"help": "pixels the dynamic-object mask is grown by before LaMa"})
     seg_probabilities: bool = field(

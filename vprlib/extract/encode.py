@@ -12,7 +12,7 @@ An output folder holds `part-<uuid>.parquet` files (zstd), all with one schema, 
   3 tree; synthetic). Empty on error rows.
 - `seg_prob` (only with seg_probabilities, synthetic): raw little-endian float16, shape (4, map_height, map_width).
 - `map_height`, `map_width` (int32), `dynamic_fraction` (float32: share of pixels S(x) labels dynamic),
-  `strategy`, `models` (JSON of zoo.model_identity).
+  `strategy`, `models` (JSON of loaders.models_identity: what each model of the strategy was loaded from).
 Any Parquet reader works: e.g. `np.frombuffer(row["depth"], "<f4").reshape(row["map_height"], row["map_width"])`
 and `PIL.Image.open(io.BytesIO(row["seg"]))`. `read_maps`, `decode_depth`, `decode_seg` do exactly that.
 """

@@ -22,7 +22,7 @@ from vprlib.extract.encode import CONFIG_FILE, PART_PREFIX, part_files
 
 TEMP_PREFIX = ".tmp-"
 # Config fields that change what a row holds: a rerun into the same folder must match them.
-RESULT_FIELDS = ("strategy", "models", "side", "seg_probabilities", "dilation")
+RESULT_FIELDS = ("strategy", "models", "models_identity", "side", "seg_probabilities", "dilation")
 
 
 class OutputMismatchError(ValueError):

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from vprlib.extract.config import ExtractConfig
-from vprlib.extract.loaders import load_refiner_pair, prepare
+from vprlib.extract.loaders import prepare
 from vprlib.models import zoo
 from vprlib.models.dynamic import DYNAMIC_ADE20K, dynamic_mask
-from vprlib.models.refiner import REFINED_CLASSES, labels_to_channel
+from vprlib.models.refiner import REFINED_CLASSES, labels_to_channel, load_refiners
 
 OK, ERROR = "ok", "error"
 
@@ -129,7 +129,7 @@ class Stage:
 
     def _prepare(self, model):
         c = self.config
-        return prepare(model, self.device, c.precision, c.channels_last, c.compile)
+        return prepare(model, self.device, c.precision, c.compile)
 
     def forward(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -288,7 +288,7 @@ class RefineStage(Stage):
 
     def __init__(self, config: ExtractConfig, refiners=None):
         super().__init__(config)
-        depth_refiner, seg_refiner = refiners if refiners is not None else load_refiner_pair(config.models)
+        depth_refiner, seg_refiner = refiners if refiners is not None else load_refiners(config.models)
         if seg_refiner.config.seg_channels != 1:
             raise ValueError("the extraction job feeds refiners the ADE label map as 1 channel (seg_channels=1)")
         self.depth_refiner, self.seg_refiner = self._prepare(depth_refiner), self._prepare(seg_refiner)

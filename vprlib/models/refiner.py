@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vprlib.models.zoo import vprlib_home
+
 # Segmentation classes the refiner F_s predicts; HoliCity's road is merged into terrain (paper III-A).
 REFINED_CLASSES = ("sky", "building", "terrain", "tree")
 # HoliCity static labels (0 sky, 1 building, 2 road, 3 terrain, 4 tree) -> REFINED_CLASSES ids.
@@ -33,9 +35,6 @@ ADE20K_NUM_CLASSES = 150
 DEPTH_FILE = "refiner_depth.pt"
 SEG_FILE = "refiner_seg.pt"
 # Where `load_refiners("paper")` looks: $VPRLIB_HOME, else ~/.cache/vprlib (the same home as vprlib.models.zoo).
-DEFAULT_HOME = "~/.cache/vprlib"
-
-
 @dataclass(frozen=True)
 class RefinerConfig:
     depth_channels: int = 1  # relative inverse depth from DPT
@@ -184,7 +183,7 @@ def random_refiners(models: str = "tiny", seed: int = 0) -> tuple[DualEncoderUNe
 def refiners_dir(models: str) -> Path:
     """The directory holding refiner_depth.pt / refiner_seg.pt for "paper" or a directory path."""
     if models == "paper":
-        return Path(os.environ.get("VPRLIB_HOME", DEFAULT_HOME)).expanduser()
+        return vprlib_home()
     path = Path(models).expanduser()
     if not path.is_dir():
         known = [*RANDOM_CONFIGS, "paper"]

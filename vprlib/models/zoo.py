@@ -35,7 +35,8 @@ KNOWN = (*RANDOM_PRESETS, "paper")
 
 
 def vprlib_home() -> Path:
-    return Path(os.environ.get("VPRLIB_HOME", Path.home() / ".cache" / "vprlib"))
+    """Where "paper" weights that are not on the Hugging Face hub live (Big-LaMa, trained refiners)."""
+    return Path(os.environ.get("VPRLIB_HOME", Path.home() / ".cache" / "vprlib")).expanduser()
 
 
 def _models_dir(models: str) -> Path:
