@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -313,10 +314,14 @@ class FusedChain(Stage):
     name = "fused"
 
     def __init__(self, config: ExtractConfig, models: dict | None = None):
+        start = time.perf_counter()
         super().__init__(config)
         self.stages = build_stages(config, models or {}, fused=True)
         self.produces = final_keys(config)
         self.drops = ("image", "mask")
+        # Printed by each actor (Ray forwards it to the driver): how much of a job's start-up is model loading.
+        print(f"extract: {config.strategy} chain ({config.models}) ready on {self.device} in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)
 
     def forward(self, state):
         for stage in self.stages:
