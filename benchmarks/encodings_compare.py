@@ -21,13 +21,14 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from vprlib.data import synthcity
 from vprlib.data.synthcity import CityConfig, generate_city
 from vprlib.metrics import gps_positives, recall_at_n
 from vprlib.models.cosplace import CosPlace, CosPlaceConfig, LargeMarginCosineLoss
 from vprlib.models.dpt import normalize_depth
 from vprlib.models.encodings import EncodingConfig
 
-HOLICITY_CLASSES = 5
+HOLICITY_CLASSES = len(synthcity.HOLICITY_CLASSES)
 ENCODINGS = ("label", "onehot", "embedding")
 NS = (1, 5, 10)
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vprlib.data.manifest import url_to_fs
+from vprlib.data.manifest import is_remote, url_to_fs
 from vprlib.extract.encode import CONFIG_FILE, PART_PREFIX, part_files
 
 TEMP_PREFIX = ".tmp-"
@@ -52,7 +52,7 @@ def write_part(batch: pa.Table, output: str, schema: pa.Schema) -> pa.Table:
     fs, root = url_to_fs(output)
     name = f"{PART_PREFIX}{uuid.uuid4().hex}.parquet"
     final = posixpath.join(root, name)
-    temp = final if "://" in output and not output.startswith("file://") else posixpath.join(root, TEMP_PREFIX + name)
+    temp = final if is_remote(output) else posixpath.join(root, TEMP_PREFIX + name)
     with fs.open(temp, "wb") as f:
         pq.write_table(table, f, compression="zstd")
     if temp != final:
