@@ -7,12 +7,16 @@ Phases, each printed as soon as it ends (a watchdog exits after --timeout-s, so 
 1. photos: a synthetic city rendered at --side (--unique captures), saved as JPEG and copied to --images files;
 2. plain loop: one process, one image at a time (decode, models, encode), --loop-precision (fp32: the naive
    baseline), over --loop-images photos;
-3. (CUDA) GPU only: the fused chain on decoded batches, no I/O: the bound the job could reach;
+3. (CUDA) GPU only, per --gpu-only (default eager,compile): the fused chain on one batch of the decoded photos,
+   no I/O: the bound the job could reach; it prints the first batch's time (cudnn autotuning, compilation) apart.
+   Compiling here fills --compile-cache, which the Ray job's compiled variants then reuse, as a second job on a
+   machine or a cluster with a shared cache would;
 4. the Ray job (jobs/extract.py's run_extract), decode to Parquet, model loading included, with the GPU's mean
    utilisation while it ran (pynvml or nvidia-smi), per --variants (default: cpu fused,pools; cuda
-   fused,fused+mt,fused+x2,fused+compile,pools: eager first, as compilation takes minutes; a run that would start
-   with under --min-job-s left is skipped). The first variant is rerun on a quarter of the photos: the steady
-   rate without start-up is (N - n) / (T_N - T_n). Last, each job's ratio to the plain loop.
+   fused+compile,fused,fused+x2; a run that would start with under --min-job-s left is skipped). Each job also
+   reports its steady rate, rows/s from its first part file to its last (start-up and compilation excluded);
+   --marginal reruns the first variant on a quarter of the photos for a second estimate, (N - n) / (T_N - T_n).
+   Last, each job's ratio to the plain loop.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 T0 = time.perf_counter()
-CUDA_VARIANTS = "fused,fused+mt,fused+x2,fused+compile,pools"
+CUDA_VARIANTS = "fused+compile,fused,fused+x2"
 
 
 def say(message: str) -> None:
@@ -137,7 +141,7 @@ def job_config(args, manifest: str, output: str, **overrides):
     options = dict(input=manifest, output=output, strategy=args.strategy, models=args.models, side=args.side,
                    device=args.device, precision=args.precision, batch_size=args.batch_size,
                    decode_batch_size=args.decode_batch_size, rows_per_file=args.rows_per_file,
-                   compile=args.compile, actor_threads=args.actor_threads,
+                   compile=args.compile, compile_cache=args.compile_cache, actor_threads=args.actor_threads,
                    prefetch_batches=args.prefetch_batches, max_failure_fraction=1.0)
     options.update(overrides)
     return ExtractConfig(**options)
@@ -176,66 +180,84 @@ def plain_loop(args, manifest: str, sampler: GpuSampler) -> float:
     return rate
 
 
-def gpu_only(args, sampler: GpuSampler) -> None:
-    """The fused chain on random decoded batches already in memory: what the GPU work alone sustains."""
+def gpu_only(args, manifest: str, sampler: GpuSampler, mode: str) -> None:
+    """The fused chain on one batch of the decoded photos, again and again: what the GPU work alone sustains."""
     import torch
 
+    from vprlib.data.manifest import read_manifest
+    from vprlib.extract.decode import load_image
     from vprlib.extract.stages import FusedChain
 
-    config = job_config(args, "unused", "unused", compile=False)
+    compiled = mode == "compile"
+    config = job_config(args, manifest, "unused", compile=compiled)
     chain = FusedChain(config)
-    images = np.random.default_rng(0).integers(0, 256, (args.batch_size, args.side, args.side, 3), dtype=np.uint8)
-    chain.compute({"image": images})  # warm-up (and compilation with --compile)
-    torch.cuda.synchronize()
+    uris = read_manifest(manifest)["uri"].to_pylist()[: args.batch_size]
+    images = np.stack([load_image(uri, args.side) for uri in uris])
+    start = time.perf_counter()
+    chain.compute({"image": images})  # first batch: cudnn autotuning, and compilation with compile
+    first = time.perf_counter() - start
     batches = max(2, args.gpu_only_images // args.batch_size)
     start = time.perf_counter()
     for _ in range(batches):
         chain.compute({"image": images})
     end = time.perf_counter()
     rate = batches * args.batch_size / (end - start)
-    say(f"RESULT GPU only (fused chain, eager {args.precision}, batch {args.batch_size}, "
-        f"host copies included, no decode/encode): {rate:.1f} images/s; GPU util {sampler.mean(start, end)}")
+    detail = ""
+    if compiled:
+        from torch._dynamo.utils import counters
+
+        breaks = sum(counters["graph_break"].values())
+        detail = (f"; {counters['stats']['unique_graphs']} graphs, {breaks} graph breaks, cache "
+                  f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR')}")
+    precision = config.precision if args.device == "cuda" else "fp32"
+    say(f"RESULT {args.device.upper()} only ({mode} {precision}, batch {args.batch_size}, host copies included, no "
+        f"decode/encode): {rate:.1f} images/s; GPU util {sampler.mean(start, end)}; first batch {first:.1f} s{detail}")
     del chain
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
-def ray_job(args, manifest: str, variant: str, sampler: GpuSampler, tag: str = "") -> tuple[float, float, int]:
+def ray_job(args, manifest: str, variant: str, sampler: GpuSampler, tag: str = "") -> tuple[float, float, int, float]:
     """One Ray job run; a variant is a mode plus options: "+compile", "+x2" (2 actors sharing the GPU, so one's host
-    work overlaps the other's kernels), "+mt" (2 batches at once per actor, each on its own CUDA stream),
-    e.g. fused+compile+x2."""
+    work overlaps the other's kernels), "+mt" (2 batches at once per actor, each on its own CUDA stream), "+nobench"
+    (cudnn's heuristics instead of its autotuner), e.g. fused+compile+x2."""
     from vprlib.extract.pipeline import run_extract
 
     output = os.path.join(args.work_dir, f"maps-{variant.replace('+', '-')}{tag}")
     shutil.rmtree(output, ignore_errors=True)
     mode, *extras = variant.split("+")
-    unknown = set(extras) - {"compile", "x2", "mt"}
+    unknown = set(extras) - {"compile", "x2", "mt", "nobench"}
     if unknown:
-        raise ValueError(f"unknown variant option(s) {sorted(unknown)} in {variant!r}; known: compile, x2, mt")
+        raise ValueError(f"unknown variant option(s) {sorted(unknown)} in {variant!r}; known: compile, x2, mt, "
+                         f"nobench")
     actors = 2 if "x2" in extras else 1
     config = job_config(args, manifest, output, mode=mode, compile=args.compile or "compile" in extras,
                         actors=actors, gpus_per_actor=1.0 / actors, concurrent_batches="mt" in extras,
-                        actor_threads=max(2, args.actor_threads) if "mt" in extras else args.actor_threads)
+                        actor_threads=max(2, args.actor_threads) if "mt" in extras else args.actor_threads,
+                        cudnn_benchmark="nobench" not in extras)
     start = time.perf_counter()
     summary = run_extract(config)
     end = time.perf_counter()
-    rate = summary["images_per_s"]
+    rate, steady = summary["images_per_s"], summary["steady_images_per_s"]
     say(f"RESULT Ray job ({variant}{tag}, {config.precision}, batch {config.batch_size}, compile={config.compile}, "
-        f"threads={config.actor_threads}, concurrent={config.concurrent_batches}, actors={config.actors}): "
+        f"threads={config.actor_threads}, concurrent={config.concurrent_batches}, actors={config.actors}, "
+        f"cudnn.benchmark={config.cudnn_benchmark}): "
         f"{summary['rows_this_run']} images, {rate:.2f} images/s end to end (decode to Parquet, model loading "
-        f"included; {end - start:.1f} s in run_extract); ok {summary['rows_ok']}, failed {summary['rows_failed']}; "
+        f"included; {end - start:.1f} s in run_extract), {steady:.2f} images/s steady (after the first part "
+        f"file); ok {summary['rows_ok']}, failed {summary['rows_failed']}; "
         f"GPU util {sampler.mean(start, end)}")
     shutil.rmtree(output, ignore_errors=True)  # ~1 MB per map at 512: do not fill the disk across variants
-    return rate, end - start, summary["rows_this_run"]
+    return rate, end - start, summary["rows_this_run"], steady
 
 
-def marginal_rate(args, manifest: str, variant: str, sampler: GpuSampler, full: tuple[float, float, int]) -> float:
+def marginal_rate(args, manifest: str, variant: str, sampler: GpuSampler, full: tuple) -> float:
     """Steady rate without start-up: the same job on a quarter of the photos, then (N - n) / (T_N - T_n)."""
     import pyarrow.parquet as pq
 
     small = os.path.join(args.work_dir, "manifest-quarter.parquet")
     table = pq.read_table(manifest)
     pq.write_table(table.slice(0, table.num_rows // 4), small)
-    _, seconds, rows = ray_job(args, small, variant, sampler, tag="-quarter")
+    _, seconds, rows, _ = ray_job(args, small, variant, sampler, tag="-quarter")
     if full[1] > seconds and full[2] > rows:
         rate = (full[2] - rows) / (full[1] - seconds)
         startup = seconds - rows / rate
@@ -255,7 +277,12 @@ def parse_args(argv=None):
     parser.add_argument("--unique", type=int, default=64, help="distinct rendered captures the photos copy")
     parser.add_argument("--loop-images", type=int, default=None, help="photos for the plain loop (cpu 48, cuda 64)")
     parser.add_argument("--loop-precision", default=None, choices=["fp32", "bf16"], help="default fp32")
-    parser.add_argument("--gpu-only-images", type=int, default=256, help="CUDA: images for the GPU-only phase (0 off)")
+    parser.add_argument("--gpu-only-images", type=int, default=256, help="CUDA: images per GPU-only run (0 off)")
+    parser.add_argument("--gpu-only", default=None,
+                        help="chain-only runs (no I/O), comma-separated from eager, compile (cuda default: both; cpu: "
+                        "none)")
+    parser.add_argument("--compile-cache", default="",
+                        help="torch.compile's cache folder (default: WORK/compile-cache, cold at the start)")
     parser.add_argument("--variants", default=None,
                         help="Ray job runs, comma-separated, each a mode (fused, pools) optionally +compile "
                         f"(default: cpu fused,pools; cuda {CUDA_VARIANTS})")
@@ -268,7 +295,7 @@ def parse_args(argv=None):
     parser.add_argument("--prefetch-batches", type=int, default=4)
     parser.add_argument("--work-dir", default="", help="where photos and maps go (default: a temporary folder)")
     parser.add_argument("--timeout-s", type=float, default=570.0, help="exit (status 3) after this many seconds")
-    parser.add_argument("--marginal", action=argparse.BooleanOptionalAction, default=True,
+    parser.add_argument("--marginal", action=argparse.BooleanOptionalAction, default=False,
                         help="after the first variant, rerun it on a quarter of the photos for the start-up-free rate")
     parser.add_argument("--min-job-s", type=float, default=90.0, help="skip a Ray job run with less time left")
     args = parser.parse_args(argv)
@@ -279,8 +306,10 @@ def parse_args(argv=None):
     args.loop_precision = args.loop_precision or "fp32"
     args.variants = args.variants or (CUDA_VARIANTS if cuda else "fused,pools")
     args.batch_size = args.batch_size or (32 if cuda else 8)
+    args.gpu_only = ("eager,compile" if cuda else "") if args.gpu_only is None else args.gpu_only
     args.rows_per_file = args.rows_per_file or 2 * args.batch_size
     args.work_dir = args.work_dir or tempfile.mkdtemp(prefix="extract-bench-")
+    args.compile_cache = os.path.abspath(args.compile_cache or os.path.join(args.work_dir, "compile-cache"))
     return args
 
 
@@ -300,8 +329,13 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
     say(f"photos: {args.images} JPEGs at {args.side} px ({args.unique} distinct) in {seconds:.1f} s")
     loop_rate = plain_loop(args, manifest, sampler)
-    if args.device == "cuda" and args.gpu_only_images and left(args) > 120:
-        gpu_only(args, sampler)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.compile_cache  # this process compiles into the jobs' cache
+    for mode in [m.strip() for m in args.gpu_only.split(",") if m.strip()]:
+        if args.gpu_only_images and left(args) > 120:
+            try:
+                gpu_only(args, manifest, sampler, mode)
+            except Exception as exc:  # e.g. a compile failure must not cost the Ray job's figures
+                say(f"RESULT GPU only ({mode}) FAILED: {type(exc).__name__}: {exc}")
     import ray
 
     root = str(Path(__file__).resolve().parents[1])  # workers find vprlib even where it is not pip-installed
@@ -315,7 +349,7 @@ def main(argv=None) -> int:
             continue
         try:
             result = ray_job(args, manifest, variant, sampler)
-            rates[variant] = result[0]
+            rates[variant], rates[f"{variant}, steady"] = result[0], result[3]
             if not rates_measured_marginal and args.marginal and left(args) > args.min_job_s:
                 rates[f"{variant}, start-up excluded"] = marginal_rate(args, manifest, variant, sampler, result)
                 rates_measured_marginal = True

@@ -125,6 +125,7 @@ def test_job_end_to_end(ray_session, city, tmp_path, strategy, mode):
     config = ExtractConfig(input=city, output=str(tmp_path / "maps"), strategy=strategy, mode=mode, **FAST)
     summary = run_extract(config)
     assert summary["rows_ok"] == 34 and summary["rows_failed"] == 4 and summary["rows_missing"] == 0
+    assert summary["images_per_s"] > 0 and summary["steady_images_per_s"] > 0  # 38 rows in several part files
     table = _check_output(config.output, os.path.join(city, "manifest.parquet"), strategy)
     assert table.num_rows == 38 and (tmp_path / "maps" / "_extract_config.json").is_file()
 
@@ -141,6 +142,26 @@ def test_failure_fraction_sets_exit_code_and_rerun_is_a_no_op(ray_session, city,
     parts = sorted(os.listdir(tmp_path / "maps"))
     assert job.main([*args, "--max-failure-fraction", "0.2"]) == 0
     assert sorted(os.listdir(tmp_path / "maps")) == parts  # nothing left to do, nothing rewritten
+
+
+def test_compiled_job_matches_eager_and_fills_the_compile_cache(ray_session, city, tmp_path):
+    """--compile in the Ray actors (every model torch.compiled; on this CPU too): the maps eager gives, and the
+    compiled graphs land in --compile-cache, where the next job's actors find them (benchmarks/RESULTS.md)."""
+    from vprlib.extract.pipeline import run_extract
+
+    manifest = tmp_path / "eight.parquet"
+    write_manifest(read_manifest(os.path.join(city, "manifest.parquet")).slice(0, 8), str(manifest))
+    options = {**FAST, "input": str(manifest), "strategy": "none"}
+    eager = run_extract(ExtractConfig(output=str(tmp_path / "eager"), **options))
+    cache = tmp_path / "cache"
+    compiled = run_extract(ExtractConfig(output=str(tmp_path / "compiled"), compile=True, compile_cache=str(cache),
+                                         **options))
+    assert eager["rows_ok"] == compiled["rows_ok"] == 8
+    assert any((cache / "fxgraph").rglob("*")), "no compiled graph in the cache folder"
+    rows = {r["image_id"]: r for r in read_maps(str(tmp_path / "eager")).to_pylist()}
+    for row in read_maps(str(tmp_path / "compiled")).to_pylist():
+        np.testing.assert_allclose(decode_depth(row), decode_depth(rows[row["image_id"]]), atol=1e-3)
+        assert (decode_seg(row) == decode_seg(rows[row["image_id"]])).mean() > 0.99
 
 
 def test_s3_input_and_output(ray_session, city, s3_bucket):

@@ -22,6 +22,7 @@ from vprlib.extract.encode import (
 )
 from vprlib.extract.resume import OutputMismatchError, check_config, scan_output, write_part
 from vprlib.extract.stages import DepthStage, FusedChain, InpaintStage, MaskStage, build_stages
+from vprlib.models import zoo
 from vprlib.models.dpt import normalize_depth
 
 SIDE = 32
@@ -175,18 +176,33 @@ def test_cuda_oom_splits_the_batch_and_remembers():
     assert max(model.sizes) <= 2  # later batches start at the size that fitted
 
 
-def test_compiled_stages_pad_short_batches_to_buckets():
+def test_compiled_stages_pad_every_batch_to_one_shape():
     model = OomDepth(fits=99)
     stage = DepthStage(_config(batch_size=8), model)
     stage.config = dataclasses.replace(stage.config, compile=True)  # padding only; no compilation in a unit test
     batch = _batch(n=5, bad=(1,))  # 4 ok rows
-    out = stage(_batch(n=5, bad=(1,)))
-    assert model.sizes == [4]
-    out = stage(_batch(n=6, bad=(1,)))  # 5 ok rows -> bucket 8
-    assert model.sizes == [4, 8]
+    out = stage(batch)
+    assert model.sizes == [8]
     expected = normalize_depth(torch.from_numpy(batch["image"]).float().div(255).mean(dim=-1)).numpy()
     ok = [0, 2, 3, 4]
-    assert out["depth"].shape == (6, SIDE, SIDE) and np.allclose(out["depth"][ok], expected[ok], atol=1e-6)
+    assert out["depth"].shape == (5, SIDE, SIDE) and np.allclose(out["depth"][ok], expected[ok], atol=1e-6)
+    model.fits = 4  # an OOM split: later batches are padded to the size that fitted, not back to 8
+    stage(_batch(n=8, bad=()))
+    stage(_batch(n=3, bad=()))
+    assert model.sizes == [8, 8, 4, 4, 4] and stage.oom.limit == 4
+
+
+def test_compiled_chain_pads_subsets_to_the_batch():
+    batch = _batch(n=8, bad=())
+    batch["image"][:, 0, 0, :] = 0
+    batch["image"][[0, 3, 5], 0, 0, :] = 255
+    segmenter, inpainter = MarkedCars(), CountingGrey()
+    chain = FusedChain(_config(batch_size=16), models={"segmenter": segmenter, "inpainter": inpainter})
+    for stage in chain.stages:  # padding only; no compilation in a unit test
+        stage.config = dataclasses.replace(stage.config, compile=True)
+    chain.config = chain.stages[0].config
+    chain(batch)
+    assert inpainter.sizes == [16] and segmenter.sizes == [16, 16]  # 8 rows padded to the batch, 3 cars too
 
 
 def test_fused_chain_splits_on_oom():
@@ -251,6 +267,20 @@ def test_config_rejects_unknown_values():
         _config(strategy="magic")
     with pytest.raises(ValueError, match="batch_size"):
         _config(batch_size=0)
+    with pytest.raises(ValueError, match="compile_cache must be a filesystem path"):
+        _config(compile_cache="s3://bucket/cache")
+
+
+def test_compile_cache_reaches_every_model_actor(tmp_path, monkeypatch):
+    from vprlib.extract.pipeline import _actor_args, resolve_compile_cache
+
+    monkeypatch.chdir(tmp_path)
+    config = resolve_compile_cache(_config(compile=True, compile_cache="cache"))
+    assert config.compile_cache == str(tmp_path / "cache")  # absolute: actors run elsewhere
+    env = _actor_args(config, 1.0)["runtime_env"]["env_vars"]
+    assert env == {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    assert "runtime_env" not in _actor_args(_config(compile=True), 1.0)  # torch's own per-machine default
+    assert "runtime_env" not in _actor_args(dataclasses.replace(config, compile=False), 1.0)
 
 
 def test_load_input_reads_a_manifest_a_city_folder_and_a_photo_folder(tmp_path):
@@ -277,6 +307,10 @@ def test_too_few_cpus_fail_fast():
     check_resources(_config(), {"CPU": 2.0})
     with pytest.raises(ResourceError, match="CPUs"):
         check_resources(_config(actors=2), {"CPU": 2.0})
+    with pytest.raises(ResourceError, match="CPUs"):  # the GPUs are there: nothing will add CPUs
+        check_resources(_config(actors=2, device="cuda", gpus_per_actor=0.5), {"CPU": 2.0, "GPU": 1.0})
+    # cluster.yaml: an 8-CPU head, GPU nodes start at zero: the autoscaler brings GPUs and their CPUs together
+    check_resources(_config(actors=8, device="cuda"), {"CPU": 8.0})
 
 
 def test_missing_weights_fail_before_any_work(tmp_path):
@@ -288,3 +322,30 @@ def test_missing_weights_fail_before_any_work(tmp_path):
         check_weights(str(tmp_path), "none")
     with pytest.raises(ValueError, match="unknown models 'bogus'"):
         check_weights("bogus", "none")
+
+
+@pytest.mark.parametrize("load", [zoo.load_segmenter, zoo.load_depth])
+def test_hf_models_compile_to_one_graph(load):
+    """transformers installs hooks lazily under a lock dynamo cannot trace (3 graph breaks per model in 5.x);
+    prepare(compile=True) installs them first, so the compiled forward is one graph."""
+    from vprlib.extract.loaders import install_hf_hooks
+
+    model = load("tiny")
+    install_hf_hooks(model, "cpu")
+    explained = torch._dynamo.explain(model)(torch.rand(2, 3, SIDE, SIDE))
+    assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+    assert explained.graph_count == 1
+
+
+def test_a_shared_model_is_compiled_lazily_and_once():
+    """The fused chain prepares its one segmenter for two stages: nothing may compile while the chain loads (a
+    1-image compile would add a graph and, with the real batch, a dynamic one)."""
+    from torch._dynamo.utils import counters
+
+    from vprlib.extract.loaders import prepare
+
+    segmenter = zoo.load_segmenter("tiny")
+    before = counters["stats"]["unique_graphs"]
+    for _ in range(2):
+        prepare(segmenter, "cpu", "fp32", compile=True)
+    assert counters["stats"]["unique_graphs"] == before

@@ -57,6 +57,15 @@ class ExtractConfig:
     )
     prefetch_batches: int = field(default=4, metadata={"help": "batches queued per model actor (input prefetch)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile each model (slow start, faster steady)"})
+    compile_cache: str = field(
+        default="", metadata={"help": "folder for torch.compile's caches, shared by the model actors (a shared "
+                              "filesystem on a cluster); '' = torch's per-machine default (/tmp/torchinductor_$USER). "
+                              "A warm cache turns minutes of compilation into seconds"},
+    )
+    cudnn_benchmark: bool = field(
+        default=True, metadata={"help": "CUDA: let cudnn time its convolution algorithms per input shape (a slower "
+                                "first batch per shape, usually faster after)"},
+    )
     dilation: int = field(default=0, metadata={"help": "pixels the dynamic-object mask is grown by before LaMa"})
     seg_probabilities: bool = field(
         default=False, metadata={"help": "synthetic: also store the refined 4-class probabilities (float16)"},
@@ -80,6 +89,9 @@ class ExtractConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.max_failure_fraction <= 1.0:
             raise ValueError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
+        if "://" in self.compile_cache:
+            raise ValueError(f"compile_cache must be a filesystem path (a shared one on a cluster), got "
+                             f"{self.compile_cache!r}")
         if self.gpus_per_actor < 0 or self.cpus_per_actor < 0 or self.dilation < 0:
             raise ValueError("gpus_per_actor, cpus_per_actor and dilation must be >= 0")
 

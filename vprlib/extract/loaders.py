@@ -5,14 +5,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from vprlib.models import zoo
+from vprlib.models.dpt import DepthEstimator
 from vprlib.models.refiner import (
     DEPTH_FILE,
     SEG_FILE,
     refiners_dir,
 )
+from vprlib.models.segformer import Segmenter
 
 ROLES = {"inpaint": ("segmenter", "inpainter", "depth"), "none": ("segmenter", "depth"),
          "synthetic": ("segmenter", "depth", "refiners")}
@@ -71,6 +74,18 @@ def prepare(model: nn.Module, device: str, precision: str, compile: bool) -> nn.
     if precision == "fp32" and dataclasses.is_dataclass(config) and hasattr(config, "bf16"):
         model.config = dataclasses.replace(config, bf16=False)
     model = model.to(device).eval()
-    if compile:
+    if compile and getattr(model, "_compiled_call_impl", None) is None:  # a shared model is compiled once
+        install_hf_hooks(model, device)
         model.compile()  # in place: calls through any method (labels, probabilities) hit the compiled forward
     return model
+
+
+def install_hf_hooks(model: nn.Module, device: str) -> None:
+    """One eager forward of a 1-image batch, so a Hugging Face model installs its lazy hooks before torch.compile.
+
+    transformers (5.x) installs its output-capturing hooks on the first call that asks for hidden states (SegFormer's
+    decode head and DPT's neck do), under a threading lock that dynamo cannot trace: 3 graph breaks per model
+    (torch._dynamo.explain). Installed beforehand, each model compiles to one graph."""
+    if isinstance(model, (Segmenter, DepthEstimator)):
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, model.input_size, model.input_size, device=device))

@@ -55,6 +55,13 @@ def resolve_device(config: ExtractConfig) -> ExtractConfig:
     return replace(config, device="cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu")
 
 
+def resolve_compile_cache(config: ExtractConfig) -> ExtractConfig:
+    """--compile-cache as an absolute path (actors run in other folders, under `ray job submit` in a copy)."""
+    if not config.compile_cache:
+        return config
+    return replace(config, compile_cache=os.path.abspath(os.path.expanduser(config.compile_cache)))
+
+
 def _actor_args(config: ExtractConfig, share: float) -> dict:
     """map_batches arguments of a model actor pool; `share` of the per-actor CPUs/GPUs (1/stages in pools mode)."""
     from ray.data import ActorPoolStrategy
@@ -64,23 +71,27 @@ def _actor_args(config: ExtractConfig, share: float) -> dict:
                                 max_concurrent_calls_per_actor=threads,
                                 enable_true_multi_threading=bool(threads and config.concurrent_batches))
     gpus = config.gpus_per_actor * share if config.device == "cuda" else 0
-    return {"compute": compute, "batch_size": config.batch_size, "num_cpus": config.cpus_per_actor * share,
+    args = {"compute": compute, "batch_size": config.batch_size, "num_cpus": config.cpus_per_actor * share,
             "num_gpus": gpus}
+    if config.compile and config.compile_cache:  # every actor (any node) compiles into, and reuses, one cache
+        args["runtime_env"] = {"env_vars": {"TORCHINDUCTOR_CACHE_DIR": config.compile_cache}}
+    return args
 
 
 def check_resources(config: ExtractConfig, resources: dict) -> None:
     """Fail at once, not hang, when the model actors cannot all start and still leave a CPU for decoding.
 
-    Too few GPUs only warns: an autoscaling cluster adds GPU nodes once the actors ask for them."""
+    Too few GPUs only warns: an autoscaling cluster (cluster.yaml: GPU nodes start at zero) adds GPU nodes once the
+    actors ask for them, and those nodes bring the actors' CPUs too, so a CPU shortfall is then no error either."""
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     need_cpus = config.actors * config.cpus_per_actor
-    if need_cpus > cpus - 1:
-        raise ResourceError(f"model actors need {need_cpus:g} CPUs (--actors x --cpus-per-actor) and decoding at "
-                            f"least 1, but the cluster has {cpus:g}: lower --cpus-per-actor or --actors")
-    need_gpus = config.actors * config.gpus_per_actor
-    if config.device == "cuda" and need_gpus > gpus:
+    need_gpus = config.actors * config.gpus_per_actor if config.device == "cuda" else 0
+    if need_gpus > gpus:
         print(f"extract: warning: model actors need {need_gpus:g} GPUs (--actors x --gpus-per-actor), the cluster "
               f"has {gpus:g} now: waiting for the autoscaler", flush=True)
+    elif need_cpus > cpus - 1:
+        raise ResourceError(f"model actors need {need_cpus:g} CPUs (--actors x --cpus-per-actor) and decoding at "
+                            f"least 1, but the cluster has {cpus:g}: lower --cpus-per-actor or --actors")
 
 
 class ResourceError(ValueError):
@@ -130,13 +141,21 @@ class _StageActor:
         return self.stage(batch)
 
 
-def _run_ray(config: ExtractConfig, todo: pa.Table, schema: pa.Schema, models_json: str) -> dict[str, int]:
+def _run_ray(config: ExtractConfig, todo: pa.Table, schema: pa.Schema, models_json: str) -> tuple[dict, float]:
+    """Run the pipeline; return the rows written per status and the steady rate: rows per second from the first
+    written part file to the last (actor start, model loading and compilation excluded; 0.0 with one part)."""
     ds = build_dataset(config, todo, schema, models_json)
     counts = {"ok": 0, "error": 0}
+    first_at = last_at = 0.0
+    first_rows = 0
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        last_at = time.perf_counter()
+        if not first_rows:
+            first_at, first_rows = last_at, batch.num_rows
         for status, n in zip(*_value_counts(batch["status"]), strict=True):
             counts[status] = counts.get(status, 0) + n
-    return counts
+    later = sum(counts.values()) - first_rows
+    return counts, later / (last_at - first_at) if later and last_at > first_at else 0.0
 
 
 def _value_counts(column) -> tuple[list[str], list[int]]:
@@ -156,6 +175,7 @@ def run_extract(config: ExtractConfig) -> dict:
     import ray
 
     start = time.perf_counter()
+    config = resolve_compile_cache(config)
     manifest = carry_columns(load_input(config.input))
     check_weights(config.models, config.strategy)
     init_ray(config)
@@ -169,9 +189,11 @@ def run_extract(config: ExtractConfig) -> dict:
           f"{todo.num_rows} to do; removed {len(removed)} partial file(s)", flush=True)
     schema = output_schema(manifest.schema, config.strategy == "synthetic" and config.seg_probabilities)
     run_start = time.perf_counter()
-    counts = _run_ray(config, todo, schema, json.dumps(identity, sort_keys=True)) if todo.num_rows else {}
+    counts, steady = {}, 0.0
+    if todo.num_rows:
+        counts, steady = _run_ray(config, todo, schema, json.dumps(identity, sort_keys=True))
     run_seconds = time.perf_counter() - run_start
-    summary = summarise(config, manifest, counts, run_seconds, time.perf_counter() - start)
+    summary = summarise(config, manifest, counts, run_seconds, time.perf_counter() - start, steady)
     fs, root = url_to_fs(config.output)
     with fs.open(posixpath.join(root, SUMMARY_FILE), "w") as f:
         f.write(json.dumps(summary, indent=2))
@@ -179,8 +201,10 @@ def run_extract(config: ExtractConfig) -> dict:
     return summary
 
 
-def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_seconds: float, wall: float) -> dict:
-    """Totals over the whole output folder (earlier runs included), checked against the manifest."""
+def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_seconds: float, wall: float,
+              steady: float = 0.0) -> dict:
+    """Totals over the whole output folder (earlier runs included), checked against the manifest; this run's rate
+    end to end and `steady` (rows/s after its first part file: start-up excluded)."""
     written, _ = scan_output(config.output)
     statuses = dict(zip(*_value_counts(written["status"]), strict=True)) if written.num_rows else {}
     missing = pc.sum(pc.invert(pc.is_in(manifest["image_id"], value_set=written["image_id"]))).as_py() or 0
@@ -195,6 +219,7 @@ def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_secon
         "failed_fraction": rows_failed / max(1, manifest.num_rows),
         "rows_this_run": processed,
         "images_per_s": processed / run_seconds if run_seconds > 0 and processed else 0.0,
+        "steady_images_per_s": steady,
         "wall_s": wall,
         "output": config.output,
         "strategy": config.strategy,
@@ -206,7 +231,8 @@ def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_secon
 def print_summary(summary: dict) -> None:
     print(f"extract: rows ok {summary['rows_ok']}, rows failed {summary['rows_failed']}, "
           f"missing {summary['rows_missing']}, duplicates {summary['duplicate_ids']}; this run "
-          f"{summary['rows_this_run']} rows at {summary['images_per_s']:.2f} images/s; wall {summary['wall_s']:.1f} s",
+          f"{summary['rows_this_run']} rows at {summary['images_per_s']:.2f} images/s ("
+          f"{summary['steady_images_per_s']:.2f} after the first part file); wall {summary['wall_s']:.1f} s",
           flush=True)
 
 

@@ -119,7 +119,7 @@ class Stage:
         self.oom = OomSplitter()
         self._local = threading.local()
         if self.device == "cuda" and config.precision == "bf16":
-            torch.backends.cudnn.benchmark = True  # fixed map sides: autotuned convolutions pay off
+            torch.backends.cudnn.benchmark = config.cudnn_benchmark  # fixed map sides: autotuning can pay off
             torch.set_float32_matmul_precision("high")  # TF32 for what stays float32 (FFTs aside)
 
     @staticmethod
@@ -138,10 +138,12 @@ class Stage:
     def compute(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The stage on ok rows only (numpy in, numpy out, no status handling).
 
-        With --compile, a short batch (the last of a block, one with error rows, an OOM half) is padded to a
-        power-of-two bucket: each new batch shape would otherwise cost a recompilation (minutes on a GPU)."""
+        With --compile, a short batch (the last of a block, one with error rows) is padded to the full batch (or
+        to the size an OOM split left): compiled models then see one shape. Each new shape would cost a
+        recompilation, and after the second one dynamo's automatic dynamic shapes compiles yet another, dynamic
+        graph that a compile cache filled by another process may not hold (seen on the CPU: every graph missed)."""
         n = len(next(iter(arrays.values())))
-        padded = bucket_size(n, max(n, self.config.batch_size)) if self.config.compile else n
+        padded = max(n, self.oom.limit or self.config.batch_size) if self.config.compile else n
         if padded > n:
             arrays = {k: np.concatenate([v, np.repeat(v[:1], padded - n, axis=0)]) for k, v in arrays.items()}
         with torch.inference_mode(), self._stream():
@@ -186,14 +188,15 @@ def bucket_size(n: int, full: int) -> int:
     return min(full, 1 << max(n - 1, 0).bit_length())
 
 
-def on_subset(fn, full: int, *tensors: torch.Tensor) -> torch.Tensor:
-    """fn on a subset of a batch, padded (repeating its first row) to `bucket_size` rows, cut back to the subset.
+def on_subset(fn, full: int, *tensors: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    """fn on a subset of a batch, padded (repeating its first row) to `bucket_size` rows, or with `exact` to `full`
+    rows (compiled models: one shape), cut back to the subset.
 
     The subsets LaMa and the second segmentation see change size from batch to batch; every new shape costs
     cudnn's autotuner (cudnn.benchmark) and torch.compile a new tuning pass, which on an H200 held the first
     ~30 s of a Ray job at a quarter of its steady rate. Buckets bound the shapes to log2(batch) + 1."""
     n = tensors[0].shape[0]
-    pad = bucket_size(n, max(full, n)) - n
+    pad = (max(full, n) if exact else bucket_size(n, max(full, n))) - n
     if pad:
         tensors = tuple(torch.cat([t, t[:1].expand(pad, *t.shape[1:])]) for t in tensors)
     return fn(*tensors)[:n]
@@ -236,7 +239,8 @@ class InpaintStage(Stage):
         if not bool(holes.any()):
             return {"x": x, "inpainted": holes}
         x = x.clone()
-        x[holes] = on_subset(self.inpainter, len(x), x[holes], mask[holes][:, None].float()).to(x.dtype)
+        x[holes] = on_subset(self.inpainter, len(x), x[holes], mask[holes][:, None].float(),
+                             exact=self.config.compile).to(x.dtype)
         return {"x": x, "inpainted": holes}
 
 
@@ -272,7 +276,8 @@ class SegmentStage(Stage):
         if "labels_x" in state and "inpainted" in state:  # fused inpaint chain: y == x where nothing was inpainted
             labels, redo = state["labels_x"].clone(), state["inpainted"]
             if bool(redo.any()):
-                labels[redo] = on_subset(self.segmenter.labels, len(labels), state["x"][redo])
+                labels[redo] = on_subset(self.segmenter.labels, len(labels), state["x"][redo],
+                                         exact=self.config.compile)
         else:
             labels = self.segmenter.labels(state["x"])
         out = {"seg": labels}
