@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 4's GPU benchmark in one call on the device machine (H100/H200, no internet, no Ray installed there).
 # Here, first: ../shared/tools/device-wheels.sh   (builds .whl/: Ray's wheels, kept out of git)
-# There (the `run` tool, carry [".whl"], timeout_s about 500): bash benchmarks/device_run.sh [benchmark flags]
+# There (the `run` tool, carry [".whl"], timeout_s about 540): bash benchmarks/device_run.sh [benchmark flags]
 # Prints every phase as it ends and, last, the RESULT lines again; the whole log is left in $OUT/bench.log.
 set -uo pipefail
 out=${OUT:-/tmp}
@@ -9,8 +9,12 @@ log=$out/bench.log
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$log"
+# Defaults: the naive fp32 loop; the eager chain alone; the compiled Ray job twice (cold cache, then warm: what a
+# second job on the machine, or a cluster with a shared --compile-cache, starts with); the eager Ray job if time is
+# left. Later flags override these.
 python3 benchmarks/extract_throughput.py --device cuda --models paper-random --side 512 --strategy inpaint \
-  --images 4096 --work-dir /tmp/bench --timeout-s "${BENCH_TIMEOUT_S:-450}" "$@" 2>&1 \
+  --images 4096 --loop-images 48 --gpu-only eager --variants fused+compile,fused+compile,fused \
+  --work-dir /tmp/bench --timeout-s "${BENCH_TIMEOUT_S:-500}" "$@" 2>&1 \
   | grep -v -e "constructor arguments" -e "logging_progress.py:1[89]" >> "$log"
 echo "=== summary"
 grep -e RESULT -e "ready on" -e "TIMEOUT" -e "Error" "$log" | cut -c1-400

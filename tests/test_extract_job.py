@@ -125,7 +125,6 @@ def test_job_end_to_end(ray_session, city, tmp_path, strategy, mode):
     config = ExtractConfig(input=city, output=str(tmp_path / "maps"), strategy=strategy, mode=mode, **FAST)
     summary = run_extract(config)
     assert summary["rows_ok"] == 34 and summary["rows_failed"] == 4 and summary["rows_missing"] == 0
-    assert summary["images_per_s"] > 0 and summary["steady_images_per_s"] > 0  # 38 rows in several part files
     table = _check_output(config.output, os.path.join(city, "manifest.parquet"), strategy)
     assert table.num_rows == 38 and (tmp_path / "maps" / "_extract_config.json").is_file()
 

@@ -141,21 +141,13 @@ class _StageActor:
         return self.stage(batch)
 
 
-def _run_ray(config: ExtractConfig, todo: pa.Table, schema: pa.Schema, models_json: str) -> tuple[dict, float]:
-    """Run the pipeline; return the rows written per status and the steady rate: rows per second from the first
-    written part file to the last (actor start, model loading and compilation excluded; 0.0 with one part)."""
+def _run_ray(config: ExtractConfig, todo: pa.Table, schema: pa.Schema, models_json: str) -> dict[str, int]:
     ds = build_dataset(config, todo, schema, models_json)
     counts = {"ok": 0, "error": 0}
-    first_at = last_at = 0.0
-    first_rows = 0
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        last_at = time.perf_counter()
-        if not first_rows:
-            first_at, first_rows = last_at, batch.num_rows
         for status, n in zip(*_value_counts(batch["status"]), strict=True):
             counts[status] = counts.get(status, 0) + n
-    later = sum(counts.values()) - first_rows
-    return counts, later / (last_at - first_at) if later and last_at > first_at else 0.0
+    return counts
 
 
 def _value_counts(column) -> tuple[list[str], list[int]]:
@@ -189,11 +181,9 @@ def run_extract(config: ExtractConfig) -> dict:
           f"{todo.num_rows} to do; removed {len(removed)} partial file(s)", flush=True)
     schema = output_schema(manifest.schema, config.strategy == "synthetic" and config.seg_probabilities)
     run_start = time.perf_counter()
-    counts, steady = {}, 0.0
-    if todo.num_rows:
-        counts, steady = _run_ray(config, todo, schema, json.dumps(identity, sort_keys=True))
+    counts = _run_ray(config, todo, schema, json.dumps(identity, sort_keys=True)) if todo.num_rows else {}
     run_seconds = time.perf_counter() - run_start
-    summary = summarise(config, manifest, counts, run_seconds, time.perf_counter() - start, steady)
+    summary = summarise(config, manifest, counts, run_seconds, time.perf_counter() - start)
     fs, root = url_to_fs(config.output)
     with fs.open(posixpath.join(root, SUMMARY_FILE), "w") as f:
         f.write(json.dumps(summary, indent=2))
@@ -201,10 +191,8 @@ def run_extract(config: ExtractConfig) -> dict:
     return summary
 
 
-def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_seconds: float, wall: float,
-              steady: float = 0.0) -> dict:
-    """Totals over the whole output folder (earlier runs included), checked against the manifest; this run's rate
-    end to end and `steady` (rows/s after its first part file: start-up excluded)."""
+def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_seconds: float, wall: float) -> dict:
+    """Totals over the whole output folder (earlier runs included), checked against the manifest."""
     written, _ = scan_output(config.output)
     statuses = dict(zip(*_value_counts(written["status"]), strict=True)) if written.num_rows else {}
     missing = pc.sum(pc.invert(pc.is_in(manifest["image_id"], value_set=written["image_id"]))).as_py() or 0
@@ -219,7 +207,6 @@ def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_secon
         "failed_fraction": rows_failed / max(1, manifest.num_rows),
         "rows_this_run": processed,
         "images_per_s": processed / run_seconds if run_seconds > 0 and processed else 0.0,
-        "steady_images_per_s": steady,
         "wall_s": wall,
         "output": config.output,
         "strategy": config.strategy,
@@ -231,8 +218,7 @@ def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_secon
 def print_summary(summary: dict) -> None:
     print(f"extract: rows ok {summary['rows_ok']}, rows failed {summary['rows_failed']}, "
           f"missing {summary['rows_missing']}, duplicates {summary['duplicate_ids']}; this run "
-          f"{summary['rows_this_run']} rows at {summary['images_per_s']:.2f} images/s ("
-          f"{summary['steady_images_per_s']:.2f} after the first part file); wall {summary['wall_s']:.1f} s",
+          f"{summary['rows_this_run']} rows at {summary['images_per_s']:.2f} images/s; wall {summary['wall_s']:.1f} s",
           flush=True)
 
 
