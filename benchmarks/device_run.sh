@@ -10,10 +10,12 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$log"
 # Defaults: the naive fp32 loop; the eager chain alone; the compiled Ray job twice (cold cache, then warm: what a
-# second job on the machine, or a cluster with a shared --compile-cache, starts with); the eager Ray job if time is
-# left. Later flags override these.
+# second job on the machine, or a cluster with a shared --compile-cache, starts with), the warm one rerun on a
+# quarter of the photos for the steady rate; then, time left, compiled with 2 batches per actor (+mt: one batch's
+# host work overlaps the other's forward). Later flags override these.
 python3 benchmarks/extract_throughput.py --device cuda --models paper-random --side 512 --strategy inpaint \
-  --images 4096 --loop-images 48 --gpu-only eager --variants fused+compile,fused+compile,fused \
+  --images 3072 --loop-images 48 --gpu-only eager --gpu-only-images 128 \
+  --variants fused+compile,fused+compile,fused+compile+mt \
   --work-dir /tmp/bench --timeout-s "${BENCH_TIMEOUT_S:-500}" "$@" 2>&1 \
   | grep -v -e "constructor arguments" -e "logging_progress.py:1[89]" >> "$log"
 echo "=== summary"

@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -349,3 +350,35 @@ def test_a_shared_model_is_compiled_lazily_and_once():
     for _ in range(2):
         prepare(segmenter, "cpu", "fp32", compile=True)
     assert counters["stats"]["unique_graphs"] == before
+
+
+class SlowDepth(OomDepth):
+    """Depth that takes a while and records how many calls were inside it at once."""
+
+    def __init__(self):
+        super().__init__(fits=99)
+        self.inside = self.most = 0
+
+    def forward(self, images):
+        self.inside += 1
+        self.most = max(self.most, self.inside)
+        time.sleep(0.05)
+        self.inside -= 1
+        return super().forward(images)
+
+
+def test_concurrent_batches_run_one_forward_at_a_time():
+    """Two threads (Ray's concurrent calls) share an actor: their host work may overlap, their forwards may not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = SlowDepth()
+    stage = DepthStage(_config(concurrent_batches=True, actor_threads=2), model)
+    batches = [_batch(n=4, bad=()) for _ in range(6)]
+    for i, batch in enumerate(batches):
+        batch["image"] = (batch["image"] // (i + 1)).astype(np.uint8)
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(stage, batches))
+    assert model.most == 1 and len(model.sizes) == 6
+    for batch, out in zip(batches, outs, strict=True):
+        expected = normalize_depth(torch.from_numpy(batch["image"]).float().div(255).mean(dim=-1)).numpy()
+        assert np.allclose(out["depth"], expected, atol=1e-6)

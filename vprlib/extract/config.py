@@ -52,8 +52,9 @@ class ExtractConfig:
         default=2, metadata={"help": "batches an actor takes in at once (batching overlaps; models run one at a time)"},
     )
     concurrent_batches: bool = field(
-        default=False, metadata={"help": "run --actor-threads batches at once per actor, each on its own CUDA stream "
-                                 "(copies overlap kernels; more GPU memory)"},
+        default=False, metadata={"help": "take --actor-threads batches at once per actor, each on its own CUDA "
+                                 "stream: one batch's copies and host work overlap another's forward (the forwards "
+                                 "themselves run one at a time)"},
     )
     prefetch_batches: int = field(default=4, metadata={"help": "batches queued per model actor (input prefetch)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile each model (slow start, faster steady)"})

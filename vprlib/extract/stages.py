@@ -118,6 +118,7 @@ class Stage:
         self.device = "cuda" if config.device == "cuda" else "cpu"
         self.oom = OomSplitter()
         self._local = threading.local()
+        self._forward_lock = threading.Lock()
         if self.device == "cuda" and config.precision == "bf16":
             torch.backends.cudnn.benchmark = config.cudnn_benchmark  # fixed map sides: autotuning can pay off
             torch.set_float32_matmul_precision("high")  # TF32 for what stays float32 (FFTs aside)
@@ -148,11 +149,13 @@ class Stage:
             arrays = {k: np.concatenate([v, np.repeat(v[:1], padded - n, axis=0)]) for k, v in arrays.items()}
         with torch.inference_mode(), self._stream():
             state = to_device(arrays, self.device)
-            state.update(self.forward(state))
+            with self._forward_lock:  # one forward at a time: activations' memory stays 1x, compiles stay serial
+                state.update(self.forward(state))
             return {k: v[:n] for k, v in to_numpy(state, self.produces).items()}
 
     def _stream(self):
-        """On CUDA with concurrent batches, each calling thread works on its own stream (copies overlap kernels)."""
+        """On CUDA with concurrent batches, each calling thread works on its own stream: while one thread's forward
+        runs, another copies its batch in or its maps out (pinning, host-device copies, padding, numpy)."""
         if self.device != "cuda" or not self.config.concurrent_batches:
             return contextlib.nullcontext()
         if not hasattr(self._local, "stream"):
