@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 4's GPU benchmark in one call on the device machine (H100/H200, no internet, no Ray installed there).
 # Here, first: ../shared/tools/device-wheels.sh   (builds .whl/: Ray's wheels, kept out of git)
-# There (the `run` tool, carry [".whl"], timeout_s about 540): bash benchmarks/device_run.sh [benchmark flags]
+# There (the `run` tool, carry [".whl"], timeout_s about 560): bash benchmarks/device_run.sh [benchmark flags]
 # Prints every phase as it ends and, last, the RESULT lines again; the whole log is left in $OUT/bench.log.
 set -uo pipefail
 out=${OUT:-/tmp}
@@ -9,14 +9,17 @@ log=$out/bench.log
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$log"
+# Graph breaks of the paper-size models under this machine's torch and transformers (tracing only: seconds).
+timeout 90 python3 benchmarks/graph_breaks.py --models paper-random --device cuda --side 512 2>&1 \
+  | grep -e RESULT -e break -e torch >> "$log"
 # Defaults: the naive fp32 loop; the eager chain alone; the compiled Ray job twice (cold cache, then warm: what a
 # second job on the machine, or a cluster with a shared --compile-cache, starts with), the warm one rerun on a
 # quarter of the photos for the steady rate; then, time left, compiled with 2 batches per actor (+mt: one batch's
 # host work overlaps the other's forward). Later flags override these.
 python3 benchmarks/extract_throughput.py --device cuda --models paper-random --side 512 --strategy inpaint \
-  --images 3072 --loop-images 48 --gpu-only eager --gpu-only-images 128 \
+  --images 3072 --loop-images 48 --gpu-only eager --gpu-only-images 128 --min-job-s 60 \
   --variants fused+compile,fused+compile,fused+compile+mt \
-  --work-dir /tmp/bench --timeout-s "${BENCH_TIMEOUT_S:-500}" "$@" 2>&1 \
+  --work-dir /tmp/bench --timeout-s "${BENCH_TIMEOUT_S:-440}" "$@" 2>&1 \
   | grep -v -e "constructor arguments" -e "logging_progress.py:1[89]" >> "$log"
 echo "=== summary"
-grep -e RESULT -e "ready on" -e "TIMEOUT" -e "Error" "$log" | cut -c1-400
+grep -e RESULT -e "break" -e "ready on" -e "TIMEOUT" -e "Error" -e "^torch" "$log" | cut -c1-400
