@@ -33,8 +33,8 @@ class ExtractConfig:
     )
     device: str = field(
         default="auto",
-        metadata={"help": "auto (cuda when the Ray cluster has GPUs when the job starts), cpu or cuda; on an "
-                  "autoscaling cluster whose GPU nodes start at zero, pass cuda so the actors ask for GPUs"},
+        metadata={"help": "auto (cuda when the Ray cluster has GPUs when the job starts, or when the cluster "
+                  "launcher may start GPU nodes: ~/ray_bootstrap_config.yaml on the head), cpu or cuda"},
     )
     precision: str = field(default="bf16", metadata={"help": "bf16 autocast on CUDA (fp32 on CPU always) or fp32"})
     batch_size: int = field(default=32, metadata={"help": "images per model batch (split in halves on CUDA OOM)"})

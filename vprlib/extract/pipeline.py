@@ -12,6 +12,7 @@ import os
 import posixpath
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -26,6 +27,7 @@ from vprlib.extract.resume import check_config, duplicate_ids, scan_output, writ
 from vprlib.extract.stages import FusedChain, build_stage, stage_plan
 
 STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "S3_")
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` puts the cluster's config on the head node
 MAX_BLOCKS = 4096
 
 
@@ -47,12 +49,39 @@ def storage_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
 
 
-def resolve_device(config: ExtractConfig) -> ExtractConfig:
+def resolve_device(config: ExtractConfig, bootstrap_config: str = BOOTSTRAP_CONFIG) -> ExtractConfig:
+    """--device auto: cuda when the cluster has GPUs now, or when the cluster launcher may start a GPU node type (an
+    autoscaling cluster whose GPU nodes start at zero, like cluster.yaml's); cpu otherwise."""
     import ray
 
     if config.device != "auto":
         return config
-    return replace(config, device="cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu")
+    if ray.cluster_resources().get("GPU", 0) > 0:
+        return replace(config, device="cuda")
+    gpu_types = launcher_gpu_types(bootstrap_config)
+    if gpu_types:
+        print(f"extract: no GPU in the cluster yet, but the autoscaler may start {', '.join(gpu_types)}: device cuda",
+              flush=True)
+        return replace(config, device="cuda")
+    return replace(config, device="cpu")
+
+
+def launcher_gpu_types(path: str = BOOTSTRAP_CONFIG) -> list[str]:
+    """The worker node types with GPUs that the Ray cluster launcher may start: read from the config `ray up` leaves
+    on the head node (resources filled in per instance type), where `ray job submit` runs the driver. [] elsewhere."""
+    import yaml  # a dependency of ray
+
+    file = Path(path).expanduser()
+    try:
+        config = yaml.safe_load(file.read_text()) if file.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return []
+    if not isinstance(config, dict):
+        return []
+    head = config.get("head_node_type")
+    types = config.get("available_node_types") or {}
+    return [name for name, spec in types.items() if name != head and isinstance(spec, dict)
+            and float((spec.get("resources") or {}).get("GPU", 0)) > 0 and spec.get("max_workers", 1) > 0]
 
 
 def resolve_compile_cache(config: ExtractConfig) -> ExtractConfig:
