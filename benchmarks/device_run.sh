@@ -15,10 +15,11 @@ timeout 90 python3 benchmarks/graph_breaks.py --models paper-random --device cud
 # Defaults: the naive fp32 loop; the eager chain alone; the compiled Ray job twice (cold cache, then warm: what a
 # second job on the machine, or a cluster with a shared --compile-cache, starts with), the warm one rerun on a
 # quarter of the photos for the steady rate; then, time left, compiled with 2 batches per actor (+mt: one batch's
-# host work overlaps the other's forward). Later flags override these.
+# host work overlaps the other's forward); last, eager, which runs only if compiling failed fast or time is left.
+# Later flags override these.
 python3 benchmarks/extract_throughput.py --device cuda --models paper-random --side 512 --strategy inpaint \
   --images 3072 --loop-images 48 --gpu-only eager --gpu-only-images 128 --min-job-s 60 \
-  --variants fused+compile,fused+compile,fused+compile+mt \
+  --variants fused+compile,fused+compile,fused+compile+mt,fused \
   --work-dir /tmp/bench --timeout-s "${BENCH_TIMEOUT_S:-440}" "$@" 2>&1 \
   | grep -v -e "constructor arguments" -e "logging_progress.py:1[89]" >> "$log"
 echo "=== summary"
