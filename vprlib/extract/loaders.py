@@ -9,13 +9,12 @@ import torch
 from torch import nn
 
 from vprlib.models import zoo
-from vprlib.models.dpt import DepthEstimator
+from vprlib.models.hf_image import HFImageModel
 from vprlib.models.refiner import (
     DEPTH_FILE,
     SEG_FILE,
     refiners_dir,
 )
-from vprlib.models.segformer import Segmenter
 
 ROLES = {"inpaint": ("segmenter", "inpainter", "depth"), "none": ("segmenter", "depth"),
          "synthetic": ("segmenter", "depth", "refiners")}
@@ -86,6 +85,6 @@ def install_hf_hooks(model: nn.Module, device: str) -> None:
     transformers (5.x) installs its output-capturing hooks on the first call that asks for hidden states (SegFormer's
     decode head and DPT's neck do), under a threading lock that dynamo cannot trace: 3 graph breaks per model
     (torch._dynamo.explain). Installed beforehand, each model compiles to one graph."""
-    if isinstance(model, (Segmenter, DepthEstimator)):
+    if isinstance(model, HFImageModel):
         with torch.inference_mode():
             model(torch.zeros(1, 3, model.input_size, model.input_size, device=device))

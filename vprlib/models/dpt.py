@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
+
+from vprlib.models.hf_image import HFImageModel
 
 # Architectures by name. "hybrid" is the config of Intel/dpt-hybrid-midas (~123M parameters), hard-coded so it
 # builds offline; "tiny" is the same hybrid family, small, for tests and CPU runs.
@@ -106,32 +107,18 @@ def normalize_depth(depth: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return ((depth.float() - low) / (high - low).clamp_min(eps)).clamp(0.0, 1.0)
 
 
-class DepthEstimator(nn.Module):
+class DepthEstimator(HFImageModel):
     """Relative inverse depth. images B,3,H,W float in [0,1] -> B,H,W float32 (larger = closer)."""
 
+    resize_mode = "bicubic"
+
     def __init__(self, model: DPTForDepthEstimation, config: DepthConfig = DepthConfig()):
-        super().__init__()
         if config.input_size % model.config.patch_size:
             raise ValueError(f"input_size {config.input_size} must be a multiple of {model.config.patch_size}")
-        self.model = model
-        self.config = config
-        self.input_size = config.input_size
-        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """B,3,H,W in [0,1] -> normalised B,3,S,S pixel values (S = input_size)."""
-        side = (self.input_size, self.input_size)
-        x = images.float()
-        if tuple(x.shape[-2:]) != side:
-            x = F.interpolate(x, size=side, mode="bicubic", align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
+        super().__init__(model, config)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = self.preprocess(images)
-        use_bf16 = self.config.bf16 and pixels.device.type == "cuda"
-        with torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            depth = self.model(pixel_values=pixels).predicted_depth  # B,S,S
+        depth = self.run(images).predicted_depth  # B,S,S
         size = tuple(images.shape[-2:])
         depth = F.interpolate(depth.float()[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
         return depth.clamp_min(0.0)  # bicubic overshoot below 0 is not a depth

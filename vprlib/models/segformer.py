@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+from vprlib.models.hf_image import HFImageModel
 
 NUM_ADE20K_CLASSES = 150
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -69,35 +70,20 @@ def build_segformer(name: str, seed: int = 0) -> SegformerForSemanticSegmentatio
         return SegformerForSemanticSegmentation(config)
 
 
-class Segmenter(nn.Module):
+class Segmenter(HFImageModel):
     """ADE20K segmenter. images B,3,H,W float in [0,1] -> logits B,150,h,w (h,w = input_size/4)."""
 
+    resize_mode = "bilinear"
+
     def __init__(self, model: SegformerForSemanticSegmentation, config: SegmenterConfig = SegmenterConfig()):
-        super().__init__()
-        self.model = model
-        self.config = config
-        self.input_size = config.input_size
-        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        super().__init__(model, config)
 
     @property
     def num_classes(self) -> int:
         return self.model.config.num_labels
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """B,3,H,W in [0,1] -> normalised B,3,S,S pixel values (S = input_size)."""
-        side = (self.input_size, self.input_size)
-        x = images.float()
-        if tuple(x.shape[-2:]) != side:
-            x = F.interpolate(x, size=side, mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = self.preprocess(images)
-        use_bf16 = self.config.bf16 and pixels.device.type == "cuda"
-        with torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = self.model(pixel_values=pixels).logits  # B,150,S/4,S/4
-        return logits.float()
+        return self.run(images).logits.float()  # B,150,S/4,S/4
 
     def _upsampled_logits(self, images: torch.Tensor, size: tuple[int, int] | None) -> torch.Tensor:
         size = tuple(images.shape[-2:]) if size is None else tuple(size)
