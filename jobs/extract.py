@@ -4,14 +4,16 @@
     ray job submit --working-dir . -- python jobs/extract.py --input s3://bucket/city --output s3://bucket/maps
 
 Rerunning the same command after an interruption writes only the missing rows. Exit status: 0 on success,
-1 when more rows failed than --max-failure-fraction allows (or the output is incomplete), 2 on bad arguments.
+1 when more rows failed than --max-failure-fraction allows (or the output is incomplete), 2 on bad arguments or
+input (a bad manifest, storage that cannot be reached or refuses access: one line on stderr, no traceback).
 """
 
 import argparse
 import dataclasses
 import sys
 
-from vprlib.cli import OneLineParser
+from vprlib.cli import OneLineParser, from_ray, on_off
+from vprlib.data.manifest import StorageError, check_reachable, one_line, storage_errors
 from vprlib.extract.config import ExtractConfig, field_help
 
 
@@ -23,11 +25,12 @@ def parse_args(argv: list[str] | None = None) -> ExtractConfig:
         required = field.default is dataclasses.MISSING
         if field.type == "bool":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
-                                help=helps[field.name])
+                                help=f"{helps[field.name]} (default: {on_off(field.default)})")
             continue
         kind = {"int": int, "float": float}.get(field.type, str)
         default = None if required else field.default
-        suffix = "" if required else " (default: %(default)s)"
+        shown = "''" if default == "" else "%(default)s"
+        suffix = "" if required else f" (default: {shown})"
         parser.add_argument(flag, type=kind, required=required, default=default, help=helps[field.name] + suffix)
     args = parser.parse_args(argv)
     try:
@@ -41,9 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     from vprlib.extract.pipeline import job_failed, run_extract
 
     try:
+        for uri in (config.input, config.output):
+            check_reachable(uri)  # an unreachable endpoint or missing credentials, named before Ray starts
         summary = run_extract(config)
-    except (ValueError, FileNotFoundError) as exc:  # bad manifest, models, output folder or cluster size
+    except (ValueError, FileNotFoundError, StorageError) as exc:  # bad manifest, models, storage, cluster size
         print(f"extract: error: {exc}", file=sys.stderr)
+        return 2
+    except storage_errors() as exc:
+        if from_ray(exc):  # the pipeline's own failures (rows are error rows; a crash keeps its traceback)
+            raise
+        print(f"extract: error: storage: {one_line(exc)}", file=sys.stderr)  # e.g. writing to the output refused
         return 2
     reason = job_failed(summary, config)
     if reason:

@@ -1,6 +1,7 @@
 """The manifest schema: validate, read/write (CSV and Parquet, local and s3:// on a moto server), uri resolution."""
 
 import posixpath
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -51,6 +52,21 @@ def test_join_uri():
     assert join_uri("/data", "s3://bucket/1.png") == "s3://bucket/1.png"
 
 
+def test_join_uri_file_urls():
+    assert join_uri("/data/city", "file:///abs/1.png") == "file:///abs/1.png"  # absolute, not joined
+    assert join_uri("file:///data/city", "rgb/1.png") == "file:///data/city/rgb/1.png"
+    assert join_uri("file:///data/city", "../other/1.png") == "file:///data/other/1.png"
+
+
+def test_file_url_manifest_resolves_like_a_path(tmp_path):
+    (tmp_path / "img").mkdir()
+    path = tmp_path / "manifest.csv"
+    path.write_text(f"image_id,uri,lat,lon\na,img/a.jpg,1,2\nb,file://{tmp_path}/b.jpg,3,4\n")
+    for uri in (str(path), f"file://{path}"):
+        uris = read_manifest(uri)["uri"].to_pylist()
+        assert [url_to_fs(u)[1] for u in uris] == [str(tmp_path / "img" / "a.jpg"), str(tmp_path / "b.jpg")], uri
+
+
 def test_parquet_round_trip_resolves_relative_uris(tmp_path):
     path = str(tmp_path / "sub" / "manifest.parquet")
     write_manifest(_table(split=["train", None], heading=[10.0, 20.0]), path)
@@ -77,6 +93,22 @@ def test_csv_errors_name_row(tmp_path):
         read_manifest(str(path))
     with pytest.raises(ManifestError, match="manifest not found"):
         read_manifest(str(tmp_path / "absent.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("m.csv", "image_id,uri,lat,lon\na,a.jpg,1,2,9\n", r"cannot read manifest {}: CSV parse error: Expected 4"),
+        ("m.parquet", "image_id,uri,lat,lon\n", r"cannot read manifest {}: .*Parquet magic bytes not found"),
+        ("m.txt", "image_id,uri,lat,lon\na,a.jpg,1,2\n", r"manifest {}: unknown format .txt; expected one of "
+                                                         r"\['.parquet', '.csv'\]"),
+    ],
+)
+def test_unreadable_manifest_names_the_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(ManifestError, match=message.format(re.escape(str(path)))):
+        read_manifest(str(path))
 
 
 @pytest.mark.parametrize("name", ["manifest.parquet", "manifest.csv"])

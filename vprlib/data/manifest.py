@@ -1,8 +1,10 @@
 """The manifest: one row per photo, the input of every job (DESIGN.md, "Data layout").
 
-Required columns: `image_id` (unique string), `uri` (local path or `s3://...`; a relative path is taken
-relative to the manifest's folder), `lat`, `lon` (WGS84 degrees). Optional: `heading` (degrees),
+Required columns: `image_id` (unique string), `uri` (local path, `file://...` or `s3://...`; a relative path is
+taken relative to the manifest's folder), `lat`, `lon` (WGS84 degrees). Optional: `heading` (degrees),
 `landmark_id`, `split`, and any ground-truth columns a dataset has; they are carried through untouched.
+A manifest file is Parquet or CSV, told apart by its extension (`.parquet`, `.csv`; any other is refused rather
+than guessed at).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pyarrow.parquet as pq
 REQUIRED_COLUMNS = ("image_id", "uri", "lat", "lon")
 OPTIONAL_COLUMNS = ("heading", "landmark_id", "split")
 SPLITS = ("database", "query", "train", "val", "test")
+FORMATS = (".parquet", ".csv")  # manifest file extensions, told apart by name
 # ids stay strings in CSVs ("0001" is not 1, a 16-hex-digit GLDv2 id is not a number); empty cells are nulls
 _CSV_OPTIONS = pacsv.ConvertOptions(
     column_types={"image_id": pa.string(), "uri": pa.string()}, strings_can_be_null=True
@@ -29,9 +32,38 @@ class ManifestError(ValueError):
     """A manifest that cannot be used; the message names the column, row or file at fault."""
 
 
+class StorageError(OSError):
+    """Storage that cannot be reached (endpoint down, no credentials, access refused); the message names the URI."""
+
+
 def url_to_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem (local or s3fs, credentials from the environment) and the path within it."""
     return fsspec.core.url_to_fs(uri)
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of a storage failure: OSError (s3fs turns refused requests into PermissionError and the
+    like) and botocore's own errors, which s3fs passes through for an unreachable endpoint or missing credentials."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no s3fs installed: no botocore errors either
+        return (OSError,)
+    return OSError, BotoCoreError, ClientError
+
+
+def check_reachable(uri: str) -> None:
+    """Touch `uri`'s storage once (does it exist?); raise StorageError naming `uri` when that fails, so a wrong
+    endpoint or missing credentials is a one-line error before any work starts. A missing `uri` is fine here."""
+    fs, path = url_to_fs(uri)
+    try:
+        fs.exists(path)
+    except storage_errors() as exc:
+        raise StorageError(f"cannot reach storage for {uri}: {one_line(exc)}") from None
+
+
+def one_line(exc: BaseException) -> str:
+    """`exc`'s message on one line (botocore and Arrow messages may span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def is_remote(uri: str) -> bool:
@@ -39,10 +71,13 @@ def is_remote(uri: str) -> bool:
 
 
 def join_uri(base: str, relative: str) -> str:
-    """`relative` resolved against the folder `base` (local path or URL); absolute inputs are returned as they are."""
-    if is_remote(relative) or posixpath.isabs(relative):
+    """`relative` resolved against the folder `base` (local path or URL); absolute inputs are returned as they are.
+
+    A `file://` URL is absolute like any URL, and a `file://` base keeps its scheme (`file:///data` + `a.jpg` is
+    `file:///data/a.jpg`)."""
+    if "://" in relative or posixpath.isabs(relative):
         return relative
-    if is_remote(base):
+    if "://" in base:
         scheme, rest = base.split("://", 1)
         return f"{scheme}://{posixpath.normpath(posixpath.join(rest, relative))}"
     return posixpath.normpath(posixpath.join(posixpath.abspath(base), relative))
@@ -111,14 +146,23 @@ def _check_range(table: pa.Table, column: str, low: float, high: float, source: 
 
 
 def read_manifest(path: str) -> pa.Table:
-    """Read a Parquet or CSV manifest (local or s3://), validate it and make every `uri` absolute."""
+    """Read a Parquet or CSV manifest (local, file:// or s3://), validate it and make every `uri` absolute.
+
+    The extension says which format (FORMATS); a file that does not parse raises ManifestError naming it."""
+    extension = posixpath.splitext(path)[1].lower()
+    if extension not in FORMATS:
+        raise ManifestError(f"manifest {path}: unknown format {extension or '(no extension)'}; "
+                            f"expected one of {list(FORMATS)}")
     fs, fs_path = url_to_fs(path)
     if not fs.exists(fs_path):
         raise ManifestError(f"manifest not found: {path}")
-    with fs.open(fs_path, "rb") as f:
-        table = pacsv.read_csv(f, convert_options=_CSV_OPTIONS) if path.endswith(".csv") else pq.read_table(f)
+    try:
+        with fs.open(fs_path, "rb") as f:
+            table = pacsv.read_csv(f, convert_options=_CSV_OPTIONS) if extension == ".csv" else pq.read_table(f)
+    except (pa.ArrowException, *storage_errors()) as exc:
+        raise ManifestError(f"cannot read manifest {path}: {one_line(exc)}") from None
     table = validate(table, source=path)
-    base = posixpath.dirname(path) if is_remote(path) else posixpath.dirname(posixpath.abspath(path))
+    base = posixpath.dirname(path) if "://" in path else posixpath.dirname(posixpath.abspath(path))
     uris = [join_uri(base, u) for u in table["uri"].to_pylist()]
     return table.set_column(table.column_names.index("uri"), "uri", pa.array(uris, pa.string()))
 

@@ -1,0 +1,112 @@
+"""jobs/extract.py's command line: --help shows every default; bad input or storage is one line on stderr, exit 2.
+
+These call `main`/`parse_args` in-process and fail before Ray starts (test_extract_job.py runs the job itself)."""
+
+import dataclasses
+import importlib.util
+import re
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vprlib.extract import pipeline
+from vprlib.extract.config import ExtractConfig
+
+_spec = importlib.util.spec_from_file_location("extract_job", Path(__file__).parents[1] / "jobs" / "extract.py")
+extract_job = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(extract_job)
+
+FLAGS = ["--models", "tiny", "--side", "64"]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.rstrip("\n")
+
+
+def _closed_port() -> int:
+    """A loopback port with nothing listening: a connection to it is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def unreachable_s3(monkeypatch):
+    """S3 settings pointing at a closed loopback port, with one attempt per request (no retry back-off)."""
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        extract_job.parse_args(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out.split("options:", 1)[1]
+    entries = {m.group(1): " ".join(m.group(2).split()) for m in re.finditer(r"^  (--[\w-]+)(.*?)(?=^  -|\Z)", text,
+                                                                                    re.MULTILINE | re.DOTALL)}
+    for field in dataclasses.fields(ExtractConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.default is dataclasses.MISSING:
+            assert "(default" not in entries[flag], flag
+        else:
+            assert "(default: " in entries[flag], (flag, entries[flag])
+    assert entries["--cudnn-benchmark"].endswith("(default: on)")
+    assert entries["--compile"].endswith("(default: off)")
+    assert entries["--ray-address"].endswith("(default: '')")
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_unreachable_storage_is_one_line(unreachable_s3, tmp_path, capsys, side):
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("image_id,uri,lat,lon\na,a.jpg,1,2\n")
+    uri = "s3://bkt/city" if side == "input" else "s3://bkt/maps"
+    paths = {"input": str(manifest), "output": str(tmp_path / "out"), side: uri}
+    start = time.perf_counter()
+    assert extract_job.main(["--input", paths["input"], "--output", paths["output"], *FLAGS]) == 2
+    assert time.perf_counter() - start < 30
+    line = _one_line_error(capsys)
+    assert line.startswith(f"extract: error: cannot reach storage for {uri}: Could not connect to the endpoint URL")
+
+
+def test_storage_error_outside_ray_is_one_line(monkeypatch, tmp_path, capsys):
+    """A storage failure in the job's own steps (writing to a read-only output, say) is one line; one that Ray
+    raised (the pipeline or ray.init) is not swallowed."""
+    def refused(config):
+        raise PermissionError(13, "Permission denied", f"{config.output}/_extract_config.json")
+
+    argv = ["--input", str(tmp_path / "manifest.csv"), "--output", str(tmp_path / "out"), *FLAGS]
+    monkeypatch.setattr(pipeline, "run_extract", refused)
+    assert extract_job.main(argv) == 2
+    assert _one_line_error(capsys) == (f"extract: error: storage: [Errno 13] Permission denied: "
+                                       f"'{tmp_path}/out/_extract_config.json'")
+
+    namespace = {"__name__": "ray.data.fake"}  # a function whose frame counts as Ray's
+    exec("def run_extract(config):\n    raise PermissionError(13, 'Permission denied')", namespace)
+    monkeypatch.setattr(pipeline, "run_extract", namespace["run_extract"])
+    with pytest.raises(PermissionError):
+        extract_job.main(argv)
+
+
+def test_manifest_errors_name_the_file(tmp_path, capsys):
+    manifest = tmp_path / "photos.txt"
+    manifest.write_text("image_id,uri,lat,lon\na,a.jpg,1,2\n")
+    assert extract_job.main(["--input", str(manifest), "--output", str(tmp_path / "out"), *FLAGS]) == 2
+    assert _one_line_error(capsys) == (f"extract: error: manifest {manifest}: unknown format .txt; "
+                                       "expected one of ['.parquet', '.csv']")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
