@@ -1,5 +1,6 @@
 """The extraction job on Ray Data, end to end on a tiny synthetic city: strategies, bad input, resume, S3, CLI."""
 
+import dataclasses
 import io
 import os
 import signal
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -185,3 +187,51 @@ def test_s3_input_and_output(ray_session, city, s3_bucket):
     rows = {r["image_id"]: r for r in table.to_pylist()}
     assert len(rows) == 10 and "missing file" in rows[manifest["image_id"][9].as_py()]["error"]
     assert fs.exists(f"{s3_bucket}/maps/_extract_config.json")
+
+
+def test_manifest_columns_keep_their_types_and_reruns_repair_the_output(ray_session, city, tmp_path):
+    """Any Arrow column of the manifest comes out as it went in (all-null, list, nullable float32, timestamp). A rerun
+    with --retry-errors redoes a row that failed; one after two runs wrote at once keeps one row per id; other
+    tools' files in the output folder are left alone."""
+    import shutil
+    import uuid
+
+    from vprlib.extract.pipeline import ResourceError, run_extract
+
+    base = read_manifest(os.path.join(city, "manifest.parquet")).slice(0, 7)
+    photo = Path(base["uri"][6].as_py())
+    late = tmp_path / "late.png"
+    base = base.set_column(1, "uri", pa.array(base["uri"].to_pylist()[:6] + [str(late)]))  # missing at first
+    n = base.num_rows
+    odd = {"note": pa.nulls(n), "tags": pa.array([["a", "b"]] * (n - 1) + [None], pa.list_(pa.string())),
+           "weight": pa.array([0.5] * (n - 1) + [None], pa.float32()),
+           "taken": pa.array([1_700_000_000_000_000] * n, pa.timestamp("us"))}
+    manifest = base
+    for name, column in odd.items():
+        manifest = manifest.append_column(name, column)
+    pq.write_table(manifest, tmp_path / "odd.parquet")
+    config = ExtractConfig(input=str(tmp_path / "odd.parquet"), output=str(tmp_path / "maps"), strategy="none",
+                           **FAST)
+    first = run_extract(config)
+    assert (first["rows_ok"], first["rows_failed"]) == (6, 1)
+    table = read_maps(config.output)
+    for name, column in odd.items():
+        assert table.schema.field(name).type == column.type, name
+    rows = {r["image_id"]: r for r in table.to_pylist()}
+    last = manifest["image_id"][n - 1].as_py()
+    assert rows[last]["tags"] is None and rows[last]["weight"] is None and rows[last]["note"] is None
+    assert rows[manifest["image_id"][0].as_py()]["tags"] == ["a", "b"]
+
+    output = Path(config.output)
+    part = sorted(output.glob("part-*.parquet"))[0]
+    shutil.copy(part, output / f"part-{uuid.uuid4().hex}.parquet")  # as if a second run had written it too
+    foreign = output / "part-00000-from-another-tool.snappy.parquet"
+    foreign.write_bytes(b"not ours")
+    shutil.copy(photo, late)
+    second = run_extract(dataclasses.replace(config, retry_errors=True))
+    assert (second["rows_ok"], second["rows_failed"], second["duplicate_ids"]) == (7, 0, 0)
+    assert second["rows_this_run"] == 1 and foreign.read_bytes() == b"not ours"
+    assert sorted(read_maps(config.output)["image_id"].to_pylist()) == sorted(manifest["image_id"].to_pylist())
+
+    with pytest.raises(ResourceError, match="cannot add more"):  # the job's own local Ray never gets a GPU
+        run_extract(dataclasses.replace(config, device="cuda", output=str(tmp_path / "gpu")))

@@ -21,7 +21,14 @@ from vprlib.extract.encode import (
     output_schema,
     read_maps,
 )
-from vprlib.extract.resume import OutputMismatchError, check_config, scan_output, write_part
+from vprlib.extract.resume import (
+    OutputMismatchError,
+    check_config,
+    drop_rows,
+    duplicate_rows,
+    scan_output,
+    write_part,
+)
 from vprlib.extract.stages import DepthStage, FusedChain, InpaintStage, MaskStage, build_stages
 from vprlib.models import zoo
 from vprlib.models.dpt import normalize_depth
@@ -247,11 +254,43 @@ def test_encode_write_and_read_back(tmp_path):
 def test_scan_removes_partial_parts(tmp_path):
     schema = pa.schema([("image_id", pa.string()), ("status", pa.string())])
     write_part(pa.table({"image_id": ["a", "b"], "status": ["ok", "error"]}), str(tmp_path), schema)
-    (tmp_path / "part-cut.parquet").write_bytes(b"PAR1 cut short by a kill")
-    (tmp_path / ".tmp-part-x.parquet").write_bytes(b"PAR1")
+    cut = tmp_path / f"part-{'0' * 32}.parquet"
+    cut.write_bytes(b"PAR1 cut short by a kill")
+    (tmp_path / f".tmp-part-{'1' * 32}.parquet").write_bytes(b"PAR1")
     done, removed = scan_output(str(tmp_path))
     assert sorted(done["image_id"].to_pylist()) == ["a", "b"]
-    assert len(removed) == 2 and not (tmp_path / "part-cut.parquet").exists()
+    assert len(removed) == 2 and not cut.exists()
+
+
+def test_scan_leaves_other_tools_files_alone(tmp_path):
+    """Files this job did not name (another tool's part files, readable or not) are neither read nor removed."""
+    schema = pa.schema([("image_id", pa.string()), ("status", pa.string())])
+    write_part(pa.table({"image_id": ["a"], "status": ["ok"]}), str(tmp_path), schema)
+    spark = tmp_path / "part-00000-1234abcd.snappy.parquet"
+    pq.write_table(pa.table({"image_id": ["x"], "status": ["ok"]}), spark)
+    broken = tmp_path / "part-00001-1234abcd.snappy.parquet"
+    broken.write_bytes(b"not parquet")
+    done, removed = scan_output(str(tmp_path))
+    assert done["image_id"].to_pylist() == ["a"] and removed == []
+    assert spark.exists() and broken.exists() and read_maps(str(tmp_path)).num_rows == 1
+
+
+def test_duplicates_keep_one_row_per_id_preferring_ok(tmp_path):
+    """Two runs into one output write some ids twice: the repair keeps one row per id (an ok one if any)."""
+    schema = pa.schema([("image_id", pa.string()), ("status", pa.string()), ("error", pa.string())])
+    write_part(pa.table({"image_id": ["a", "b", "c"], "status": ["ok", "error", "ok"], "error": ["", "x", ""]}),
+               str(tmp_path), schema)
+    write_part(pa.table({"image_id": ["b", "a"], "status": ["ok", "ok"], "error": ["", ""]}), str(tmp_path), schema)
+    write_part(pa.table({"image_id": ["c"], "status": ["error"], "error": ["y"]}), str(tmp_path), schema)
+    done, _ = scan_output(str(tmp_path))
+    drop = duplicate_rows(done)
+    assert drop.sum() == 3
+    assert drop_rows(str(tmp_path), done, drop) == 3
+    table = read_maps(str(tmp_path))
+    assert sorted(table["image_id"].to_pylist()) == ["a", "b", "c"] and set(table["status"].to_pylist()) == {"ok"}
+    assert len(list(tmp_path.glob("part-*.parquet"))) == 2  # the part left empty is gone
+    again, _ = scan_output(str(tmp_path))
+    assert not duplicate_rows(again).any()
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -261,6 +300,18 @@ def test_resume_refuses_other_settings(tmp_path):
     check_config(str(tmp_path), _config(strategy="none").to_json())
     with pytest.raises(OutputMismatchError, match="strategy"):
         check_config(str(tmp_path), _config(strategy="inpaint").to_json())
+    with pytest.raises(OutputMismatchError, match="input: 'in' -> 'other'"):  # its ids may overlap; rows differ
+        check_config(str(tmp_path), _config(strategy="none", input="other").to_json())
+
+
+def test_output_that_is_a_file_is_refused(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(OutputMismatchError, match="is a file"):
+        check_config(str(afile), _config().to_json())
+    with pytest.raises(OutputMismatchError, match="cannot make the folder"):
+        check_config(str(afile / "sub"), _config().to_json())
+    assert afile.read_text() == "x"
 
 
 def test_config_rejects_unknown_values():
@@ -273,11 +324,12 @@ def test_config_rejects_unknown_values():
 
 
 def test_compile_cache_reaches_every_model_actor(tmp_path, monkeypatch):
-    from vprlib.extract.pipeline import _actor_args, resolve_compile_cache
+    from vprlib.extract.pipeline import _actor_args, resolve_paths
 
     monkeypatch.chdir(tmp_path)
-    config = resolve_compile_cache(_config(compile=True, compile_cache="cache"))
+    config = resolve_paths(_config(compile=True, compile_cache="cache", output="s3://bucket/maps"))
     assert config.compile_cache == str(tmp_path / "cache")  # absolute: actors run elsewhere
+    assert config.input == str(tmp_path / "in") and config.output == "s3://bucket/maps"  # recorded as resolved
     env = _actor_args(config, 1.0)["runtime_env"]["env_vars"]
     assert env == {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
     assert "runtime_env" not in _actor_args(_config(compile=True), 1.0)  # torch's own per-machine default

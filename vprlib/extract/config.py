@@ -74,6 +74,10 @@ class ExtractConfig:
     max_image_pixels: int = field(
         default=89_478_485, metadata={"help": "decoded pixels above which an image is an error row (bomb guard)"},
     )
+    retry_errors: bool = field(
+        default=False, metadata={"help": "redo the rows an earlier run of this output wrote as errors (a photo since "
+                                 "fixed, a transient storage error); by default a rerun only writes missing rows"},
+    )
     max_failure_fraction: float = field(
         default=0.05, metadata={"help": "job exits non-zero when more than this fraction of rows failed"},
     )

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +32,7 @@ from PIL import Image
 from vprlib.data.manifest import url_to_fs
 
 PART_PREFIX = "part-"
+PART_PATTERN = re.compile(r"part-[0-9a-f]{32}\.parquet")
 CONFIG_FILE = "_extract_config.json"
 SUMMARY_FILE = "_extract_summary.json"
 SEG_CLASSES = {"inpaint": "ade20k", "none": "ade20k", "synthetic": "refined4"}
@@ -91,14 +94,24 @@ def decode_seg_prob(row: dict) -> np.ndarray:
     return probs.astype(np.float32)
 
 
+def part_name() -> str:
+    """A new part file's name: `part-<32 hex digits>.parquet`."""
+    return f"{PART_PREFIX}{uuid.uuid4().hex}.parquet"
+
+
+def is_part_name(name: str) -> bool:
+    """Whether a file name is one `part_name` makes. Other files in the folder (another tool's `part-00000-....parquet`,
+    say) are not this job's: never read as maps, never removed."""
+    return PART_PATTERN.fullmatch(name) is not None
+
+
 def part_files(output: str) -> list[str]:
     """Full paths (with scheme for s3) of the Parquet part files in an output folder, sorted."""
     fs, root = url_to_fs(output)
     fs.invalidate_cache(root)  # other processes write parts: a cached S3 listing would be stale
-    if not fs.exists(root):
+    if not fs.exists(root) or not fs.isdir(root):
         return []
-    names = [p for p in fs.ls(root, detail=False) if posixpath.basename(p).startswith(PART_PREFIX)]
-    names = sorted(p for p in names if p.endswith(".parquet"))
+    names = sorted(p for p in fs.ls(root, detail=False) if is_part_name(posixpath.basename(p)))
     scheme = output.split("://", 1)[0] + "://" if "://" in output else ""
     return [scheme + p if scheme and not p.startswith(scheme) else p for p in names]
 

@@ -14,6 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -23,7 +24,7 @@ from vprlib.extract.config import ExtractConfig
 from vprlib.extract.decode import decode_batch
 from vprlib.extract.encode import SUMMARY_FILE, carry_columns, encode_batch, output_schema
 from vprlib.extract.loaders import check_weights, models_identity
-from vprlib.extract.resume import check_config, duplicate_ids, scan_output, write_part
+from vprlib.extract.resume import check_config, drop_rows, duplicate_ids, duplicate_rows, scan_output, write_part
 from vprlib.extract.stages import FusedChain, build_stage, stage_plan
 
 STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "S3_")
@@ -84,11 +85,14 @@ def launcher_gpu_types(path: str = BOOTSTRAP_CONFIG) -> list[str]:
             and float((spec.get("resources") or {}).get("GPU", 0)) > 0 and spec.get("max_workers", 1) > 0]
 
 
-def resolve_compile_cache(config: ExtractConfig) -> ExtractConfig:
-    """--compile-cache as an absolute path (actors run in other folders, under `ray job submit` in a copy)."""
-    if not config.compile_cache:
-        return config
-    return replace(config, compile_cache=os.path.abspath(os.path.expanduser(config.compile_cache)))
+def resolve_paths(config: ExtractConfig) -> ExtractConfig:
+    """Local --input, --output and --compile-cache as absolute paths: tasks and actors run in other folders, and the
+    config written beside the output records where the maps came from."""
+    def absolute(path: str) -> str:
+        return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))
+
+    return replace(config, input=absolute(config.input), output=absolute(config.output),
+                   compile_cache=absolute(config.compile_cache))
 
 
 def _actor_args(config: ExtractConfig, share: float) -> dict:
@@ -107,14 +111,19 @@ def _actor_args(config: ExtractConfig, share: float) -> dict:
     return args
 
 
-def check_resources(config: ExtractConfig, resources: dict) -> None:
+def check_resources(config: ExtractConfig, resources: dict, can_grow: bool = True) -> None:
     """Fail at once, not hang, when the model actors cannot all start and still leave a CPU for decoding.
 
-    Too few GPUs only warns: an autoscaling cluster (cluster.yaml: GPU nodes start at zero) adds GPU nodes once the
-    actors ask for them, and those nodes bring the actors' CPUs too, so a CPU shortfall is then no error either."""
+    Too few GPUs only warns on a cluster that `can_grow`: an autoscaling cluster (cluster.yaml: GPU nodes start at
+    zero) adds GPU nodes once the actors ask for them, and those nodes bring the actors' CPUs too, so a CPU shortfall
+    is then no error either. The local Ray a job starts for itself never grows."""
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     need_cpus = config.actors * config.cpus_per_actor
     need_gpus = config.actors * config.gpus_per_actor if config.device == "cuda" else 0
+    if need_gpus > gpus and not can_grow:
+        raise ResourceError(f"model actors need {need_gpus:g} GPUs (--actors x --gpus-per-actor), but the local Ray "
+                            f"this job started has {gpus:g} and cannot add more: use --device cpu or auto, or "
+                            f"--ray-address of a cluster with GPUs")
     if need_gpus > gpus:
         print(f"extract: warning: model actors need {need_gpus:g} GPUs (--actors x --gpus-per-actor), the cluster "
               f"has {gpus:g} now: waiting for the autoscaler", flush=True)
@@ -128,15 +137,21 @@ class ResourceError(ValueError):
 
 
 def build_dataset(config: ExtractConfig, todo: pa.Table, schema: pa.Schema, models_json: str):
-    """The Ray Data pipeline over the rows still to do; its output rows are (image_id, status) of written rows."""
+    """The Ray Data pipeline over the rows still to do; its output rows are (image_id, status) of written rows.
+
+    Only `image_id`, `uri` and a row index flow through the stages; the writers take the other manifest columns from
+    one copy of `todo` in the object store (`attach_manifest`), so they keep their exact Arrow types."""
     import ray
 
     # Tasks that touch storage get the driver's storage settings (a cluster's workers may lack them); Ray merges
     # these env_vars into the job's runtime environment. Model actors never touch storage.
     env = storage_env()
     io_args = {"runtime_env": {"env_vars": env}} if env else {}
-    block_rows = max(config.decode_batch_size, -(-todo.num_rows // MAX_BLOCKS))
-    blocks = [todo.slice(i, block_rows) for i in range(0, todo.num_rows, block_rows)]
+    rows = pa.table({"image_id": todo["image_id"], "uri": todo["uri"],
+                     "_row": pa.array(range(todo.num_rows), pa.int64())})
+    manifest = ray.put(todo)
+    block_rows = max(config.decode_batch_size, -(-rows.num_rows // MAX_BLOCKS))
+    blocks = [rows.slice(i, block_rows) for i in range(0, rows.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
     # The memory a decode task may need (one image at the pixel limit, RGBA, plus its batch) is reserved: it bounds
     # how many run at once, and differing from the actors' resources it keeps decoding out of the model actors.
@@ -155,7 +170,7 @@ def build_dataset(config: ExtractConfig, todo: pa.Table, schema: pa.Schema, mode
                         fn_kwargs={"strategy": config.strategy, "models": models_json,
                                    "seg_probabilities": config.seg_probabilities}, **io_args)
     return ds.map_batches(write_part, batch_size=config.rows_per_file, batch_format="pyarrow", num_cpus=1,
-                          fn_kwargs={"output": config.output, "schema": schema}, **io_args)
+                          fn_kwargs={"output": config.output, "schema": schema, "manifest": manifest}, **io_args)
 
 
 class _StageActor:
@@ -184,11 +199,16 @@ def _value_counts(column) -> tuple[list[str], list[int]]:
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
-def init_ray(config: ExtractConfig) -> None:
+def init_ray(config: ExtractConfig) -> bool:
+    """Connect to the cluster (--ray-address, or one running here), or start a local one; True when this process
+    started it (then no autoscaler will ever add nodes)."""
     import ray
+    from ray._private import worker
 
     if not ray.is_initialized():
         ray.init(address=config.ray_address or None, logging_level="WARNING")
+    node = getattr(worker, "_global_node", None)  # ray.init's own record: a head node only when it started one
+    return bool(getattr(node, "head", False))
 
 
 def run_extract(config: ExtractConfig) -> dict:
@@ -196,19 +216,21 @@ def run_extract(config: ExtractConfig) -> dict:
     import ray
 
     start = time.perf_counter()
-    config = resolve_compile_cache(config)
+    config = resolve_paths(config)
     manifest = carry_columns(load_input(config.input))
     check_weights(config.models, config.strategy)
-    init_ray(config)
+    own_cluster = init_ray(config)
     config = resolve_device(config)
-    check_resources(config, ray.cluster_resources())
+    check_resources(config, ray.cluster_resources(), can_grow=not own_cluster)
     identity = models_identity(config.models, config.strategy)
     check_config(config.output, json.dumps({**json.loads(config.to_json()), "models_identity": identity}, indent=2))
-    done, removed = scan_output(config.output)
+    done = _prepare_output(config)
     todo = manifest.filter(pc.invert(pc.is_in(manifest["image_id"], value_set=done["image_id"])))
     print(f"extract: {manifest.num_rows} rows in the manifest, {done.num_rows} already written, "
-          f"{todo.num_rows} to do; removed {len(removed)} partial file(s)", flush=True)
+          f"{todo.num_rows} to do", flush=True)
     schema = output_schema(manifest.schema, config.strategy == "synthetic" and config.seg_probabilities)
+    if manifest.num_rows == 0 and done.num_rows == 0:  # readers still find the (empty) table and its schema
+        write_part(schema.empty_table(), config.output, schema)
     run_start = time.perf_counter()
     counts = _run_ray(config, todo, schema, json.dumps(identity, sort_keys=True)) if todo.num_rows else {}
     run_seconds = time.perf_counter() - run_start
@@ -220,9 +242,31 @@ def run_extract(config: ExtractConfig) -> dict:
     return summary
 
 
+def _prepare_output(config: ExtractConfig) -> pa.Table:
+    """Scan the output (removing what a kill left half-written), remove rows a concurrent run duplicated and, with
+    --retry-errors, the earlier error rows; return the rows that stay written."""
+    done, removed = scan_output(config.output)
+    if removed:
+        print(f"extract: removed {len(removed)} partial file(s) an interrupted run left", flush=True)
+    duplicates = duplicate_rows(done)
+    if duplicates.any():
+        drop_rows(config.output, done, duplicates)
+        print(f"extract: removed {int(duplicates.sum())} duplicate row(s) (two runs wrote into this output at once)",
+              flush=True)
+    errors = (np.asarray(done["status"].to_pylist(), dtype=object) == "error") & ~duplicates
+    if config.retry_errors and errors.any():
+        drop_rows(config.output, done, errors)
+        print(f"extract: --retry-errors: redoing {int(errors.sum())} row(s) that failed before", flush=True)
+    keep = ~(duplicates | errors) if config.retry_errors else ~duplicates
+    return done.filter(pa.array(keep))
+
+
 def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_seconds: float, wall: float) -> dict:
     """Totals over the whole output folder (earlier runs included), checked against the manifest."""
     written, _ = scan_output(config.output)
+    listed = pc.is_in(written["image_id"], value_set=manifest["image_id"])
+    extra = written.num_rows - (pc.sum(listed).as_py() or 0)  # ids no longer in the manifest (rows it dropped)
+    written = written.filter(listed)
     statuses = dict(zip(*_value_counts(written["status"]), strict=True)) if written.num_rows else {}
     missing = pc.sum(pc.invert(pc.is_in(manifest["image_id"], value_set=written["image_id"]))).as_py() or 0
     processed = sum(counts.values())
@@ -233,6 +277,7 @@ def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_secon
         "rows_failed": rows_failed,
         "rows_missing": missing,
         "duplicate_ids": len(duplicate_ids(written["image_id"])),
+        "rows_not_in_manifest": extra,
         "failed_fraction": rows_failed / max(1, manifest.num_rows),
         "rows_this_run": processed,
         "images_per_s": processed / run_seconds if run_seconds > 0 and processed else 0.0,
@@ -245,16 +290,18 @@ def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_secon
 
 
 def print_summary(summary: dict) -> None:
+    extra = summary["rows_not_in_manifest"]
     print(f"extract: rows ok {summary['rows_ok']}, rows failed {summary['rows_failed']}, "
-          f"missing {summary['rows_missing']}, duplicates {summary['duplicate_ids']}; this run "
-          f"{summary['rows_this_run']} rows at {summary['images_per_s']:.2f} images/s; wall {summary['wall_s']:.1f} s",
-          flush=True)
+          f"missing {summary['rows_missing']}, duplicates {summary['duplicate_ids']}"
+          f"{f', {extra} not in the manifest' if extra else ''}; this run {summary['rows_this_run']} rows at "
+          f"{summary['images_per_s']:.2f} images/s; wall {summary['wall_s']:.1f} s", flush=True)
 
 
 def job_failed(summary: dict, config: ExtractConfig) -> str:
     """Why the job should exit non-zero ('' when it succeeded)."""
     if summary["rows_missing"] or summary["duplicate_ids"]:
-        return f"output incomplete: {summary['rows_missing']} missing, {summary['duplicate_ids']} duplicate ids"
+        return (f"output incomplete: {summary['rows_missing']} missing, {summary['duplicate_ids']} duplicate ids "
+                f"(did another run write into this output? rerunning the command completes and de-duplicates it)")
     if summary["failed_fraction"] > config.max_failure_fraction:
         return (f"{summary['rows_failed']} of {summary['input_rows']} rows failed ({summary['failed_fraction']:.1%}), "
                 f"above --max-failure-fraction {config.max_failure_fraction:.1%}")

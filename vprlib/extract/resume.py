@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import posixpath
-import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -18,11 +17,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vprlib.data.manifest import is_remote, url_to_fs
-from vprlib.extract.encode import CONFIG_FILE, PART_PREFIX, part_files
+from vprlib.extract.encode import CONFIG_FILE, is_part_name, part_files, part_name
 
 TEMP_PREFIX = ".tmp-"
-# Config fields that change what a row holds: a rerun into the same folder must match them.
-RESULT_FIELDS = ("strategy", "models", "models_identity", "side", "seg_probabilities", "dilation")
+# Config fields that change what a row holds: a rerun into the same folder must match them. The input too: ids of
+# another manifest may overlap this one's, and their rows would pass for done.
+RESULT_FIELDS = ("input", "strategy", "models", "models_identity", "side", "seg_probabilities", "dilation")
 
 
 class OutputMismatchError(ValueError):
@@ -46,27 +46,49 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def write_part(batch: pa.Table, output: str, schema: pa.Schema) -> pa.Table:
-    """Ray Data task: write one part file atomically; return its (image_id, status) for the job's tally."""
-    table = conform(batch, schema)
+def attach_manifest(batch: pa.Table, manifest) -> pa.Table:
+    """The manifest rows a batch's `_row` indexes (a pa.Table, or a Ray object ref to one), then the batch's maps
+    columns. Manifest columns travel beside the pipeline, not through it: numpy batches would lose their Arrow
+    types (all-null, list, nullable float32 columns)."""
+    if not isinstance(manifest, pa.Table):
+        import ray
+
+        manifest = ray.get(manifest)
+    carried = manifest.take(batch["_row"])
+    for name in batch.column_names:
+        if name not in carried.column_names and name != "_row":
+            carried = carried.append_column(name, batch[name])
+    return carried
+
+
+def write_part(batch: pa.Table, output: str, schema: pa.Schema, manifest=None) -> pa.Table:
+    """Ray Data task: write one part file atomically; return its (image_id, status) for the job's tally.
+    With `manifest`, the batch's `_row` column picks that table's rows to carry (`attach_manifest`)."""
+    table = conform(batch if manifest is None else attach_manifest(batch, manifest), schema)
+    _write_atomic(table, output, part_name())
+    return table.select(["image_id", "status"])
+
+
+def _write_atomic(table: pa.Table, output: str, name: str) -> None:
     fs, root = url_to_fs(output)
-    name = f"{PART_PREFIX}{uuid.uuid4().hex}.parquet"
     final = posixpath.join(root, name)
     temp = final if is_remote(output) else posixpath.join(root, TEMP_PREFIX + name)
     with fs.open(temp, "wb") as f:
         pq.write_table(table, f, compression="zstd")
     if temp != final:
         fs.mv(temp, final)
-    return table.select(["image_id", "status"])
 
 
 def scan_output(output: str) -> tuple[pa.Table, list[str]]:
-    """(image_id, status) of every readable part file, and the paths of unreadable parts/temporaries removed."""
+    """Every written row's (image_id, status, part, row: its index in that part), and the paths removed: this job's
+    temporaries and parts that do not read back as Parquet (a kill can leave those on filesystems without atomic
+    renames). A part that cannot be *reached* (network, permissions) raises instead: its rows are not lost."""
     fs, root = url_to_fs(output)
     removed = []
-    if fs.exists(root):
+    if fs.exists(root) and fs.isdir(root):
         for path in fs.ls(root, detail=False):
-            if posixpath.basename(path).startswith(TEMP_PREFIX):
+            name = posixpath.basename(path)
+            if name.startswith(TEMP_PREFIX) and is_part_name(name[len(TEMP_PREFIX):]):
                 fs.rm(path)
                 removed.append(path)
     tables = []
@@ -74,18 +96,64 @@ def scan_output(output: str) -> tuple[pa.Table, list[str]]:
         part_fs, path = url_to_fs(part)
         try:
             with part_fs.open(path, "rb") as f:
-                tables.append(pq.read_table(f, columns=["image_id", "status"]))
-        except Exception:  # cut short by a kill, or not ours: its rows are simply redone
+                ids = pq.read_table(f, columns=["image_id", "status"])
+        except pa.ArrowInvalid:  # not Parquet (cut short): its rows are simply redone
             part_fs.rm(path)
             removed.append(part)
-    empty = pa.table({"image_id": pa.array([], pa.string()), "status": pa.array([], pa.string())})
+            continue
+        tables.append(ids.append_column("part", pa.array([part] * ids.num_rows, pa.string()))
+                      .append_column("row", pa.array(np.arange(ids.num_rows), pa.int64())))
+    empty = pa.table({"image_id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
+                      "part": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
     return pa.concat_tables([empty, *tables], promote_options="default"), removed
+
+
+def duplicate_rows(done: pa.Table) -> np.ndarray:
+    """Which rows of `scan_output`'s table repeat an id written elsewhere (two jobs ran into one folder at once):
+    per id, an 'ok' row is kept over an 'error' one, then the one in the first part (by name). Bool mask."""
+    if done.num_rows == 0:
+        return np.zeros(0, dtype=bool)
+    order = np.lexsort((done["row"].to_numpy(), np.asarray(done["part"].to_pylist(), dtype=object).astype(str),
+                        np.asarray(done["status"].to_pylist(), dtype=object) != "ok",
+                        np.asarray(done["image_id"].to_pylist(), dtype=object).astype(str)))
+    ids = np.asarray(done["image_id"].to_pylist(), dtype=object).astype(str)[order]
+    repeat = np.zeros(len(ids), dtype=bool)
+    repeat[1:] = ids[1:] == ids[:-1]
+    mask = np.zeros(done.num_rows, dtype=bool)
+    mask[order[repeat]] = True
+    return mask
+
+
+def drop_rows(output: str, done: pa.Table, drop: np.ndarray) -> int:
+    """Rewrite the part files holding the `drop`ped rows of `scan_output`'s table without them (a part left empty is
+    removed). Each part is replaced atomically, so a kill midway leaves every row either kept or to be redone.
+    Returns the number of rows dropped."""
+    if not drop.any():
+        return 0
+    parts = np.asarray(done["part"].to_pylist(), dtype=object)
+    rows = done["row"].to_numpy()
+    for part in sorted(set(parts[drop])):
+        gone = rows[drop & (parts == part)]
+        part_fs, path = url_to_fs(part)
+        with part_fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[gone] = False
+        if keep.any():  # a new name first, then the old part goes: never a moment with the kept rows absent
+            _write_atomic(table.filter(pa.array(keep)), output, part_name())
+        part_fs.rm(path)
+    return int(drop.sum())
 
 
 def check_config(output: str, config_json: str) -> None:
     """Write the resolved config beside the output; refuse to resume into maps made with other settings."""
     fs, root = url_to_fs(output)
-    fs.makedirs(root, exist_ok=True)
+    if fs.exists(root) and not fs.isdir(root):
+        raise OutputMismatchError(f"--output {output} is a file, not a folder")
+    try:
+        fs.makedirs(root, exist_ok=True)
+    except (NotADirectoryError, FileExistsError) as exc:  # a file on the way: a/file/sub
+        raise OutputMismatchError(f"--output {output}: cannot make the folder ({exc.strerror or exc})") from None
     path = posixpath.join(root, CONFIG_FILE)
     new = json.loads(config_json)
     if fs.exists(path) and part_files(output):
