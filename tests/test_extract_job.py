@@ -235,3 +235,15 @@ def test_manifest_columns_keep_their_types_and_reruns_repair_the_output(ray_sess
 
     with pytest.raises(ResourceError, match="cannot add more"):  # the job's own local Ray never gets a GPU
         run_extract(dataclasses.replace(config, device="cuda", output=str(tmp_path / "gpu")))
+
+
+def test_an_empty_manifest_gives_an_empty_table_with_the_schema(ray_session, city, tmp_path):
+    from vprlib.extract.pipeline import run_extract
+
+    empty = read_manifest(os.path.join(city, "manifest.parquet")).slice(0, 0)
+    write_manifest(empty, str(tmp_path / "empty.parquet"))
+    summary = run_extract(ExtractConfig(input=str(tmp_path / "empty.parquet"), output=str(tmp_path / "maps"),
+                                        strategy="none", **FAST))
+    assert summary["input_rows"] == summary["rows_this_run"] == 0
+    table = read_maps(str(tmp_path / "maps"))
+    assert table.num_rows == 0 and {"image_id", "split", "status", "depth", "seg"} <= set(table.column_names)
