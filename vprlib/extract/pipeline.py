@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from vprlib.data.folder import folder_manifest
 from vprlib.data.manifest import ManifestError, read_manifest, url_to_fs
 from vprlib.extract.config import ExtractConfig
-from vprlib.extract.decode import decode_batch
+from vprlib.extract.decode import decode_batch, decode_memory
 from vprlib.extract.encode import SUMMARY_FILE, carry_columns, encode_batch, output_schema
 from vprlib.extract.loaders import check_weights, models_identity
 from vprlib.extract.resume import check_config, drop_rows, duplicate_ids, duplicate_rows, scan_output, write_part
@@ -153,10 +153,10 @@ def build_dataset(config: ExtractConfig, todo: pa.Table, schema: pa.Schema, mode
     block_rows = max(config.decode_batch_size, -(-rows.num_rows // MAX_BLOCKS))
     blocks = [rows.slice(i, block_rows) for i in range(0, rows.num_rows, block_rows)]
     ds = ray.data.from_arrow(blocks)
-    # The memory a decode task may need (one image at the pixel limit, RGBA, plus its batch) is reserved: it bounds
-    # how many run at once, and differing from the actors' resources it keeps decoding out of the model actors.
-    decode_memory = 4 * config.max_image_pixels + 2 * config.decode_batch_size * 3 * config.side**2
-    ds = ds.map_batches(decode_batch, batch_size=config.decode_batch_size, num_cpus=1, memory=decode_memory,
+    # The memory a decode task may need (decode_memory: one image at the pixel limit, measured, plus its batch and
+    # the worker) is reserved: it bounds how many run at once, and keeps decoding out of the model actors.
+    memory = decode_memory(config.max_image_pixels, config.decode_batch_size, config.side)
+    ds = ds.map_batches(decode_batch, batch_size=config.decode_batch_size, num_cpus=1, memory=memory,
                         fn_kwargs={"side": config.side, "max_pixels": config.max_image_pixels}, **io_args)
     if config.mode == "fused":
         ds = ds.map_batches(FusedChain, fn_constructor_kwargs={"config": config}, **_actor_args(config, 1.0))
