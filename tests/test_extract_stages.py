@@ -366,13 +366,16 @@ def test_too_few_cpus_fail_fast():
     check_resources(_config(actors=8, device="cuda"), {"CPU": 8.0})
 
 
-def test_missing_weights_fail_before_any_work(tmp_path):
+def test_missing_weights_fail_before_any_work(tmp_path, monkeypatch):
     from vprlib.extract.loaders import check_weights
 
     check_weights("tiny", "inpaint")
     check_weights("paper-random", "synthetic")
-    with pytest.raises(FileNotFoundError, match="segformer/config.json"):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/segformer/config.json"):
         check_weights(str(tmp_path), "none")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # 'paper' reads the Hugging Face cache
+    with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache"):
+        check_weights("paper", "none")
     with pytest.raises(ValueError, match="unknown models 'bogus'"):
         check_weights("bogus", "none")
 

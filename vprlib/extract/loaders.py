@@ -37,13 +37,19 @@ def check_weights(models: str, strategy: str) -> None:
         return
     if models != "paper" and not Path(models).is_dir():
         raise ValueError(f"unknown models {models!r}: use one of {list(zoo.KNOWN)} or an existing directory")
-    missing = [f"{hub_id} ({sub}/config.json)" for sub, hub_id in (("segformer", zoo.SEGFORMER_ID),
-                                                                    ("dpt", zoo.DPT_ID))
-               if not _hf_weights_present(models, sub, hub_id)]
-    if missing:
-        raise FileNotFoundError(f"weights not found for models={models!r}: {', '.join(missing)}. Download them on a "
-                                f"machine with network (`hf download <id> --local-dir <models>/<sub>`) and pass "
-                                f"--models <models>, or use --models tiny / paper-random")
+    absent = [(sub, hub_id) for sub, hub_id in (("segformer", zoo.SEGFORMER_ID), ("dpt", zoo.DPT_ID))
+              if not _hf_weights_present(models, sub, hub_id)]
+    if absent and models == "paper":  # read from the Hugging Face cache, as from_pretrained(local_files_only) does
+        ids = " ".join(hub_id for _, hub_id in absent)
+        raise FileNotFoundError(f"weights not found for models='paper': {ids} not in the Hugging Face cache "
+                                f"($HF_HOME, default ~/.cache/huggingface). Fill it on a machine with network "
+                                f"(`hf download {ids}`) and copy it here, pass --models DIR with segformer/ and dpt/ "
+                                f"folders, or use --models tiny / paper-random")
+    if absent:
+        missing = ", ".join(f"{models}/{sub}/config.json ({hub_id})" for sub, hub_id in absent)
+        raise FileNotFoundError(f"weights not found for models={models!r}: {missing}. Download them on a machine "
+                                f"with network (`hf download <id> --local-dir {models}/<sub>`), or use --models "
+                                f"tiny / paper-random")
     if strategy == "inpaint":
         zoo.lama_path(models)  # raises FileNotFoundError naming the checkpoint to download
     if strategy == "synthetic":
