@@ -2,6 +2,8 @@
 
 import dataclasses
 import io
+import json
+import os
 import time
 
 import numpy as np
@@ -256,10 +258,32 @@ def test_scan_removes_partial_parts(tmp_path):
     write_part(pa.table({"image_id": ["a", "b"], "status": ["ok", "error"]}), str(tmp_path), schema)
     cut = tmp_path / f"part-{'0' * 32}.parquet"
     cut.write_bytes(b"PAR1 cut short by a kill")
-    (tmp_path / f".tmp-part-{'1' * 32}.parquet").write_bytes(b"PAR1")
+    old_temp, new_temp = (tmp_path / f".tmp-part-{c * 32}.parquet" for c in "12")
+    old_temp.write_bytes(b"PAR1")
+    new_temp.write_bytes(b"PAR1")  # may be another run's, still being written
+    os.utime(old_temp, (time.time() - 7200, time.time() - 7200))
+    assert scan_output(str(tmp_path), clean=False)[1] == [] and cut.exists() and old_temp.exists()
     done, removed = scan_output(str(tmp_path))
     assert sorted(done["image_id"].to_pylist()) == ["a", "b"]
-    assert len(removed) == 2 and not cut.exists()
+    assert len(removed) == 2 and not cut.exists() and not old_temp.exists() and new_temp.exists()
+
+
+def test_retry_errors_after_a_duplicate_repair(tmp_path):
+    """The repair rewrites parts under new names; the error rows to redo are then found in the new parts."""
+    from vprlib.extract.pipeline import _prepare_output
+
+    schema = pa.schema([("image_id", pa.string()), ("status", pa.string())])
+    for name, ids, statuses in ((f"part-{'0' * 32}.parquet", ["a", "b"], ["ok", "ok"]),
+                                (f"part-{'f' * 32}.parquet", ["a", "b", "c", "d"], ["ok", "ok", "error", "ok"])):
+        pq.write_table(pa.table({"image_id": ids, "status": statuses}, schema=schema), tmp_path / name)
+    done = _prepare_output(_config(output=str(tmp_path), retry_errors=True))
+    assert sorted(done["image_id"].to_pylist()) == ["a", "b", "d"]
+    assert sorted(read_maps(str(tmp_path))["image_id"].to_pylist()) == ["a", "b", "d"]  # c is to be redone
+
+
+def test_manifest_columns_named_like_output_columns_keep_unique_names():
+    table = pa.table({"status": [1], "input_status": [2], "depth": [3], "x": [4]})
+    assert carry_columns(table).column_names == ["input_input_status", "input_status", "input_depth", "x"]
 
 
 def test_scan_leaves_other_tools_files_alone(tmp_path):
@@ -302,6 +326,11 @@ def test_resume_refuses_other_settings(tmp_path):
         check_config(str(tmp_path), _config(strategy="inpaint").to_json())
     with pytest.raises(OutputMismatchError, match="input: 'in' -> 'other'"):  # its ids may overlap; rows differ
         check_config(str(tmp_path), _config(strategy="none", input="other").to_json())
+    with_columns = {**json.loads(_config(strategy="none").to_json()), "manifest_columns": ["image_id: string"]}
+    check_config(str(tmp_path), json.dumps(with_columns))  # an older config without the field: not compared
+    with pytest.raises(OutputMismatchError, match="manifest_columns"):  # the parts would differ in schema
+        check_config(str(tmp_path), json.dumps({**with_columns, "manifest_columns": ["image_id: int64"]}),
+                     write=False)
 
 
 def test_output_that_is_a_file_is_refused(tmp_path):
@@ -364,6 +393,22 @@ def test_too_few_cpus_fail_fast():
         check_resources(_config(actors=2, device="cuda", gpus_per_actor=0.5), {"CPU": 2.0, "GPU": 1.0})
     # cluster.yaml: an 8-CPU head, GPU nodes start at zero: the autoscaler brings GPUs and their CPUs together
     check_resources(_config(actors=8, device="cuda"), {"CPU": 8.0})
+
+
+def test_resources_nothing_will_add_fail_fast():
+    from vprlib.extract.decode import decode_memory
+    from vprlib.extract.pipeline import ResourceError, check_resources
+
+    with pytest.raises(ResourceError, match="cannot add more"):  # the job's own local Ray: no autoscaler
+        check_resources(_config(device="cuda"), {"CPU": 2.0}, can_grow=False)
+    with pytest.raises(ResourceError, match="gpus-per-actor above 0"):
+        check_resources(_config(device="cuda", gpus_per_actor=0), {"CPU": 2.0, "GPU": 1.0})
+    big = _config(max_image_pixels=2_000_000_000)
+    need = decode_memory(big.max_image_pixels, big.decode_batch_size, big.side)
+    check_resources(big, {"CPU": 2.0}, can_grow=False, node_memory=need)
+    with pytest.raises(ResourceError, match="lower --max-image-pixels"):
+        check_resources(big, {"CPU": 2.0}, can_grow=False, node_memory=need - 1)
+    check_resources(big, {"CPU": 2.0}, can_grow=True, node_memory=need - 1)  # a larger node may come: warns
 
 
 def test_missing_weights_fail_before_any_work(tmp_path, monkeypatch):

@@ -62,7 +62,17 @@ def carry_columns(manifest: pa.Table) -> pa.Table:
     """The manifest with any column named like a maps column renamed `input_<name>` (e.g. the synthetic city's
     ground-truth `dynamic_fraction` becomes `input_dynamic_fraction`), so both survive."""
     taken = {f.name for f in MAP_FIELDS} | {SEG_PROB_FIELD.name, "image", "mask"}
-    return manifest.rename_columns([f"input_{c}" if c in taken else c for c in manifest.column_names])
+    used = set(manifest.column_names) | taken
+    names = []
+    for column in manifest.column_names:
+        name = column
+        if column in taken:
+            name = f"input_{column}"
+            while name in used:  # the manifest has an input_status already: input_input_status, and so on
+                name = f"input_{name}"
+            used.add(name)
+        names.append(name)
+    return manifest.rename_columns(names)
 
 
 def encode_seg(labels: np.ndarray) -> bytes:

@@ -22,7 +22,7 @@ from vprlib.data.folder import folder_manifest
 from vprlib.data.manifest import ManifestError, read_manifest, url_to_fs
 from vprlib.extract.config import ExtractConfig
 from vprlib.extract.decode import decode_batch, decode_memory
-from vprlib.extract.encode import SUMMARY_FILE, carry_columns, encode_batch, output_schema
+from vprlib.extract.encode import SUMMARY_FILE, carry_columns, encode_batch, output_schema, part_files
 from vprlib.extract.loaders import check_weights, models_identity
 from vprlib.extract.resume import check_config, drop_rows, duplicate_ids, duplicate_rows, scan_output, write_part
 from vprlib.extract.stages import FusedChain, build_stage, stage_plan
@@ -89,6 +89,7 @@ def resolve_paths(config: ExtractConfig) -> ExtractConfig:
     """Local --input, --output and --compile-cache as absolute paths: tasks and actors run in other folders, and the
     config written beside the output records where the maps came from."""
     def absolute(path: str) -> str:
+        path = path.removeprefix("file://")  # one spelling per local path: resume compares the recorded input
         return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))
 
     return replace(config, input=absolute(config.input), output=absolute(config.output),
@@ -111,7 +112,15 @@ def _actor_args(config: ExtractConfig, share: float) -> dict:
     return args
 
 
-def check_resources(config: ExtractConfig, resources: dict, can_grow: bool = True) -> None:
+def max_node_memory() -> float:
+    """The largest `memory` resource of the cluster's alive nodes (bytes; what one task may reserve at most)."""
+    import ray
+
+    return max((node["Resources"].get("memory", 0.0) for node in ray.nodes() if node.get("Alive")), default=0.0)
+
+
+def check_resources(config: ExtractConfig, resources: dict, can_grow: bool = True,
+                    node_memory: float | None = None) -> None:
     """Fail at once, not hang, when the model actors cannot all start and still leave a CPU for decoding.
 
     Too few GPUs only warns on a cluster that `can_grow`: an autoscaling cluster (cluster.yaml: GPU nodes start at
@@ -120,6 +129,15 @@ def check_resources(config: ExtractConfig, resources: dict, can_grow: bool = Tru
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     need_cpus = config.actors * config.cpus_per_actor
     need_gpus = config.actors * config.gpus_per_actor if config.device == "cuda" else 0
+    if config.device == "cuda" and config.gpus_per_actor == 0:
+        raise ResourceError("--device cuda needs --gpus-per-actor above 0: an actor without a GPU cannot use CUDA")
+    memory = decode_memory(config.max_image_pixels, config.decode_batch_size, config.side)
+    if node_memory is not None and memory > node_memory:
+        message = (f"a decode task reserves {memory / 2**30:.1f} GiB for --max-image-pixels "
+                   f"{config.max_image_pixels} (decode_memory), more than any node's {node_memory / 2**30:.1f} GiB")
+        if not can_grow:
+            raise ResourceError(f"{message}: lower --max-image-pixels")
+        print(f"extract: warning: {message}: waiting for a larger node", flush=True)
     if need_gpus > gpus and not can_grow:
         raise ResourceError(f"model actors need {need_gpus:g} GPUs (--actors x --gpus-per-actor), but the local Ray "
                             f"this job started has {gpus:g} and cannot add more: use --device cpu or auto, or "
@@ -219,17 +237,25 @@ def run_extract(config: ExtractConfig) -> dict:
     config = resolve_paths(config)
     manifest = carry_columns(load_input(config.input))
     check_weights(config.models, config.strategy)
+    identity = models_identity(config.models, config.strategy)
+    # What makes rows comparable (RESULT_FIELDS), checked before Ray starts; written once the device is resolved.
+    columns = [f"{f.name}: {f.type}" for f in manifest.schema]  # parts of one output share one schema
+
+    def config_json() -> str:
+        return json.dumps({**json.loads(config.to_json()), "models_identity": identity, "manifest_columns": columns},
+                          indent=2)
+
+    check_config(config.output, config_json(), write=False)
     own_cluster = init_ray(config)
     config = resolve_device(config)
-    check_resources(config, ray.cluster_resources(), can_grow=not own_cluster)
-    identity = models_identity(config.models, config.strategy)
-    check_config(config.output, json.dumps({**json.loads(config.to_json()), "models_identity": identity}, indent=2))
+    check_resources(config, ray.cluster_resources(), can_grow=not own_cluster, node_memory=max_node_memory())
+    check_config(config.output, config_json())
     done = _prepare_output(config)
     todo = manifest.filter(pc.invert(pc.is_in(manifest["image_id"], value_set=done["image_id"])))
-    print(f"extract: {manifest.num_rows} rows in the manifest, {done.num_rows} already written, "
+    print(f"extract: {manifest.num_rows} rows in the manifest, {manifest.num_rows - todo.num_rows} already written, "
           f"{todo.num_rows} to do", flush=True)
     schema = output_schema(manifest.schema, config.strategy == "synthetic" and config.seg_probabilities)
-    if manifest.num_rows == 0 and done.num_rows == 0:  # readers still find the (empty) table and its schema
+    if manifest.num_rows == 0 and not part_files(config.output):  # readers still find the table and its schema
         write_part(schema.empty_table(), config.output, schema)
     run_start = time.perf_counter()
     counts = _run_ray(config, todo, schema, json.dumps(identity, sort_keys=True)) if todo.num_rows else {}
@@ -253,17 +279,20 @@ def _prepare_output(config: ExtractConfig) -> pa.Table:
         drop_rows(config.output, done, duplicates)
         print(f"extract: removed {int(duplicates.sum())} duplicate row(s) (two runs wrote into this output at once)",
               flush=True)
-    errors = (np.asarray(done["status"].to_pylist(), dtype=object) == "error") & ~duplicates
+        done, _ = scan_output(config.output)  # the repair rewrote parts under new names
+    errors = np.asarray(done["status"].to_pylist(), dtype=object) == "error"
     if config.retry_errors and errors.any():
         drop_rows(config.output, done, errors)
         print(f"extract: --retry-errors: redoing {int(errors.sum())} row(s) that failed before", flush=True)
-    keep = ~(duplicates | errors) if config.retry_errors else ~duplicates
-    return done.filter(pa.array(keep))
+        done = done.filter(pa.array(~errors))
+    return done
 
 
 def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_seconds: float, wall: float) -> dict:
     """Totals over the whole output folder (earlier runs included), checked against the manifest."""
-    written, _ = scan_output(config.output)
+    everything, _ = scan_output(config.output, clean=False)  # another run may be writing: remove nothing now
+    duplicated = len(duplicate_ids(everything["image_id"]))
+    written = everything.filter(pa.array(~duplicate_rows(everything)))  # one row per id in the counts
     listed = pc.is_in(written["image_id"], value_set=manifest["image_id"])
     extra = written.num_rows - (pc.sum(listed).as_py() or 0)  # ids no longer in the manifest (rows it dropped)
     written = written.filter(listed)
@@ -276,7 +305,7 @@ def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_secon
         "rows_ok": rows_ok,
         "rows_failed": rows_failed,
         "rows_missing": missing,
-        "duplicate_ids": len(duplicate_ids(written["image_id"])),
+        "duplicate_ids": duplicated,
         "rows_not_in_manifest": extra,
         "failed_fraction": rows_failed / max(1, manifest.num_rows),
         "rows_this_run": processed,

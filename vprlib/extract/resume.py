@@ -8,8 +8,10 @@ command lists the part files, reads each one's `image_id` column, removes any th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -20,9 +22,12 @@ from vprlib.data.manifest import is_remote, url_to_fs
 from vprlib.extract.encode import CONFIG_FILE, is_part_name, part_files, part_name
 
 TEMP_PREFIX = ".tmp-"
+STALE_TEMP_S = 3600  # a temporary part this old is a killed run's leftover, not a part another run is writing
 # Config fields that change what a row holds: a rerun into the same folder must match them. The input too: ids of
-# another manifest may overlap this one's, and their rows would pass for done.
-RESULT_FIELDS = ("input", "strategy", "models", "models_identity", "side", "seg_probabilities", "dilation")
+# another manifest may overlap this one's, and their rows would pass for done; and its columns, which every part
+# carries (one schema for all parts).
+RESULT_FIELDS = ("input", "manifest_columns", "strategy", "models", "models_identity", "side", "seg_probabilities",
+                 "dilation")
 
 
 class OutputMismatchError(ValueError):
@@ -79,33 +84,51 @@ def _write_atomic(table: pa.Table, output: str, name: str) -> None:
         fs.mv(temp, final)
 
 
-def scan_output(output: str) -> tuple[pa.Table, list[str]]:
-    """Every written row's (image_id, status, part, row: its index in that part), and the paths removed: this job's
-    temporaries and parts that do not read back as Parquet (a kill can leave those on filesystems without atomic
-    renames). A part that cannot be *reached* (network, permissions) raises instead: its rows are not lost."""
+def scan_output(output: str, clean: bool = True) -> tuple[pa.Table, list[str]]:
+    """Every written row's (image_id, status, part, row: its index in that part), and, with `clean`, the paths
+    removed: parts that do not read back as Parquet (a kill can leave those on filesystems without atomic renames)
+    and this job's temporaries older than STALE_TEMP_S (younger ones may be another run's, still being written;
+    they are never read). A part that cannot be *reached* (network, permissions) raises: its rows are not lost."""
     fs, root = url_to_fs(output)
     removed = []
-    if fs.exists(root) and fs.isdir(root):
-        for path in fs.ls(root, detail=False):
-            name = posixpath.basename(path)
-            if name.startswith(TEMP_PREFIX) and is_part_name(name[len(TEMP_PREFIX):]):
-                fs.rm(path)
-                removed.append(path)
+    if clean and fs.exists(root) and fs.isdir(root):
+        for info in fs.ls(root, detail=True):
+            name = posixpath.basename(info["name"])
+            if name.startswith(TEMP_PREFIX) and is_part_name(name[len(TEMP_PREFIX):]) and _stale(info):
+                _remove(fs, info["name"])
+                removed.append(info["name"])
     tables = []
     for part in part_files(output):
         part_fs, path = url_to_fs(part)
         try:
             with part_fs.open(path, "rb") as f:
                 ids = pq.read_table(f, columns=["image_id", "status"])
+        except FileNotFoundError:  # removed since the listing (another run's repair)
+            continue
         except pa.ArrowInvalid:  # not Parquet (cut short): its rows are simply redone
-            part_fs.rm(path)
-            removed.append(part)
+            if clean:
+                _remove(part_fs, path)
+                removed.append(part)
             continue
         tables.append(ids.append_column("part", pa.array([part] * ids.num_rows, pa.string()))
                       .append_column("row", pa.array(np.arange(ids.num_rows), pa.int64())))
     empty = pa.table({"image_id": pa.array([], pa.string()), "status": pa.array([], pa.string()),
                       "part": pa.array([], pa.string()), "row": pa.array([], pa.int64())})
     return pa.concat_tables([empty, *tables], promote_options="default"), removed
+
+
+def _stale(info: dict) -> bool:
+    modified = info.get("mtime") or info.get("LastModified")
+    if modified is None:
+        return True
+    seconds = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+    return time.time() - seconds > STALE_TEMP_S
+
+
+def _remove(fs, path: str) -> None:
+    """Remove a file another run may have removed first."""
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path)
 
 
 def duplicate_rows(done: pa.Table) -> np.ndarray:
@@ -132,21 +155,27 @@ def drop_rows(output: str, done: pa.Table, drop: np.ndarray) -> int:
         return 0
     parts = np.asarray(done["part"].to_pylist(), dtype=object)
     rows = done["row"].to_numpy()
+    dropped = 0
     for part in sorted(set(parts[drop])):
         gone = rows[drop & (parts == part)]
         part_fs, path = url_to_fs(part)
-        with part_fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+        try:
+            with part_fs.open(path, "rb") as f:
+                table = pq.read_table(f)
+        except FileNotFoundError:  # another run's repair replaced it already
+            continue
         keep = np.ones(table.num_rows, dtype=bool)
         keep[gone] = False
         if keep.any():  # a new name first, then the old part goes: never a moment with the kept rows absent
             _write_atomic(table.filter(pa.array(keep)), output, part_name())
-        part_fs.rm(path)
-    return int(drop.sum())
+        _remove(part_fs, path)
+        dropped += len(gone)
+    return dropped
 
 
-def check_config(output: str, config_json: str) -> None:
-    """Write the resolved config beside the output; refuse to resume into maps made with other settings."""
+def check_config(output: str, config_json: str, write: bool = True) -> None:
+    """Refuse to resume into maps made with other settings (RESULT_FIELDS; one an older config lacks is not
+    compared), then write the resolved config beside the output."""
     fs, root = url_to_fs(output)
     if fs.exists(root) and not fs.isdir(root):
         raise OutputMismatchError(f"--output {output} is a file, not a folder")
@@ -159,13 +188,14 @@ def check_config(output: str, config_json: str) -> None:
     if fs.exists(path) and part_files(output):
         with fs.open(path, "r") as f:
             old = json.load(f)
-        changed = [k for k in RESULT_FIELDS if old.get(k) != new.get(k)]
+        changed = [k for k in RESULT_FIELDS if k in old and old[k] != new.get(k)]
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
             raise OutputMismatchError(f"{output} already holds maps made with other settings ({diffs}); "
                                       f"use another --output or remove it")
-    with fs.open(path, "w") as f:
-        f.write(config_json)
+    if write:
+        with fs.open(path, "w") as f:
+            f.write(config_json)
 
 
 def duplicate_ids(ids: pa.Array) -> np.ndarray:
