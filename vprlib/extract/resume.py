@@ -2,8 +2,10 @@
 
 A part file appears under its final name only when complete: locally it is written to a hidden temporary name and
 renamed (atomic on one filesystem); on S3 an object exists only once its upload completed. A rerun of the same
-command lists the part files, reads each one's `image_id` column, removes any that do not read back as Parquet
-(a file cut short by a kill, a half-written temporary) and processes only the ids not yet written.
+command lists the part files (only this job's `part-<32 hex>.parquet` names), reads each one's `image_id` column,
+removes any that do not read back as Parquet (a file cut short by a kill, a stale temporary) and processes only the
+ids not yet written. Ids two runs wrote at once are de-duplicated by rewriting parts (`duplicate_rows`, `drop_rows`),
+and --retry-errors drops earlier error rows the same way, so they count as not yet written.
 """
 
 from __future__ import annotations
