@@ -369,7 +369,7 @@ def test_load_input_reads_a_manifest_a_city_folder_and_a_photo_folder(tmp_path):
     from PIL import Image
 
     from vprlib.data.manifest import ManifestError, write_manifest
-    from vprlib.extract.pipeline import load_input
+    from vprlib.extract.pipeline import input_source, load_input
 
     Image.new("RGB", (4, 4)).save(tmp_path / "a.jpg")
     (tmp_path / "locations.csv").write_text("image,lat,lon\na.jpg,51.5,-0.1\nmissing.jpg,51.6,-0.2\n")
@@ -379,6 +379,8 @@ def test_load_input_reads_a_manifest_a_city_folder_and_a_photo_folder(tmp_path):
     write_manifest(table, str(tmp_path / "manifest.parquet"))
     assert load_input(str(tmp_path)).num_rows == 2  # folder with manifest.parquet
     assert load_input(str(tmp_path / "manifest.parquet")).num_rows == 2
+    # one name for both spellings: a rerun naming the folder or its manifest resumes the same output
+    assert input_source(str(tmp_path)) == input_source(str(tmp_path / "manifest.parquet"))
     with pytest.raises(ManifestError, match="input not found"):
         load_input(str(tmp_path / "nowhere"))
 

@@ -32,16 +32,25 @@ BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` puts the clus
 MAX_BLOCKS = 4096
 
 
-def load_input(uri: str) -> pa.Table:
-    """Manifest from a .parquet/.csv file, a folder with manifest.parquet, or a folder of images + locations.csv."""
+def input_source(uri: str) -> str:
+    """The manifest file a folder input stands for (its manifest.parquet or .csv), or `uri` itself: one name per
+    input, so a rerun naming the folder or its manifest resumes the same output."""
     fs, path = url_to_fs(uri)
     if not fs.exists(path):
         raise ManifestError(f"input not found: {uri}")
+    if fs.isdir(path):
+        for name in ("manifest.parquet", "manifest.csv"):
+            if fs.exists(posixpath.join(path, name)):
+                return uri.rstrip("/") + "/" + name
+    return uri
+
+
+def load_input(uri: str) -> pa.Table:
+    """Manifest from a .parquet/.csv file, a folder with manifest.parquet, or a folder of images + locations.csv."""
+    source = input_source(uri)
+    fs, path = url_to_fs(source)
     if not fs.isdir(path):
-        return read_manifest(uri)
-    for name in ("manifest.parquet", "manifest.csv"):
-        if fs.exists(posixpath.join(path, name)):
-            return read_manifest(uri.rstrip("/") + "/" + name)
+        return read_manifest(source)
     return folder_manifest(uri, check_files=False)  # a missing photo becomes an error row, not a refused job
 
 
@@ -235,6 +244,7 @@ def run_extract(config: ExtractConfig) -> dict:
 
     start = time.perf_counter()
     config = resolve_paths(config)
+    config = replace(config, input=input_source(config.input))
     manifest = carry_columns(load_input(config.input))
     check_weights(config.models, config.strategy)
     identity = models_identity(config.models, config.strategy)
