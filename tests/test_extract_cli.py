@@ -110,3 +110,20 @@ def test_manifest_errors_name_the_file(tmp_path, capsys):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_unreachable_ray_address_fails_in_seconds():
+    """ray.init retries an address that refuses connections for minutes; the job checks it first."""
+    from vprlib.extract.pipeline import check_ray_address
+
+    with socket.socket() as listener:  # a port that was free: nothing listens once closed
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    with pytest.raises(ValueError, match=f"cannot reach the Ray cluster at --ray-address 127.0.0.1:{port}"):
+        check_ray_address(f"127.0.0.1:{port}")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        check_ray_address(f"ray://127.0.0.1:{listener.getsockname()[1]}")  # reachable: no error
+    for left_to_ray in ("", "auto", "local"):
+        check_ray_address(left_to_ray)

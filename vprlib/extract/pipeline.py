@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import socket
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -226,6 +227,18 @@ def _value_counts(column) -> tuple[list[str], list[int]]:
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """A `host:port` (or `ray://host:port`) --ray-address that accepts no connection fails in seconds with one line;
+    ray.init would retry for minutes. '', 'auto' and 'local' are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ValueError(f"cannot reach the Ray cluster at --ray-address {address}: {exc.strerror or exc}") from None
+
+
 def init_ray(config: ExtractConfig) -> bool:
     """Connect to the cluster (--ray-address, or one running here), or start a local one; True when this process
     started it (then no autoscaler will ever add nodes)."""
@@ -233,6 +246,7 @@ def init_ray(config: ExtractConfig) -> bool:
     from ray._private import worker
 
     if not ray.is_initialized():
+        check_ray_address(config.ray_address)
         ray.init(address=config.ray_address or None, logging_level="WARNING")
     node = getattr(worker, "_global_node", None)  # ray.init's own record: a head node only when it started one
     return bool(getattr(node, "head", False))
