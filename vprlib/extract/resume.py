@@ -136,15 +136,15 @@ def _remove(fs, path: str) -> None:
 def duplicate_rows(done: pa.Table) -> np.ndarray:
     """Which rows of `scan_output`'s table repeat an id written elsewhere (two jobs ran into one folder at once):
     per id, an 'ok' row is kept over an 'error' one, then the one in the first part (by name). Bool mask."""
-    if done.num_rows == 0:
-        return np.zeros(0, dtype=bool)
+    mask = np.zeros(done.num_rows, dtype=bool)
+    if pc.count_distinct(done["image_id"]).as_py() == done.num_rows:  # the usual case, every run: no sort needed
+        return mask
+    ids = np.asarray(done["image_id"].to_pylist(), dtype=object).astype(str)
     order = np.lexsort((done["row"].to_numpy(), np.asarray(done["part"].to_pylist(), dtype=object).astype(str),
-                        np.asarray(done["status"].to_pylist(), dtype=object) != "ok",
-                        np.asarray(done["image_id"].to_pylist(), dtype=object).astype(str)))
-    ids = np.asarray(done["image_id"].to_pylist(), dtype=object).astype(str)[order]
+                        np.asarray(done["status"].to_pylist(), dtype=object) != "ok", ids))
+    ids = ids[order]
     repeat = np.zeros(len(ids), dtype=bool)
     repeat[1:] = ids[1:] == ids[:-1]
-    mask = np.zeros(done.num_rows, dtype=bool)
     mask[order[repeat]] = True
     return mask
 
