@@ -136,7 +136,7 @@ def make_photos(args, work: Path) -> str:
 
 
 def job_config(args, manifest: str, output: str, **overrides):
-    from vprlib.extract.config import ExtractConfig
+    from vprlib.extract.config import extract_config
 
     options = dict(input=manifest, output=output, strategy=args.strategy, models=args.models, side=args.side,
                    device=args.device, precision=args.precision, batch_size=args.batch_size,
@@ -144,7 +144,7 @@ def job_config(args, manifest: str, output: str, **overrides):
                    compile=args.compile, actor_threads=args.actor_threads,
                    prefetch_batches=args.prefetch_batches, max_failure_fraction=1.0)
     options.update(overrides)
-    return ExtractConfig(**options)
+    return extract_config(**options)
 
 
 def plain_loop(args, manifest: str, sampler: GpuSampler) -> float:
@@ -154,13 +154,13 @@ def plain_loop(args, manifest: str, sampler: GpuSampler) -> float:
 
     from vprlib.data.manifest import read_manifest
     from vprlib.extract.decode import load_image
-    from vprlib.extract.encode import encode_depth, encode_seg
     from vprlib.extract.stages import FusedChain
+    from vprlib.maps import encode_depth, encode_seg
 
     uris = read_manifest(manifest)["uri"].to_pylist()[: args.loop_images]
     config = job_config(args, manifest, "unused", precision=args.loop_precision, compile=False)
     start = time.perf_counter()
-    chain = FusedChain(config)
+    chain = FusedChain(config.spec, config.run)
     say(f"plain loop: models loaded in {time.perf_counter() - start:.1f} s ({args.loop_precision}, batch 1)")
     chain.compute({"image": load_image(uris[0], args.side)[None]})  # warm-up (allocator, cudnn)
     rows = []
@@ -190,7 +190,7 @@ def gpu_only(args, manifest: str, sampler: GpuSampler, mode: str) -> None:
 
     compiled = mode == "compile"
     config = job_config(args, manifest, "unused", compile=compiled)
-    chain = FusedChain(config)
+    chain = FusedChain(config.spec, config.run)
     uris = read_manifest(manifest)["uri"].to_pylist()[: args.batch_size]
     images = np.stack([load_image(uri, args.side) for uri in uris])
     start = time.perf_counter()
@@ -209,7 +209,7 @@ def gpu_only(args, manifest: str, sampler: GpuSampler, mode: str) -> None:
         breaks = sum(counters["graph_break"].values())
         detail = (f"; {counters['stats']['unique_graphs']} graphs, {breaks} graph breaks, cache "
                   f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR')}")
-    precision = config.precision if args.device == "cuda" else "fp32"
+    precision = config.run.precision if args.device == "cuda" else "fp32"
     say(f"RESULT {args.device.upper()} only ({mode} {precision}, batch {args.batch_size}, host copies included, no "
         f"decode/encode): {rate:.1f} images/s; GPU util {sampler.mean(start, end)}; first batch {first:.1f} s{detail}")
     del chain
@@ -239,9 +239,10 @@ def ray_job(args, manifest: str, variant: str, sampler: GpuSampler, tag: str = "
     summary = run_extract(config)
     end = time.perf_counter()
     rate = summary["images_per_s"]
-    say(f"RESULT Ray job ({variant}{tag}, {config.precision}, batch {config.batch_size}, compile={config.compile}, "
-        f"threads={config.actor_threads}, concurrent={config.concurrent_batches}, actors={config.actors}, "
-        f"cudnn.benchmark={config.cudnn_benchmark}): "
+    run = config.run
+    say(f"RESULT Ray job ({variant}{tag}, {run.precision}, batch {run.batch_size}, compile={run.compile}, "
+        f"threads={run.actor_threads}, concurrent={run.concurrent_batches}, actors={run.actors}, "
+        f"cudnn.benchmark={run.cudnn_benchmark}): "
         f"{summary['rows_this_run']} images, {rate:.2f} images/s end to end (decode to Parquet, model loading "
         f"included; {end - start:.1f} s in run_extract); ok {summary['rows_ok']}, failed {summary['rows_failed']}; "
         f"GPU util {sampler.mean(start, end)}")

@@ -3,7 +3,7 @@
     python benchmarks/graph_breaks.py                                   # tiny models on the CPU
     python benchmarks/graph_breaks.py --models paper-random --device cuda --side 512
 
-Each model is prepared as the job prepares it with --compile (vprlib.extract.loaders.install_hf_hooks first), then
+Each model is prepared as the job prepares it with --compile (vprlib.extract.stages.install_hf_hooks first), then
 traced by torch._dynamo.explain on a 2-image batch: one graph and no break is what a compiled model should give.
 --no-hooks skips install_hf_hooks, to show the breaks it removes. Tracing compiles nothing, so this takes seconds.
 """
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from vprlib.extract.loaders import install_hf_hooks  # noqa: E402
+from vprlib.extract.stages import install_hf_hooks  # noqa: E402
 from vprlib.models import zoo  # noqa: E402
 
 

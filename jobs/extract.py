@@ -1,4 +1,4 @@
-"""Extract depth and segmentation maps from a city's photos with Ray Data (DESIGN.md, "What a user does" 2).
+"""Extract depth and segmentation maps from a city's photos with Ray Data.
 
     python jobs/extract.py --input out/city --output out/maps --strategy inpaint --models tiny --side 128
     ray job submit --working-dir . -- python jobs/extract.py --input s3://bucket/city --output s3://bucket/maps
@@ -8,40 +8,30 @@ Rerunning the same command after an interruption writes only the missing rows. E
 input (a bad manifest, storage that cannot be reached or refuses access: one line on stderr, no traceback).
 """
 
-import argparse
-import dataclasses
 import sys
 
-from vprlib.cli import OneLineParser, from_ray, on_off
+from vprlib.cli import OneLineParser, add_flags, from_ray
 from vprlib.data.manifest import StorageError, check_reachable, one_line, storage_errors
-from vprlib.extract.config import ExtractConfig, field_help
+from vprlib.extract.config import ExtractConfig, RunOptions, extract_config
+from vprlib.spec import MapSpec
 
 
 def parse_args(argv: list[str] | None = None) -> ExtractConfig:
     parser = OneLineParser(prog="extract.py", description=__doc__.split("\n")[0])
-    helps = field_help()
-    for field in dataclasses.fields(ExtractConfig):
-        flag = "--" + field.name.replace("_", "-")
-        required = field.default is dataclasses.MISSING
-        if field.type == "bool":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
-                                help=f"{helps[field.name]} (default: {on_off(field.default)})")
-            continue
-        kind = {"int": int, "float": float}.get(field.type, str)
-        default = None if required else field.default
-        shown = "''" if default == "" else "%(default)s"
-        suffix = "" if required else f" (default: {shown})"
-        parser.add_argument(flag, type=kind, required=required, default=default, help=helps[field.name] + suffix)
-    args = parser.parse_args(argv)
+    add_flags(parser, ExtractConfig)
+    add_flags(parser.add_argument_group("the maps (recorded with them; a rerun must match)"), MapSpec)
+    add_flags(parser.add_argument_group("how the job runs (speed and resources only)"), RunOptions)
+    args = vars(parser.parse_args(argv))
     try:
-        return ExtractConfig(**vars(args))
+        return extract_config(**args)
     except ValueError as exc:
         parser.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    from vprlib.extract.pipeline import job_failed, run_extract
+    from vprlib.extract.output import job_failed
+    from vprlib.extract.pipeline import run_extract
 
     try:
         for uri in (config.input, config.output):

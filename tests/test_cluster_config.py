@@ -18,12 +18,9 @@ def test_cluster_yaml_validates_against_ray_schema():
     assert any("pip install" in c and "vprlib" in c for c in config["setup_commands"])
 
 
-def test_device_auto_picks_cuda_where_the_launcher_may_start_gpu_nodes(tmp_path, monkeypatch):
+def test_device_auto_picks_cuda_where_the_launcher_may_start_gpu_nodes(tmp_path):
     """On cluster.yaml's head, GPU nodes start at zero: --device auto must still pick cuda (and cpu elsewhere)."""
-    import ray
-
-    from vprlib.extract.config import ExtractConfig
-    from vprlib.extract.pipeline import launcher_gpu_types, resolve_device
+    from vprlib.cluster import Cluster, launcher_gpu_types
 
     config = prepare_config(yaml.safe_load(CLUSTER_YAML.read_text()))
     config["available_node_types"]["gpu_worker"]["resources"] = {"CPU": 96, "GPU": 8}  # as `ray up` fills it in
@@ -32,12 +29,13 @@ def test_device_auto_picks_cuda_where_the_launcher_may_start_gpu_nodes(tmp_path,
     assert launcher_gpu_types(str(bootstrap)) == ["gpu_worker"]
     assert launcher_gpu_types(str(tmp_path / "absent.yaml")) == []
 
-    auto = ExtractConfig(input="in", output="out")
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})  # the head alone, before any scale-up
-    assert resolve_device(auto, str(bootstrap)).device == "cuda"
-    assert resolve_device(auto, str(tmp_path / "absent.yaml")).device == "cpu"  # a laptop: no launcher config
+    def head_alone(bootstrap_config: str, resources: dict) -> Cluster:  # before any scale-up
+        return Cluster(resources=resources, node_memory=2.0**34, started_here=False,
+                       gpu_node_types=tuple(launcher_gpu_types(bootstrap_config)))
+
+    assert head_alone(str(bootstrap), {"CPU": 8.0}).device("auto") == "cuda"
+    assert head_alone(str(tmp_path / "absent.yaml"), {"CPU": 8.0}).device("auto") == "cpu"  # a laptop
     config["available_node_types"]["gpu_worker"]["max_workers"] = 0
     bootstrap.write_text(yaml.safe_dump(config))
-    assert resolve_device(auto, str(bootstrap)).device == "cpu"
-    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
-    assert resolve_device(auto, str(tmp_path / "absent.yaml")).device == "cuda"
+    assert head_alone(str(bootstrap), {"CPU": 8.0}).device("auto") == "cpu"
+    assert head_alone(str(tmp_path / "absent.yaml"), {"CPU": 16.0, "GPU": 1.0}).device("auto") == "cuda"

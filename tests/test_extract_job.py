@@ -18,7 +18,9 @@ from PIL import Image
 from vprlib.data.manifest import read_manifest, write_manifest
 from vprlib.data.synthcity import CityConfig, generate_city
 from vprlib.extract import decode_depth, decode_seg, read_maps
-from vprlib.extract.config import ExtractConfig
+from vprlib.extract.config import extract_config
+from vprlib.maps import read_spec
+from vprlib.models import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 SIDE = 32
@@ -124,11 +126,14 @@ def test_cli_errors_are_one_line():
 def test_job_end_to_end(ray_session, city, tmp_path, strategy, mode):
     from vprlib.extract.pipeline import run_extract
 
-    config = ExtractConfig(input=city, output=str(tmp_path / "maps"), strategy=strategy, mode=mode, **FAST)
+    config = extract_config(input=city, output=str(tmp_path / "maps"), strategy=strategy, mode=mode, **FAST)
     summary = run_extract(config)
     assert summary["rows_ok"] == 34 and summary["rows_failed"] == 4 and summary["rows_missing"] == 0
     table = _check_output(config.output, os.path.join(city, "manifest.parquet"), strategy)
     assert table.num_rows == 38 and (tmp_path / "maps" / "_extract_config.json").is_file()
+    spec = read_spec(config.output)
+    assert (spec["strategy"], spec["side"], spec["seg_classes"]) == (strategy, SIDE, config.spec.seg_classes)
+    assert spec["models_identity"] == zoo.identity("tiny", config.spec.plan.models)
 
 
 def test_failure_fraction_sets_exit_code_and_rerun_is_a_no_op(ray_session, city, tmp_path):
@@ -153,9 +158,9 @@ def test_compiled_job_matches_eager_and_fills_the_compile_cache(ray_session, cit
     manifest = tmp_path / "eight.parquet"
     write_manifest(read_manifest(os.path.join(city, "manifest.parquet")).slice(0, 8), str(manifest))
     options = {**FAST, "input": str(manifest), "strategy": "none"}
-    eager = run_extract(ExtractConfig(output=str(tmp_path / "eager"), **options))
+    eager = run_extract(extract_config(output=str(tmp_path / "eager"), **options))
     cache = tmp_path / "cache"
-    compiled = run_extract(ExtractConfig(output=str(tmp_path / "compiled"), compile=True, compile_cache=str(cache),
+    compiled = run_extract(extract_config(output=str(tmp_path / "compiled"), compile=True, compile_cache=str(cache),
                                          **options))
     assert eager["rows_ok"] == compiled["rows_ok"] == 8
     assert any((cache / "fxgraph").rglob("*")), "no compiled graph in the cache folder"
@@ -180,7 +185,7 @@ def test_s3_input_and_output(ray_session, city, s3_bucket):
     uris[-1] = f"{s3_bucket}/city/rgb/no-such-key.png"
     manifest = manifest.set_column(1, "uri", pa.array(uris))
     write_manifest(manifest, f"{s3_bucket}/city/manifest.parquet")
-    config = ExtractConfig(input=f"{s3_bucket}/city", output=f"{s3_bucket}/maps", strategy="none", **FAST)
+    config = extract_config(input=f"{s3_bucket}/city", output=f"{s3_bucket}/maps", strategy="none", **FAST)
     summary = run_extract(config)
     assert summary["rows_ok"] == 9 and summary["rows_failed"] == 1
     table = read_maps(f"{s3_bucket}/maps")
@@ -196,7 +201,8 @@ def test_manifest_columns_keep_their_types_and_reruns_repair_the_output(ray_sess
     import shutil
     import uuid
 
-    from vprlib.extract.pipeline import ResourceError, run_extract
+    from vprlib.cluster import ResourceError
+    from vprlib.extract.pipeline import run_extract
 
     base = read_manifest(os.path.join(city, "manifest.parquet")).slice(0, 7)
     photo = Path(base["uri"][6].as_py())
@@ -210,7 +216,7 @@ def test_manifest_columns_keep_their_types_and_reruns_repair_the_output(ray_sess
     for name, column in odd.items():
         manifest = manifest.append_column(name, column)
     pq.write_table(manifest, tmp_path / "odd.parquet")
-    config = ExtractConfig(input=str(tmp_path / "odd.parquet"), output=str(tmp_path / "maps"), strategy="none",
+    config = extract_config(input=str(tmp_path / "odd.parquet"), output=str(tmp_path / "maps"), strategy="none",
                            **FAST)
     first = run_extract(config)
     assert (first["rows_ok"], first["rows_failed"]) == (6, 1)
@@ -234,7 +240,8 @@ def test_manifest_columns_keep_their_types_and_reruns_repair_the_output(ray_sess
     assert sorted(read_maps(config.output)["image_id"].to_pylist()) == sorted(manifest["image_id"].to_pylist())
 
     with pytest.raises(ResourceError, match="cannot add more"):  # the job's own local Ray never gets a GPU
-        run_extract(dataclasses.replace(config, device="cuda", output=str(tmp_path / "gpu")))
+        run_extract(dataclasses.replace(config, run=dataclasses.replace(config.run, device="cuda"),
+                                        output=str(tmp_path / "gpu")))
 
 
 def test_an_empty_manifest_gives_an_empty_table_with_the_schema(ray_session, city, tmp_path):
@@ -242,7 +249,7 @@ def test_an_empty_manifest_gives_an_empty_table_with_the_schema(ray_session, cit
 
     empty = read_manifest(os.path.join(city, "manifest.parquet")).slice(0, 0)
     write_manifest(empty, str(tmp_path / "empty.parquet"))
-    summary = run_extract(ExtractConfig(input=str(tmp_path / "empty.parquet"), output=str(tmp_path / "maps"),
+    summary = run_extract(extract_config(input=str(tmp_path / "empty.parquet"), output=str(tmp_path / "maps"),
                                         strategy="none", **FAST))
     assert summary["input_rows"] == summary["rows_this_run"] == 0
     table = read_maps(str(tmp_path / "maps"))

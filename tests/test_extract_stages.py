@@ -13,25 +13,24 @@ import pytest
 import torch
 from torch import nn
 
-from vprlib.extract.config import ExtractConfig
-from vprlib.extract.encode import (
+from vprlib.cluster import Cluster, ResourceError, check_gpus_per_process
+from vprlib.extract.config import ExtractConfig, extract_config
+from vprlib.extract.output import OutputMismatchError, check_config, config_record, prepare_output
+from vprlib.extract.pipeline import actor_args, actors_need, resolve_paths
+from vprlib.extract.stages import DepthStage, FusedChain, InpaintStage, MaskStage, build_stage, prepare
+from vprlib.maps import (
     carry_columns,
     decode_depth,
     decode_seg,
     decode_seg_prob,
+    drop_rows,
+    duplicate_rows,
     encode_batch,
     output_schema,
     read_maps,
-)
-from vprlib.extract.resume import (
-    OutputMismatchError,
-    check_config,
-    drop_rows,
-    duplicate_rows,
     scan_output,
     write_part,
 )
-from vprlib.extract.stages import DepthStage, FusedChain, InpaintStage, MaskStage, build_stages
 from vprlib.models import zoo
 from vprlib.models.dpt import normalize_depth
 
@@ -39,7 +38,11 @@ SIDE = 32
 
 
 def _config(**kwargs) -> ExtractConfig:
-    return ExtractConfig(**{"input": "in", "output": "out", "models": "tiny", "side": SIDE, "device": "cpu", **kwargs})
+    return extract_config(**{"input": "in", "output": "out", "models": "tiny", "side": SIDE, "device": "cpu", **kwargs})
+
+
+def _record(config: ExtractConfig) -> dict:
+    return config_record(config, {"segmenter": "random"}, pa.schema([("image_id", pa.string())]))
 
 
 def _batch(n: int = 3, bad: tuple[int, ...] = (1,)) -> dict[str, np.ndarray]:
@@ -53,13 +56,37 @@ def _batch(n: int = 3, bad: tuple[int, ...] = (1,)) -> dict[str, np.ndarray]:
     }
 
 
+class CarsWhereBright(nn.Module):
+    """The tiny segmenter, but pixels brighter than 0.8 are cars (ADE20K 20): some images hold dynamic pixels, and
+    the inpainting path runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = zoo.load_segmenter("tiny")
+
+    def labels(self, images, size=None):
+        labels = self.inner.labels(images, size)
+        return torch.where(images.mean(dim=1) > 0.8, torch.full_like(labels, 20), labels)
+
+
+def _bright_batch() -> dict[str, np.ndarray]:
+    """_batch(), with a bright square in row 0 only: dynamic there, nowhere else."""
+    batch = _batch()
+    batch["image"] = (batch["image"] // 2).astype(np.uint8)
+    batch["image"][0, 4:12, 4:12] = 250
+    return batch
+
+
 @pytest.mark.parametrize("strategy", ["inpaint", "synthetic", "none"])
 def test_fused_chain_matches_separate_stages(strategy):
     config = _config(strategy=strategy, seg_probabilities=True)
-    fused = FusedChain(config)(_batch())
-    separate = _batch()
-    for stage in build_stages(config, {}):
-        separate = stage(separate)
+    models = {"segmenter": CarsWhereBright()}
+    fused = FusedChain(config.spec, config.run, models)(_bright_batch())
+    separate = _bright_batch()
+    for name in config.spec.plan.stages:
+        separate = build_stage(name, config.spec, config.run, models)(separate)
+    assert fused["dynamic_fraction"][0] > 0 and fused["dynamic_fraction"][2] == 0  # the inpaint path ran on row 0
+    assert set(fused) == set(separate)  # the same keys leave the chain, whichever way it runs
     assert list(fused["status"]) == ["ok", "error", "ok"] and fused["error"][1] == "decode failed"
     assert fused["depth"].shape == (3, SIDE, SIDE) and fused["depth"].dtype == np.float32
     assert fused["seg"].shape == (3, SIDE, SIDE) and fused["seg"].dtype == np.uint8
@@ -90,10 +117,10 @@ class Grey(nn.Module):
 
 def test_mask_and_inpaint_stages():
     config = _config()
-    batch = MaskStage(config, DynamicEverywhere())(_batch())
+    batch = MaskStage(config.spec, config.run, {"segmenter": DynamicEverywhere()})(_batch())
     assert batch["mask"][[0, 2]].all() and not batch["mask"][1].any()
     assert np.allclose(batch["dynamic_fraction"][[0, 2]], 1.0)
-    out = InpaintStage(config, Grey())(batch)
+    out = InpaintStage(config.spec, config.run, {"inpainter": Grey()})(batch)
     assert (np.abs(out["image"][[0, 2]].astype(int) - 128) <= 1).all()
     assert (out["image"][1] == batch["image"][1]).all()  # error row untouched
 
@@ -113,7 +140,8 @@ class CountingSegmenter(nn.Module):
 @pytest.mark.parametrize(("label", "calls"), [(2, [2]), (20, [2, 2])], ids=["static-sky", "all-car"])
 def test_fused_inpaint_segments_again_only_inpainted_images(label, calls):
     segmenter = CountingSegmenter(label)
-    out = FusedChain(_config(), models={"segmenter": segmenter, "inpainter": Grey()})(_batch())
+    config = _config()
+    out = FusedChain(config.spec, config.run, {"segmenter": segmenter, "inpainter": Grey()})(_batch())
     assert segmenter.sizes == calls  # S(x) on the 2 ok rows; S(y) only where LaMa changed the image
     assert (out["seg"][[0, 2]] == label).all()
     assert np.allclose(out["dynamic_fraction"][[0, 2]], 1.0 if label == 20 else 0.0)
@@ -148,7 +176,8 @@ def test_subsets_are_padded_to_power_of_two_buckets():
     cars = [0, 3, 5]
     batch["image"][cars, 0, 0, :] = 255
     segmenter, inpainter = MarkedCars(), CountingGrey()
-    out = FusedChain(_config(), models={"segmenter": segmenter, "inpainter": inpainter})(batch)
+    config = _config()
+    out = FusedChain(config.spec, config.run, {"segmenter": segmenter, "inpainter": inpainter})(batch)
     assert inpainter.sizes == [4]  # 3 images with holes, padded to 4
     assert segmenter.sizes == [8, 4]  # S(x) on all, S(y) on the 3 inpainted (padded to 4)
     # grey images are not 'car' any more; the others keep their S(x) labels
@@ -174,7 +203,8 @@ class OomDepth(nn.Module):
 
 def test_cuda_oom_splits_the_batch_and_remembers():
     model = OomDepth(fits=2)
-    stage = DepthStage(_config(), model)
+    config = _config()
+    stage = DepthStage(config.spec, config.run, {"depth": model})
     batch = _batch(n=7, bad=())
     out = stage(batch)
     assert (out["status"] == "ok").all()
@@ -188,8 +218,9 @@ def test_cuda_oom_splits_the_batch_and_remembers():
 
 def test_compiled_stages_pad_every_batch_to_one_shape():
     model = OomDepth(fits=99)
-    stage = DepthStage(_config(batch_size=8), model)
-    stage.config = dataclasses.replace(stage.config, compile=True)  # padding only; no compilation in a unit test
+    config = _config(batch_size=8)
+    stage = DepthStage(config.spec, config.run, {"depth": model})
+    stage.run = dataclasses.replace(stage.run, compile=True)  # padding only; no compilation in a unit test
     batch = _batch(n=5, bad=(1,))  # 4 ok rows
     out = stage(batch)
     assert model.sizes == [8]
@@ -207,36 +238,38 @@ def test_compiled_chain_pads_subsets_to_the_batch():
     batch["image"][:, 0, 0, :] = 0
     batch["image"][[0, 3, 5], 0, 0, :] = 255
     segmenter, inpainter = MarkedCars(), CountingGrey()
-    chain = FusedChain(_config(batch_size=16), models={"segmenter": segmenter, "inpainter": inpainter})
-    for stage in chain.stages:  # padding only; no compilation in a unit test
-        stage.config = dataclasses.replace(stage.config, compile=True)
-    chain.config = chain.stages[0].config
+    config = _config(batch_size=16)
+    chain = FusedChain(config.spec, config.run, {"segmenter": segmenter, "inpainter": inpainter})
+    for stage in [chain, *chain.stages]:  # padding only; no compilation in a unit test
+        stage.run = dataclasses.replace(stage.run, compile=True)
     chain(batch)
     assert inpainter.sizes == [16] and segmenter.sizes == [16, 16]  # 8 rows padded to the batch, 3 cars too
 
 
 def test_fused_chain_splits_on_oom():
-    chain = FusedChain(_config(strategy="none"), models={"depth": OomDepth(fits=1)})
+    config = _config(strategy="none")
+    chain = FusedChain(config.spec, config.run, {"depth": OomDepth(fits=1)})
     out = chain(_batch(n=4, bad=()))
     assert (out["status"] == "ok").all() and chain.oom.limit == 1
 
 
 def test_oom_at_batch_size_one_fails_only_those_rows():
-    out = DepthStage(_config(), OomDepth(fits=0))(_batch(n=3, bad=(1,)))
+    config = _config()
+    out = DepthStage(config.spec, config.run, {"depth": OomDepth(fits=0)})(_batch(n=3, bad=(1,)))
     assert list(out["status"]) == ["error"] * 3
     assert "depth stage failed: OutOfMemoryError" in out["error"][0] and out["error"][1] == "decode failed"
 
 
 def test_encode_write_and_read_back(tmp_path):
     config = _config(strategy="synthetic", seg_probabilities=True)
-    maps = FusedChain(config)(_batch())
+    maps = FusedChain(config.spec, config.run)(_batch())
     manifest = pa.table({"image_id": ["id0", "id1", "id2"], "uri": ["a", "b", "c"], "lat": [1.0] * 3,
                          "lon": [2.0] * 3, "dynamic_fraction": [0.5] * 3})
     manifest = carry_columns(manifest)
     assert "input_dynamic_fraction" in manifest.column_names
     batch = {**maps, **{c: np.array(manifest[c].to_pylist(), dtype=object) for c in ("uri", "lat", "lon")}}
-    encoded = encode_batch(batch, "synthetic", '{"m": "tiny"}', seg_probabilities=True)
-    schema = output_schema(manifest.schema, seg_probabilities=True)
+    encoded = encode_batch(batch, config.spec, '{"m": "tiny"}')
+    schema = output_schema(manifest.schema, config.spec)
     written = write_part(pa.table(encoded), str(tmp_path), schema)
     assert written.column("status").to_pylist() == ["ok", "error", "ok"]
     table = read_maps(str(tmp_path))
@@ -270,13 +303,11 @@ def test_scan_removes_partial_parts(tmp_path):
 
 def test_retry_errors_after_a_duplicate_repair(tmp_path):
     """The repair rewrites parts under new names; the error rows to redo are then found in the new parts."""
-    from vprlib.extract.pipeline import _prepare_output
-
     schema = pa.schema([("image_id", pa.string()), ("status", pa.string())])
     for name, ids, statuses in ((f"part-{'0' * 32}.parquet", ["a", "b"], ["ok", "ok"]),
                                 (f"part-{'f' * 32}.parquet", ["a", "b", "c", "d"], ["ok", "ok", "error", "ok"])):
         pq.write_table(pa.table({"image_id": ids, "status": statuses}, schema=schema), tmp_path / name)
-    done = _prepare_output(_config(output=str(tmp_path), retry_errors=True))
+    done = prepare_output(str(tmp_path), retry_errors=True)
     assert sorted(done["image_id"].to_pylist()) == ["a", "b", "d"]
     assert sorted(read_maps(str(tmp_path))["image_id"].to_pylist()) == ["a", "b", "d"]  # c is to be redone
 
@@ -319,33 +350,49 @@ def test_duplicates_keep_one_row_per_id_preferring_ok(tmp_path):
 
 def test_resume_refuses_other_settings(tmp_path):
     schema = pa.schema([("image_id", pa.string()), ("status", pa.string())])
-    check_config(str(tmp_path), _config(strategy="none").to_json())
+    check_config(str(tmp_path), _record(_config(strategy="none")))
     write_part(pa.table({"image_id": ["a"], "status": ["ok"]}), str(tmp_path), schema)
-    check_config(str(tmp_path), _config(strategy="none").to_json())
+    check_config(str(tmp_path), _record(_config(strategy="none", batch_size=4)))  # how it runs may change
     with pytest.raises(OutputMismatchError, match="strategy"):
-        check_config(str(tmp_path), _config(strategy="inpaint").to_json())
+        check_config(str(tmp_path), _record(_config(strategy="inpaint")))
+    with pytest.raises(OutputMismatchError, match="side: 32 -> 64"):
+        check_config(str(tmp_path), _record(_config(strategy="none", side=64)))
     with pytest.raises(OutputMismatchError, match="input: 'in' -> 'other'"):  # its ids may overlap; rows differ
-        check_config(str(tmp_path), _config(strategy="none", input="other").to_json())
-    with_columns = {**json.loads(_config(strategy="none").to_json()), "manifest_columns": ["image_id: string"]}
-    check_config(str(tmp_path), json.dumps(with_columns))  # an older config without the field: not compared
+        check_config(str(tmp_path), _record(_config(strategy="none", input="other")))
+    with pytest.raises(OutputMismatchError, match="models_identity"):  # other weights under one name
+        check_config(str(tmp_path), {**_record(_config(strategy="none")), "models_identity": {"segmenter": "x"}})
     with pytest.raises(OutputMismatchError, match="manifest_columns"):  # the parts would differ in schema
-        check_config(str(tmp_path), json.dumps({**with_columns, "manifest_columns": ["image_id: int64"]}),
+        check_config(str(tmp_path), {**_record(_config(strategy="none")), "manifest_columns": ["image_id: int64"]},
                      write=False)
+
+
+def test_resume_reads_a_config_written_before_the_spec_had_its_own_section(tmp_path):
+    """Outputs written before the config was split keep their flat config file; a rerun still compares it."""
+    schema = pa.schema([("image_id", pa.string()), ("status", pa.string())])
+    write_part(pa.table({"image_id": ["a"], "status": ["ok"]}), str(tmp_path), schema)
+    flat = {"input": "in", "strategy": "none", "models": "tiny", "side": SIDE, "dilation": 0,
+            "seg_probabilities": False, "batch_size": 32}
+    (tmp_path / "_extract_config.json").write_text(json.dumps(flat))
+    check_config(str(tmp_path), _record(_config(strategy="none")), write=False)
+    with pytest.raises(OutputMismatchError, match="strategy: 'none' -> 'inpaint'"):
+        check_config(str(tmp_path), _record(_config(strategy="inpaint")), write=False)
 
 
 def test_output_that_is_a_file_is_refused(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(OutputMismatchError, match="is a file"):
-        check_config(str(afile), _config().to_json())
+        check_config(str(afile), _record(_config()))
     with pytest.raises(OutputMismatchError, match="cannot make the folder"):
-        check_config(str(afile / "sub"), _config().to_json())
+        check_config(str(afile / "sub"), _record(_config()))
     assert afile.read_text() == "x"
 
 
 def test_config_rejects_unknown_values():
     with pytest.raises(ValueError, match="unknown strategy"):
         _config(strategy="magic")
+    with pytest.raises(ValueError, match="for extraction"):  # ground truth is made by datasets, not extracted
+        _config(strategy="ground-truth")
     with pytest.raises(ValueError, match="batch_size"):
         _config(batch_size=0)
     with pytest.raises(ValueError, match="compile_cache must be a filesystem path"):
@@ -353,23 +400,22 @@ def test_config_rejects_unknown_values():
 
 
 def test_compile_cache_reaches_every_model_actor(tmp_path, monkeypatch):
-    from vprlib.extract.pipeline import _actor_args, resolve_paths
-
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
     config = resolve_paths(_config(compile=True, compile_cache="cache", output="s3://bucket/maps"))
-    assert config.compile_cache == str(tmp_path / "cache")  # absolute: actors run elsewhere
+    assert config.run.compile_cache == str(tmp_path / "cache")  # absolute: actors run elsewhere
     assert config.input == str(tmp_path / "in") and config.output == "s3://bucket/maps"  # recorded as resolved
-    env = _actor_args(config, 1.0)["runtime_env"]["env_vars"]
+    env = actor_args(config.run, 1.0)["runtime_env"]["env_vars"]
     assert env == {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
-    assert "runtime_env" not in _actor_args(_config(compile=True), 1.0)  # torch's own per-machine default
-    assert "runtime_env" not in _actor_args(dataclasses.replace(config, compile=False), 1.0)
+    assert "runtime_env" not in actor_args(_config(compile=True).run, 1.0)  # torch's own per-machine default
+    assert "runtime_env" not in actor_args(dataclasses.replace(config.run, compile=False), 1.0)
 
 
 def test_load_input_reads_a_manifest_a_city_folder_and_a_photo_folder(tmp_path):
     from PIL import Image
 
     from vprlib.data.manifest import ManifestError, write_manifest
-    from vprlib.extract.pipeline import input_source, load_input
+    from vprlib.extract.output import input_source, load_input
 
     Image.new("RGB", (4, 4)).save(tmp_path / "a.jpg")
     (tmp_path / "locations.csv").write_text("image,lat,lon\na.jpg,51.5,-0.1\nmissing.jpg,51.6,-0.2\n")
@@ -385,53 +431,67 @@ def test_load_input_reads_a_manifest_a_city_folder_and_a_photo_folder(tmp_path):
         load_input(str(tmp_path / "nowhere"))
 
 
-def test_too_few_cpus_fail_fast():
-    from vprlib.extract.pipeline import ResourceError, check_resources
+def _cluster(resources: dict, started_here: bool = False, node_memory: float = 2.0**40) -> Cluster:
+    return Cluster(resources=resources, node_memory=node_memory, started_here=started_here, gpu_node_types=())
 
-    check_resources(_config(), {"CPU": 2.0})
+
+def _need(**kwargs):
+    config = _config(**kwargs)
+    return actors_need(config.run, config.spec.side)
+
+
+def test_too_few_cpus_fail_fast():
+    _cluster({"CPU": 2.0}).check(_need())
     with pytest.raises(ResourceError, match="CPUs"):
-        check_resources(_config(actors=2), {"CPU": 2.0})
+        _cluster({"CPU": 2.0}).check(_need(actors=2))
     with pytest.raises(ResourceError, match="CPUs"):  # the GPUs are there: nothing will add CPUs
-        check_resources(_config(actors=2, device="cuda", gpus_per_actor=0.5), {"CPU": 2.0, "GPU": 1.0})
+        _cluster({"CPU": 2.0, "GPU": 1.0}).check(_need(actors=2, device="cuda", gpus_per_actor=0.5))
     # cluster.yaml: an 8-CPU head, GPU nodes start at zero: the autoscaler brings GPUs and their CPUs together
-    check_resources(_config(actors=8, device="cuda"), {"CPU": 8.0})
+    _cluster({"CPU": 8.0}).check(_need(actors=8, device="cuda"))
 
 
 def test_resources_nothing_will_add_fail_fast():
     from vprlib.extract.decode import decode_memory
-    from vprlib.extract.pipeline import ResourceError, check_resources
 
     with pytest.raises(ResourceError, match="cannot add more"):  # the job's own local Ray: no autoscaler
-        check_resources(_config(device="cuda"), {"CPU": 2.0}, can_grow=False)
+        _cluster({"CPU": 2.0}, started_here=True).check(_need(device="cuda"))
     with pytest.raises(ResourceError, match="gpus-per-actor above 0"):
-        check_resources(_config(device="cuda", gpus_per_actor=0), {"CPU": 2.0, "GPU": 1.0})
+        check_gpus_per_process("cuda", 0, "--gpus-per-actor")
     big = _config(max_image_pixels=2_000_000_000)
-    need = decode_memory(big.max_image_pixels, big.decode_batch_size, big.side)
-    check_resources(big, {"CPU": 2.0}, can_grow=False, node_memory=need)
+    need = decode_memory(big.run.max_image_pixels, big.run.decode_batch_size, big.spec.side)
+    _cluster({"CPU": 2.0}, started_here=True, node_memory=need).check(_need(max_image_pixels=2_000_000_000))
     with pytest.raises(ResourceError, match="lower --max-image-pixels"):
-        check_resources(big, {"CPU": 2.0}, can_grow=False, node_memory=need - 1)
-    check_resources(big, {"CPU": 2.0}, can_grow=True, node_memory=need - 1)  # a larger node may come: warns
+        _cluster({"CPU": 2.0}, started_here=True, node_memory=need - 1).check(_need(max_image_pixels=2_000_000_000))
+    # a larger node may come: warns only
+    _cluster({"CPU": 2.0}, node_memory=need - 1).check(_need(max_image_pixels=2_000_000_000))
+
+
+def test_device_auto_follows_the_cluster():
+    assert _cluster({"CPU": 2.0}).device("auto") == "cpu"
+    assert _cluster({"CPU": 2.0, "GPU": 1.0}).device("auto") == "cuda"
+    grows = Cluster(resources={"CPU": 8.0}, node_memory=1.0, started_here=False, gpu_node_types=("gpu_worker",))
+    assert grows.device("auto") == "cuda" and grows.device("cpu") == "cpu"
 
 
 def test_missing_weights_fail_before_any_work(tmp_path, monkeypatch):
-    from vprlib.extract.loaders import check_weights
-
-    check_weights("tiny", "inpaint")
-    check_weights("paper-random", "synthetic")
+    zoo.check_weights("tiny", ("segmenter", "inpainter", "depth"))
+    zoo.check_weights("paper-random", ("segmenter", "depth", "refiners"))
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}/segformer/config.json"):
-        check_weights(str(tmp_path), "none")
+        zoo.check_weights(str(tmp_path), ("segmenter", "depth"))
+    with pytest.raises(FileNotFoundError, match="refiner weights not found"):
+        zoo.check_weights(str(tmp_path), ("refiners",))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # 'paper' reads the Hugging Face cache
     with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache"):
-        check_weights("paper", "none")
+        zoo.check_weights("paper", ("segmenter", "depth"))
     with pytest.raises(ValueError, match="unknown models 'bogus'"):
-        check_weights("bogus", "none")
+        zoo.check_weights("bogus", ("depth",))
 
 
 @pytest.mark.parametrize("load", [zoo.load_segmenter, zoo.load_depth])
 def test_hf_models_compile_to_one_graph(load):
     """transformers installs hooks lazily under a lock dynamo cannot trace (3 graph breaks per model in 5.x);
     prepare(compile=True) installs them first, so the compiled forward is one graph."""
-    from vprlib.extract.loaders import install_hf_hooks
+    from vprlib.extract.stages import install_hf_hooks
 
     model = load("tiny")
     install_hf_hooks(model, "cpu")
@@ -442,16 +502,22 @@ def test_hf_models_compile_to_one_graph(load):
 
 def test_a_shared_model_is_compiled_lazily_and_once():
     """The fused chain prepares its one segmenter for two stages: nothing may compile while the chain loads (a
-    1-image compile would add a graph and, with the real batch, a dynamic one)."""
+    1-image compile would add a graph and, with the real batch, a dynamic one); the first real batch compiles one
+    graph, and the second preparation did not wrap it again."""
     from torch._dynamo.utils import counters
 
-    from vprlib.extract.loaders import prepare
-
     segmenter = zoo.load_segmenter("tiny")
+    run = _config(compile=True, precision="fp32").run
     before = counters["stats"]["unique_graphs"]
     for _ in range(2):
-        prepare(segmenter, "cpu", "fp32", compile=True)
-    assert counters["stats"]["unique_graphs"] == before
+        assert prepare(segmenter, run) is segmenter
+    assert counters["stats"]["unique_graphs"] == before  # lazily: nothing compiled yet
+    images = torch.rand(2, 3, SIDE, SIDE)
+    with torch.inference_mode():
+        segmenter.labels(images)
+        assert counters["stats"]["unique_graphs"] == before + 1  # compiled at the batch's shape, once
+        segmenter.labels(images)
+    assert counters["stats"]["unique_graphs"] == before + 1
 
 
 class SlowDepth(OomDepth):
@@ -474,7 +540,8 @@ def test_concurrent_batches_run_one_forward_at_a_time():
     from concurrent.futures import ThreadPoolExecutor
 
     model = SlowDepth()
-    stage = DepthStage(_config(concurrent_batches=True, actor_threads=2), model)
+    config = _config(concurrent_batches=True, actor_threads=2)
+    stage = DepthStage(config.spec, config.run, {"depth": model})
     batches = [_batch(n=4, bad=()) for _ in range(6)]
     for i, batch in enumerate(batches):
         batch["image"] = (batch["image"] // (i + 1)).astype(np.uint8)

@@ -97,7 +97,7 @@ def test_zoo_loads_hf_folders_from_a_directory(tmp_path, images):
     with torch.no_grad():
         torch.testing.assert_close(loaded_seg(images), Segmenter(seg.eval(), loaded_seg.config)(images))
         torch.testing.assert_close(loaded_depth(images), DepthEstimator(dpt.eval(), loaded_depth.config)(images))
-    identity = zoo.model_identity(str(tmp_path))
+    identity = zoo.identity(str(tmp_path), ("segmenter", "depth"))
     assert identity["segmenter"] == str(tmp_path / "segformer") and identity["depth"] == str(tmp_path / "dpt")
 
 
@@ -113,8 +113,8 @@ def test_missing_checkpoints_say_what_to_download(tmp_path):
 
 
 def test_model_identity_of_presets():
-    assert zoo.model_identity("tiny") == {r: "random:tiny:seed=0" for r in ("segmenter", "depth", "inpainter")}
-    assert zoo.model_identity("paper-random")["segmenter"] == "random:b5:seed=0"
+    assert zoo.identity("tiny") == {r: "random:tiny:seed=0" for r in ("segmenter", "depth", "inpainter", "refiners")}
+    assert zoo.identity("paper-random", ("segmenter",)) == {"segmenter": "random:b5:seed=0"}
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -8,7 +8,7 @@ import pytest
 from test_datasets import GOOD, VIEWS, YAWS, _folder, _gldv2, _holicity, _upload  # the tiny fake datasets
 
 from vprlib.data.manifest import url_to_fs
-from vprlib.extract.pipeline import load_input
+from vprlib.extract.output import load_input
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 try:

@@ -3,17 +3,10 @@
 import pytest
 import torch
 
-from vprlib.models.refiner import (
-    PAPER_DEPTH,
-    PAPER_SEG,
-    REFINED_CLASSES,
-    DualEncoderUNet,
-    RefinerConfig,
-    config_from_state_dict,
-    holicity_to_refined,
-    labels_to_channel,
-    load_refiners,
-)
+from vprlib.models.encodings import label_channel
+from vprlib.models.refiner import PAPER_DEPTH, PAPER_SEG, DualEncoderUNet, RefinerConfig, config_from_state_dict
+from vprlib.models.zoo import load_refiners
+from vprlib.spec import REFINED_CLASSES
 
 
 def _record_shapes(model: torch.nn.Module, names: list[str]) -> dict[str, tuple]:
@@ -105,9 +98,8 @@ def test_config_from_state_dict_paper():
     assert config_from_state_dict(state) == PAPER_DEPTH
 
 
-def test_label_helpers():
+def test_label_channel():
     labels = torch.tensor([[[0, 149], [20, 2]]])
-    channel = labels_to_channel(labels)
+    channel = label_channel(labels, 150)
     assert channel.shape == (1, 1, 2, 2) and channel.max() == 1.0 and channel.min() == 0.0
-    holicity = torch.tensor([0, 1, 2, 3, 4])
-    assert holicity_to_refined(holicity).tolist() == [0, 1, 2, 2, 3]
+    assert channel[0, 0, 1, 0] == pytest.approx(20 / 149)

@@ -15,9 +15,7 @@ from vprlib.models.cosplace import (
     LargeMarginCosineLoss,
     adapt_first_conv,
     cosplace_groups,
-    load_cosplace,
     load_imagenet,
-    save_cosplace,
 )
 from vprlib.models.encodings import SEG_ENCODINGS, EncodingConfig, InputEncoder
 from vprlib.models.netvlad import (
@@ -26,10 +24,10 @@ from vprlib.models.netvlad import (
     NetVLADConfig,
     NetVLADLayer,
     init_clusters,
-    load_netvlad,
-    save_netvlad,
     triplet_loss,
 )
+from vprlib.models.retriever import Retriever
+from vprlib.models.zoo import RETRIEVERS, load_retriever
 
 torch.manual_seed(0)
 
@@ -159,15 +157,40 @@ def test_load_imagenet_adapts_and_freezes(tmp_path):
     assert model.backbone[6][0].conv1.weight.requires_grad  # layer3 trains
 
 
-def test_cosplace_checkpoint_round_trip(tmp_path):
-    config = CosPlaceConfig(backbone="resnet18", descriptor_size=8, encoding=EncodingConfig(modalities="depth"))
-    model = CosPlace(config).eval()
-    save_cosplace(model, tmp_path / "cosplace.pt")
-    loaded = load_cosplace(tmp_path / "cosplace.pt")
-    x = torch.rand(1, 1, 32, 32)
-    assert loaded.config == config
+# A small configuration of every retriever family: the contract test below covers each one.
+SMALL = {"cosplace": lambda encoding: CosPlaceConfig(backbone="resnet18", descriptor_size=16, encoding=encoding),
+         "netvlad": lambda encoding: NetVLADConfig(num_clusters=4, encoding=encoding)}
+
+
+def test_every_retriever_family_is_covered():
+    assert set(SMALL) == set(RETRIEVERS)
+
+
+@pytest.mark.parametrize("family", sorted(RETRIEVERS))
+@pytest.mark.parametrize("modalities", ["depth+seg", "seg"])
+def test_retriever_contract(family, modalities, tmp_path):
+    """Every family: built from a config, descriptors of `descriptor_size` with unit norm from maps, and a checkpoint
+    (config, weights and plain extras) that `load_retriever` turns back into the same network."""
+    encoding = EncodingConfig(modalities=modalities, seg_encoding="label", num_classes=4)
+    model = RETRIEVERS[family](SMALL[family](encoding)).eval()
+    assert isinstance(model, Retriever) and model.family == family and model.encoding == encoding
+    depth, seg = torch.rand(2, 1, 64, 64), torch.randint(0, 4, (2, 64, 64))
     with torch.no_grad():
-        assert torch.allclose(loaded(x), model(x))
+        out = model.embed(depth, seg)
+        assert torch.equal(model(model.encoder(depth, seg)), out)
+    assert out.shape == (2, model.descriptor_size) and torch.isfinite(out).all() and _unit_norm(out)
+    model.save(tmp_path / "model.pt", map_spec={"strategy": "none", "side": 64})
+    loaded = load_retriever(tmp_path / "model.pt")
+    assert type(loaded) is type(model) and loaded.config == model.config and not loaded.training
+    with torch.no_grad():
+        assert torch.allclose(loaded.embed(depth, seg), out, atol=1e-6)
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["map_spec"] == {"strategy": "none", "side": 64}
+
+
+def test_load_retriever_refuses_other_checkpoints(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a retriever checkpoint"):
+        load_retriever(tmp_path / "other.pt")
 
 
 def test_netvlad_forward_and_kmeans_init(tmp_path):
@@ -185,9 +208,9 @@ def test_netvlad_forward_and_kmeans_init(tmp_path):
     with torch.no_grad():
         out = model(maps[0])
     assert out.shape == (2, 8 * 512) and torch.isfinite(out).all() and _unit_norm(out)
-    save_netvlad(model, tmp_path / "netvlad.pt")
-    with torch.no_grad():
-        assert torch.allclose(load_netvlad(tmp_path / "netvlad.pt")(maps[0]), out, atol=1e-6)
+    model.save(tmp_path / "netvlad.pt")
+    with torch.no_grad():  # the k-means initialisation (alpha, centroids) is part of the checkpoint
+        assert torch.allclose(load_retriever(tmp_path / "netvlad.pt")(maps[0]), out, atol=1e-6)
 
 
 def test_netvlad_layer_matches_loop_reference():

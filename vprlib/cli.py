@@ -1,6 +1,9 @@
-"""Command-line helpers shared by the thin jobs in jobs/."""
+"""Command-line helpers shared by the thin jobs in jobs/: one-line errors, and flags made from config dataclasses."""
+
+from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -13,6 +16,33 @@ class OneLineParser(argparse.ArgumentParser):
 def on_off(value: bool) -> str:
     """How --help shows an on/off flag's default."""
     return "on" if value else "off"
+
+
+_KINDS = {"int": int, "float": float, "str": str}
+
+
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_class: type,
+              skip: tuple[str, ...] = ()) -> list[str]:
+    """A flag per scalar field of a config dataclass (`--batch-size` for batch_size), its help text from the field's
+    metadata and its default shown; bool fields become --x/--no-x. Returns the field names added."""
+    names = []
+    for field in dataclasses.fields(config_class):
+        kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+        if field.name in skip or kind not in (*_KINDS, "bool"):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        helptext = field.metadata.get("help", "")
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                                help=f"{helptext} (default: {on_off(field.default)})")
+        elif required:
+            parser.add_argument(flag, type=_KINDS[kind], required=True, help=helptext)
+        else:
+            shown = "''" if field.default == "" else "%(default)s"
+            parser.add_argument(flag, type=_KINDS[kind], default=field.default, help=f"{helptext} (default: {shown})")
+        names.append(field.name)
+    return names
 
 
 def from_ray(exc: BaseException) -> bool:

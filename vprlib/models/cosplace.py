@@ -22,7 +22,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from vprlib.models.encodings import EncodingConfig, InputEncoder, load_retriever, save_retriever
+from vprlib.models.encodings import EncodingConfig
+from vprlib.models.retriever import Retriever
 
 # Channels of the last convolution of each backbone (CosPlace's CHANNELS_NUM_IN_LAST_CONV).
 BACKBONES = {"resnet18": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048, "vgg16": 512}
@@ -108,13 +109,14 @@ def cut_backbone(model: nn.Module, name: str) -> nn.Sequential:
     return nn.Sequential(*list(model.features.children())[:-2])
 
 
-class CosPlace(nn.Module):
+class CosPlace(Retriever):
     """forward(x B,in_channels,H,W) -> B,descriptor_size unit-norm descriptors; embed(depth, seg) likewise."""
 
+    family = "cosplace"
+    config_class = CosPlaceConfig
+
     def __init__(self, config: CosPlaceConfig | None = None):
-        super().__init__()
-        self.config = config or CosPlaceConfig()
-        self.encoder = InputEncoder(self.config.encoding)
+        super().__init__(config or CosPlaceConfig())
         self.backbone = build_backbone(self.config.backbone, self.config.encoding.in_channels)
         self.aggregation = nn.Sequential(
             L2Norm(),
@@ -130,10 +132,6 @@ class CosPlace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.aggregation(self.backbone(x))  # B,C,H,W -> B,F,H/32,W/32 (/16 VGG16) -> B,D
-
-    def embed(self, depth: torch.Tensor | None, seg: torch.Tensor | None) -> torch.Tensor:
-        """Descriptors of maps: encode (depth B,1,H,W, seg) per the config, then forward."""
-        return self(self.encoder(depth, seg))
 
 
 def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -220,13 +218,3 @@ def cosplace_groups(
     group = (np.mod(east, n) * n + np.mod(north, n)) * l + np.mod(bins, l)
     _, classes = np.unique(np.stack([east, north, bins], axis=1), axis=0, return_inverse=True)
     return classes.reshape(-1), group
-
-
-def save_cosplace(model: CosPlace, path: str | os.PathLike) -> None:
-    """Save config and weights as plain containers (readable with weights_only=True)."""
-    save_retriever(model, path)
-
-
-def load_cosplace(path: str | os.PathLike) -> CosPlace:
-    """A CosPlace saved by `save_cosplace`, in eval mode on CPU."""
-    return load_retriever(path, CosPlace, CosPlaceConfig)

@@ -12,8 +12,7 @@ ablations of Table 1) and how a segmentation map becomes channels are chosen by 
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -63,19 +62,25 @@ def _as_labels(seg: torch.Tensor) -> torch.Tensor:
     return (seg.squeeze(1) if seg.dim() == 4 else seg).round().long()
 
 
+def label_channel(seg: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Label map B,H,W (or B,1,H,W) -> float B,1,H,W id / (classes - 1), in [0, 1]: the paper's one-channel encoding
+    of a segmentation map, for the retrievers and the refiners alike."""
+    return (_as_labels(seg).float() / max(num_classes - 1, 1)).unsqueeze(1)
+
+
 class LabelChannel(nn.Module):
     """Label map -> B,1,H,W float id / (classes - 1), in [0, 1]."""
 
     def __init__(self, config: EncodingConfig):
         super().__init__()
-        self.scale = 1.0 / max(config.num_classes - 1, 1)
+        self.num_classes = config.num_classes
 
     @staticmethod
     def channels(config: EncodingConfig) -> int:
         return 1
 
     def forward(self, seg: torch.Tensor) -> torch.Tensor:
-        return (_as_labels(seg).float() * self.scale).unsqueeze(1)
+        return label_channel(seg, self.num_classes)
 
 
 class Probabilities(nn.Module):
@@ -147,19 +152,3 @@ class InputEncoder(nn.Module):
                 raise ValueError(f"modalities {self.config.modalities!r} need a segmentation map")
             parts.append(self.seg(seg))
         return torch.cat(parts, dim=1)
-
-
-def save_retriever(model: nn.Module, path: str | os.PathLike) -> None:
-    """Save a retriever's config (a dataclass holding an EncodingConfig) and weights as plain containers, so
-    `load_retriever` reads them back with weights_only=True."""
-    torch.save({"config": asdict(model.config), "state_dict": model.state_dict()}, path)
-
-
-def load_retriever(path: str | os.PathLike, model_class: type, config_class: type) -> nn.Module:
-    """A retriever saved by `save_retriever`, rebuilt as model_class(config_class(...)), in eval mode on CPU."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    config = dict(checkpoint["config"])
-    config["encoding"] = EncodingConfig(**config["encoding"])
-    model = model_class(config_class(**config))
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval()

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vprlib.models.cosplace import build_backbone, load_imagenet_backbone
-from vprlib.models.encodings import EncodingConfig, InputEncoder, load_retriever, save_retriever
+from vprlib.models.encodings import EncodingConfig
+from vprlib.models.retriever import Retriever
 
 VGG16_CONV5_CHANNELS = 512
 TRIPLET_MARGIN = math.sqrt(0.1)
@@ -65,13 +66,14 @@ class NetVLADLayer(nn.Module):
         return F.normalize(vlad.flatten(1), p=2.0, dim=1)  # B,K*D
 
 
-class NetVLAD(nn.Module):
+class NetVLAD(Retriever):
     """forward(x B,in_channels,H,W) -> B,num_clusters*512 unit-norm descriptors; embed(depth, seg) likewise."""
 
+    family = "netvlad"
+    config_class = NetVLADConfig
+
     def __init__(self, config: NetVLADConfig | None = None):
-        super().__init__()
-        self.config = config or NetVLADConfig()
-        self.encoder = InputEncoder(self.config.encoding)
+        super().__init__(config or NetVLADConfig())
         self.backbone = build_backbone("vgg16", self.config.encoding.in_channels)
         self.pool = NetVLADLayer(self.config.num_clusters, VGG16_CONV5_CHANNELS)
 
@@ -81,10 +83,6 @@ class NetVLAD(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.backbone(x))  # B,C,H,W -> B,512,H/16,W/16 -> B,K*512
-
-    def embed(self, depth: torch.Tensor | None, seg: torch.Tensor | None) -> torch.Tensor:
-        """Descriptors of maps: encode (depth B,1,H,W, seg) per the config, then forward."""
-        return self(self.encoder(depth, seg))
 
     def local_descriptors(self, x: torch.Tensor) -> torch.Tensor:
         """B,C,H,W -> B,H/16*W/16,512 L2-normalised conv5 descriptors (what k-means clusters)."""
@@ -147,13 +145,3 @@ def triplet_loss(
         margin=margin,
         p=2,
     )
-
-
-def save_netvlad(model: NetVLAD, path: str | os.PathLike) -> None:
-    """Save config and weights as plain containers (readable with weights_only=True)."""
-    save_retriever(model, path)
-
-
-def load_netvlad(path: str | os.PathLike) -> NetVLAD:
-    """A NetVLAD saved by `save_netvlad`, in eval mode on CPU."""
-    return load_retriever(path, NetVLAD, NetVLADConfig)

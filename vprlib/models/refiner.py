@@ -9,9 +9,8 @@ encoders' skips of that scale (together as wide as the upsampled tensor) and hal
 again with a double convolution; a final 1x1 convolution maps 64 channels to the output: 1 for
 refined depth (F_d), 4 for the refined segmentation logits (F_s: sky, building, terrain, tree).
 
-`load_refiners(models)` returns (F_d, F_s) in eval mode on CPU: "tiny" builds small random ones,
-"paper-random" the paper-size ones with seeded random weights, "paper" ($VPRLIB_HOME, as in
-`vprlib.models.zoo`) or a directory loads `refiner_depth.pt` / `refiner_seg.pt` state dicts written by training.
+`build_refiners(arch, seed)` builds a seeded random pair ("tiny" or "paper" size) and `load_refiner(path)` one
+refiner from a state dict written by training; `vprlib.models.zoo.load_refiners(models)` picks between them.
 """
 
 from __future__ import annotations
@@ -19,22 +18,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from itertools import pairwise
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vprlib.models.zoo import vprlib_home
+from vprlib.spec import REFINED_CLASSES
 
-# Segmentation classes the refiner F_s predicts; HoliCity's road is merged into terrain (paper III-A).
-REFINED_CLASSES = ("sky", "building", "terrain", "tree")
-# HoliCity static labels (0 sky, 1 building, 2 road, 3 terrain, 4 tree) -> REFINED_CLASSES ids.
-HOLICITY_TO_REFINED = (0, 1, 2, 2, 3)
-ADE20K_NUM_CLASSES = 150
 DEPTH_FILE = "refiner_depth.pt"
 SEG_FILE = "refiner_seg.pt"
-# Where `load_refiners("paper")` looks: $VPRLIB_HOME, else ~/.cache/vprlib (the same home as vprlib.models.zoo).
+
+
 @dataclass(frozen=True)
 class RefinerConfig:
     depth_channels: int = 1  # relative inverse depth from DPT
@@ -50,8 +44,8 @@ class RefinerConfig:
 
 PAPER_DEPTH = RefinerConfig(out_channels=1)
 PAPER_SEG = RefinerConfig(out_channels=len(REFINED_CLASSES))
-# Seeded random presets of `load_refiners` (out_channels set per refiner).
-RANDOM_CONFIGS = {"tiny": RefinerConfig(base_width=8, levels=3), "paper-random": RefinerConfig()}
+# Architectures by name (out_channels set per refiner): the paper's, and a small one for tests and CPU runs.
+REFINER_ARCHS = {"tiny": RefinerConfig(base_width=8, levels=3), "paper": RefinerConfig()}
 
 
 class DoubleConv(nn.Sequential):
@@ -137,17 +131,6 @@ def _pad_to_multiple(depth: torch.Tensor, seg: torch.Tensor, multiple: int) -> t
     return F.pad(depth, pad, mode="replicate"), F.pad(seg, pad, mode="replicate")
 
 
-def labels_to_channel(labels: torch.Tensor, num_classes: int = ADE20K_NUM_CLASSES) -> torch.Tensor:
-    """Integer label map B,H,W -> float B,1,H,W in [0,1] (label / (num_classes-1)): the refiners' seg input."""
-    return (labels.float() / (num_classes - 1)).unsqueeze(1)
-
-
-def holicity_to_refined(seg: torch.Tensor) -> torch.Tensor:
-    """HoliCity 5-class labels -> the 4 refined classes (road merged into terrain), same shape, int64."""
-    lut = torch.tensor(HOLICITY_TO_REFINED, dtype=torch.int64, device=seg.device)
-    return lut[seg.long()]
-
-
 def config_from_state_dict(state: dict[str, torch.Tensor]) -> RefinerConfig:
     """Recover a RefinerConfig from a DualEncoderUNet state dict (input/output widths and depth)."""
     first_seg = state["seg_encoder.blocks.0.0.weight"]  # base, seg_channels, 3, 3
@@ -170,38 +153,13 @@ def load_refiner(path: str | os.PathLike) -> DualEncoderUNet:
     return model.eval()
 
 
-def random_refiners(models: str = "tiny", seed: int = 0) -> tuple[DualEncoderUNet, DualEncoderUNet]:
-    """Seeded random refiners: "tiny" (base width 8, 3 levels, for tests and CPU runs) or "paper-random"."""
-    base = RANDOM_CONFIGS[models]
+def build_refiners(arch: str = "tiny", seed: int = 0) -> tuple[DualEncoderUNet, DualEncoderUNet]:
+    """A seeded random (F_d, F_s) pair of a named architecture (REFINER_ARCHS), in eval mode."""
+    if arch not in REFINER_ARCHS:
+        raise ValueError(f"unknown refiner architecture {arch!r}; known: {', '.join(REFINER_ARCHS)}")
+    base = REFINER_ARCHS[arch]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         depth = DualEncoderUNet(replace(base, out_channels=1))
         seg = DualEncoderUNet(replace(base, out_channels=len(REFINED_CLASSES)))
     return depth.eval(), seg.eval()
-
-
-def refiners_dir(models: str) -> Path:
-    """The directory holding refiner_depth.pt / refiner_seg.pt for "paper" or a directory path."""
-    if models == "paper":
-        return vprlib_home()
-    path = Path(models).expanduser()
-    if not path.is_dir():
-        known = [*RANDOM_CONFIGS, "paper"]
-        raise ValueError(f"unknown models {models!r}: use one of {known} or an existing directory")
-    return path
-
-
-def load_refiners(models: str) -> tuple[DualEncoderUNet, DualEncoderUNet]:
-    """(F_d, F_s) for `models`: "tiny" / "paper-random" (seeded random), "paper" ($VPRLIB_HOME) or a directory."""
-    if models in RANDOM_CONFIGS:
-        return random_refiners(models)
-    directory = refiners_dir(models)
-    paths = [directory / DEPTH_FILE, directory / SEG_FILE]
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"refiner weights not found: {', '.join(missing)}. The refiners are not published with the paper; "
-            f"they come from training on synthetic ground truth (the refiner training job writes {DEPTH_FILE} and "
-            f"{SEG_FILE}). Put them in {directory} (for 'paper', $VPRLIB_HOME), or use models='tiny'."
-        )
-    return load_refiner(paths[0]), load_refiner(paths[1])
