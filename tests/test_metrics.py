@@ -136,7 +136,7 @@ def test_manifest_positives_lists_are_chosen_automatically(tmp_path):
     # positives are database image ids; lat/lon would make every row a GPS match, so the mode chosen shows
     common = {"uri": ["/q1.jpg", "/q2.jpg", "/q3.jpg", "/d1.jpg", "/d2.jpg"], "lat": [0.0] * 5, "lon": [0.0] * 5}
     table = pa.table({"image_id": ["q1", "q2", "q3", "d1", "d2"], **common,
-                      "positives": pa.array([["d2"], ["d1", "d2", "gone"], None, None, None], pa.list_(pa.string())),
+                      "positives": pa.array([["d2", "gone"], ["d1", "d2"], None, None, None], pa.list_(pa.string())),
                       "split": ["query", "query", "query", "database", "database"]})
     write_manifest(table, str(tmp_path / "m.parquet"))
     back = read_manifest(str(tmp_path / "m.parquet"))
