@@ -2,12 +2,16 @@
 
     python jobs/manifest.py holicity --root DIR|s3://... --output manifest.parquet [--split-version v1]
                                      [--split-scheme middlesplit]
-    python jobs/manifest.py gldv2 --root DIR --output manifest.parquet [--landmarks CSV] [--country France]
-                                  [--all-countries] [--train-fraction 0.25] [--seed 0] [--no-check-files]
+    python jobs/manifest.py gldv2 --root DIR --output manifest.parquet --protocol retrieval [--usage Public Private]
+                                  [--no-check-files]
+    python jobs/manifest.py gldv2 --root DIR --output manifest.parquet --protocol paper --country-list FR.json
+                                  [--country France] [--fraction 0.25] [--test-landmarks 0.5304] [--query-fraction 0.5]
+                                  [--seed 0] [--no-check-files]
     python jobs/manifest.py folder --root DIR --output manifest.parquet [--locations locations.csv] [--no-check-files]
 
-Prints one line: rows, rows per split (and how many have GPS when the dataset says). Exit status 2 with one line on
-stderr on bad arguments or input (missing root, split lists or images, an invalid manifest).
+Prints one line: rows, rows per split, how many have GPS when the dataset says, and for the GLDv2 paper protocol its
+images and landmarks next to the paper's. Exit status 2 with one line on stderr on bad arguments or input (missing
+root, split lists or images, an invalid manifest).
 """
 
 import argparse
@@ -19,9 +23,29 @@ import pyarrow.compute as pc
 
 from vprlib.cli import OneLineParser
 from vprlib.data.folder import folder_manifest
-from vprlib.data.gldv2 import gldv2_manifest
+from vprlib.data.gldv2 import USAGES, gldv2_paper_manifest, gldv2_retrieval_manifest, paper_counts
 from vprlib.data.holicity import holicity_manifest
 from vprlib.data.manifest import SPLITS, ManifestError, url_to_fs, write_manifest
+
+GLDV2_PROTOCOLS = {"retrieval": gldv2_retrieval_manifest, "paper": gldv2_paper_manifest}
+
+
+def gldv2_manifest(root: str, protocol: str, check_files: bool, **options):
+    """Google Landmarks v2: the retrieval benchmark (--protocol retrieval) or the paper's country protocol (paper).
+
+    `options` are the protocol's flags, None when not given; a flag of the other protocol, or a missing required
+    one, is a ValueError naming the flag."""
+    function = GLDV2_PROTOCOLS[protocol]
+    parameters = inspect.signature(function).parameters
+    given = {name: value for name, value in options.items() if value is not None}
+    for name in given:
+        if name not in parameters:
+            raise ValueError(f"--{name.replace('_', '-')} is not a flag of --protocol {protocol}")
+    for name, parameter in parameters.items():
+        if parameter.default is parameter.empty and name != "root" and name not in given:
+            raise ValueError(f"--protocol {protocol} needs --{name.replace('_', '-')}")
+    return function(root, check_files=check_files, **given)
+
 
 DATASETS = {"holicity": holicity_manifest, "gldv2": gldv2_manifest, "folder": folder_manifest}
 
@@ -49,25 +73,32 @@ def build_parser() -> OneLineParser:
     holicity.add_argument("--split-scheme", default=defaults["split_scheme"],
                           help="split lists read: {train,valid,test}-SCHEME.txt (default %(default)s)")
 
-    defaults = _defaults(gldv2_manifest)
-    gldv2.add_argument("--landmarks", default=defaults["landmarks"],
-                       help="CSV (relative to --root or absolute) with landmark_id and country and/or lat, lon; "
-                       "needed to select a country, since GLDv2 has none")
-    countries = gldv2.add_mutually_exclusive_group()
-    countries.add_argument("--country", default=defaults["country"],
-                           help="keep this country's landmarks (default %(default)s, the paper's subset)")
-    countries.add_argument("--all-countries", dest="country", action="store_const", const=None,
-                           default=argparse.SUPPRESS, help="keep every landmark (no --landmarks needed)")
-    gldv2.add_argument("--train-fraction", type=float, default=defaults["train_fraction"],
-                       help="share of the training images kept, chosen by seeded hash (default %(default)s)")
-    gldv2.add_argument("--seed", type=int, default=defaults["seed"], help="seed of that choice (default %(default)s)")
+    retrieval, paper = _defaults(gldv2_retrieval_manifest), _defaults(gldv2_paper_manifest)
+    gldv2.add_argument("--protocol", required=True, choices=list(GLDV2_PROTOCOLS),
+                       help="retrieval: GLDv2's retrieval benchmark (index images against the scored test images); "
+                       "paper: the paper's protocol (a share of one country's train images, split by landmark)")
+    gldv2.add_argument("--usage", nargs="+", choices=list(USAGES), type=str.capitalize,
+                       help=f"retrieval: the test images that are queries (default {' '.join(retrieval['usage'])})")
+    gldv2.add_argument("--country-list",
+                       help="paper (required): the landmarks of a country, the dataset explorer's per-country JSON "
+                       "(e.g. FR.json) or a CSV landmark_id,country; relative to --root or absolute")
+    gldv2.add_argument("--country", help="paper: the country to keep when the CSV country list holds several")
+    gldv2.add_argument("--fraction", type=float,
+                       help=f"paper: share of the country's train images kept (default {paper['fraction']})")
+    gldv2.add_argument("--test-landmarks", type=float,
+                       help="paper: share of the kept landmarks that are test landmarks, unseen in training "
+                       f"(default {paper['test_landmarks']:.4f}, the paper's 5,387 / 10,157)")
+    gldv2.add_argument("--query-fraction", type=float,
+                       help="paper: share of each test landmark's images that are queries, the rest the database "
+                       f"(default {paper['query_fraction']})")
+    gldv2.add_argument("--seed", type=int, help=f"paper: seed of the choices above (default {paper['seed']})")
 
     defaults = _defaults(folder_manifest)
     folder.add_argument("--locations", default=defaults["locations"],
                         help="CSV naming each image and its lat, lon (relative to --root or absolute; "
                         "default %(default)s)")
 
-    for sub, function in ((gldv2, gldv2_manifest), (folder, folder_manifest)):
+    for sub, function in ((gldv2, gldv2_retrieval_manifest), (folder, folder_manifest)):
         sub.add_argument("--check-files", action=argparse.BooleanOptionalAction,
                          default=_defaults(function)["check_files"],
                          help="make sure every listed image exists (default %(default)s)")
@@ -103,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         write_manifest(table, output)
     except (ValueError, OSError) as exc:  # ManifestError is a ValueError; OSError: missing or unwritable files
         parser.error(" ".join(str(exc).split()))
-    print(summary(table, output))
+    counts = paper_counts(table) if dataset == "gldv2" else ""
+    print(summary(table, output) + (f"; {counts}" if counts else ""))
     return 0
 
 

@@ -2,6 +2,8 @@
 
 import hashlib
 import io
+import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from PIL import Image
 
 from vprlib.data.folder import folder_manifest
-from vprlib.data.gldv2 import gldv2_manifest
+from vprlib.data.gldv2 import gldv2_paper_manifest, gldv2_retrieval_manifest, paper_counts
 from vprlib.data.holicity import holicity_manifest, holicity_to_wgs84
 from vprlib.data.manifest import ManifestError, url_to_fs
 from vprlib.metrics import haversine_m
@@ -134,83 +136,137 @@ def _gid(name: str) -> str:
     return hashlib.md5(name.encode()).hexdigest()[:16]
 
 
-def _gldv2(root: Path, shuffle_seed: int | None = None) -> Path:
-    # landmarks 1, 2 in France (1 with coordinates), 3 in Germany; 10 (France) and 11 (Spain) in index/test
-    train = [(_gid(f"t{i}"), 1 if i < 24 else 2 if i < 40 else 3) for i in range(50)]
+# Train landmarks (train id space) and their number of train images: France 1-8 (1 the Eiffel Tower, 6 with a
+# single image), Germany 20 (the Brandenburg Gate), Italy 30 (the Colosseum).
+GLD_TRAIN_COUNTS = {1: 8, 2: 6, 3: 4, 4: 3, 5: 2, 6: 1, 7: 5, 8: 3, 20: 4, 30: 4}
+GLD_FRANCE = set(range(1, 9))
+GLD_TRAIN = {_gid(f"train-{lm}-{k}"): lm for lm, n in GLD_TRAIN_COUNTS.items() for k in range(n)}  # id -> landmark
+# Index landmarks are numbered apart: index landmark 1 is the Colosseum, the train id of the Eiffel Tower.
+GLD_INDEX_LANDMARKS = {"colosseum": 1, "eiffel": 2, "brandenburg": 3}
+GLD_INDEX = {_gid(f"index-{name}-{k}"): name for name in GLD_INDEX_LANDMARKS for k in range(3)}  # id -> landmark
+# Test images: recognition solution (train ids), then the retrieval solution's index landmarks and Usage
+GLD_TEST = {
+    _gid("test-eiffel"): ("1", ("eiffel",), "Public"),
+    _gid("test-eiffel-colosseum"): ("1 30", ("eiffel", "colosseum"), "Private"),  # two landmarks in one photo
+    _gid("test-brandenburg"): ("20", ("brandenburg",), "Private"),
+    _gid("test-ignored"): ("2", (), "Ignored"),  # a Louvre photo the retrieval benchmark does not score
+    _gid("test-no-landmark"): ("", (), "Ignored"),  # no landmark of the dataset
+}
+# the release's query -> index ground truth, for the scored test images
+GLD_RETRIEVAL = {q: sorted(i for i, name in GLD_INDEX.items() if name in names)
+                 for q, (_, names, usage) in GLD_TEST.items() if usage != "Ignored"}
+
+
+def _gldv2(root: Path, flat: bool = False, shuffle_seed: int | None = None) -> Path:
+    """A tiny GLDv2 in the release's layout (CSVs under metadata/ and ground_truth/, or all at the root when
+    `flat`), its images, and two country lists: the explorer's FR.json and a CSV of every landmark's country."""
+    train = list(GLD_TRAIN.items())
     if shuffle_seed is not None:
         train = [train[i] for i in np.random.default_rng(shuffle_seed).permutation(len(train))]
-    index = [(_gid(f"i{i}"), 10 if i < 3 else 11) for i in range(5)]
-    queries = [(_gid("q0"), "10"), (_gid("q1"), ""), (_gid("q2"), "11"), (_gid("q3"), "10 12")]
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "train.csv").write_text("id,url,landmark_id\n" + "".join(f"{i},http://x/{i}.jpg,{lm}\n" for i, lm in train))
-    (root / "index_image_to_landmark.csv").write_text("id,landmark_id\n" + "".join(f"{i},{lm}\n" for i, lm in index))
-    (root / "recognition_solution_v2.1.csv").write_text(
-        "id,landmarks,Usage\n" + "".join(f"{i},{lm},Private\n" for i, lm in queries)
+    metadata, truth = (root, root) if flat else (root / "metadata", root / "ground_truth")
+    for folder in (metadata, truth):
+        folder.mkdir(parents=True, exist_ok=True)
+    (metadata / "train.csv").write_text("id,url,landmark_id\n" + "".join(f"{i},http://x/{i},{lm}\n" for i, lm in train))
+    (metadata / "index.csv").write_text("id\n" + "".join(f"{i}\n" for i in GLD_INDEX))
+    (metadata / "index_image_to_landmark.csv").write_text(
+        "id,landmark_id\n" + "".join(f"{i},{GLD_INDEX_LANDMARKS[name]}\n" for i, name in GLD_INDEX.items())
     )
-    (root / "landmarks.csv").write_text(
-        "landmark_id,country,lat,lon\n1,France,48.8584,2.2945\n2, france ,,\n3,Germany,52.5,13.4\n10,France,43.7,7.26\n"
-        "11,Spain,41.4,2.17\n"
+    (metadata / "test.csv").write_text("id\n" + "".join(f"{i}\n" for i in GLD_TEST))
+    (truth / "recognition_solution_v2.1.csv").write_text(
+        "id,landmarks,Usage\n" + "".join(f"{i},{lms},{'Private' if u == 'Private' else 'Public'}\n"
+                                         for i, (lms, _, u) in GLD_TEST.items())
     )
-    for folder, rows in (("train", train), ("index", index), ("test", queries)):
-        for n, (i, _) in enumerate(rows):
+    (truth / "retrieval_solution_v2.1.csv").write_text(
+        "id,images,Usage\n" + "".join(f"{i},{' '.join(GLD_RETRIEVAL.get(i, ['None']))},{u}\n"
+                                      for i, (_, _, u) in GLD_TEST.items())
+    )
+    names = {1: "Eiffel Tower", 2: "Louvre", 3: "Mont-Saint-Michel", 4: "Arc de Triomphe", 5: "Notre-Dame",
+             6: "Pont du Gard", 7: "Carcassonne", 8: "Chambord"}
+    entries = [{"id": str(lm) if lm == 7 else lm, "name": name} for lm, name in names.items()]  # an id as text too
+    (root / "FR.json").write_text(json.dumps(entries))
+    countries = {**dict.fromkeys(GLD_FRANCE, "France"), 2: " france ", 20: "Germany", 30: "Italy"}
+    (root / "countries.csv").write_text("landmark_id,country\n" + "".join(f"{lm},{c}\n" for lm, c in countries.items()))
+    for folder, ids in (("train", GLD_TRAIN), ("index", GLD_INDEX), ("test", GLD_TEST)):
+        for n, i in enumerate(ids):
             _jpeg(root / folder / i[0] / i[1] / i[2] / f"{i}.jpg", seed=n)
     return root
 
 
-def test_gldv2_france_subset(tmp_path):
-    table = gldv2_manifest(str(_gldv2(tmp_path)), landmarks="landmarks.csv")
-    rows = table.to_pylist()
-    train = [r for r in rows if r["split"] == "train"]
-    assert len(train) == 10  # a quarter of the 40 French training images; none of the German ones
-    assert {r["landmark_id"] for r in train} <= {1, 2}
-    assert [r["landmark_id"] for r in rows if r["split"] == "database"] == [10, 10, 10]
-    queries = [r for r in rows if r["split"] == "query"]
-    assert [(r["image_id"], r["landmark_id"]) for r in queries] == [(_gid("q0"), 10), (_gid("q3"), 10)]
-    i = queries[0]["image_id"]
-    assert queries[0]["uri"] == str(tmp_path / "test" / i[0] / i[1] / i[2] / f"{i}.jpg")
-    for r in rows:
-        expected = {1: (48.8584, 2.2945, True), 2: (0.0, 0.0, False), 10: (43.7, 7.26, True)}[r["landmark_id"]]
-        assert (r["lat"], r["lon"], r["has_gps"]) == expected
+def _by_split(table) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {}
+    for row in table.to_pylist():
+        rows.setdefault(row["split"], []).append(row)
+    return rows
+
+
+def test_gldv2_paper_france(tmp_path):
+    table = gldv2_paper_manifest(str(_gldv2(tmp_path)), "FR.json", fraction=1.0)
+    rows = _by_split(table)
+    assert table.num_rows == 32 and {r["landmark_id"] for r in table.to_pylist()} == GLD_FRANCE  # no German image
+    assert all(GLD_TRAIN[r["image_id"]] == r["landmark_id"] for r in table.to_pylist())
+    train_landmarks = {r["landmark_id"] for r in rows["train"]}
+    test_landmarks = {r["landmark_id"] for r in rows["query"] + rows["database"]}
+    assert not train_landmarks & test_landmarks and len(test_landmarks) == round(8 * 5387 / 10157)
+    i = rows["query"][0]["image_id"]
+    assert rows["query"][0]["uri"] == str(tmp_path / "train" / i[0] / i[1] / i[2] / f"{i}.jpg")  # all train images
+    assert table.column_names == ["image_id", "uri", "landmark_id", "split", "positives", "lat", "lon", "has_gps"]
+    assert not any(table["has_gps"].to_pylist()) and set(table["lat"].to_pylist()) == {0.0}
+    assert paper_counts(table) == (f"train {len(rows['train'])} images of {len(train_landmarks)} landmarks, test "
+                                   f"{32 - len(rows['train'])} of {len(test_landmarks)} (paper: train 49,370 images "
+                                   "of 4,770 landmarks, test 29,634 of 5,387)")
 
 
 def test_gldv2_selection_is_reproducible(tmp_path):
-    def train_ids(root, **kwargs):
-        table = gldv2_manifest(str(root), landmarks="landmarks.csv", **kwargs)
-        return sorted(r["image_id"] for r in table.to_pylist() if r["split"] == "train")
+    def splits(root, **kwargs):
+        table = gldv2_paper_manifest(str(root), "FR.json", **kwargs)
+        return sorted(zip(table["image_id"].to_pylist(), table["split"].to_pylist(), strict=True))
 
-    base = train_ids(_gldv2(tmp_path / "a"))
-    assert base == train_ids(_gldv2(tmp_path / "b", shuffle_seed=3))  # row order does not matter
-    assert base != train_ids(tmp_path / "a", seed=1)
-    assert len(train_ids(tmp_path / "a", train_fraction=1.0)) == 40
+    base = splits(_gldv2(tmp_path / "a"))
+    assert len(base) == 8  # a quarter of the 32 French train images
+    assert base == splits(_gldv2(tmp_path / "b", shuffle_seed=3))  # row order does not matter
+    assert base != splits(tmp_path / "a", seed=1)
+    assert len(splits(tmp_path / "a", fraction=1.0)) == 32
 
 
-def test_gldv2_all_countries_and_errors(tmp_path):
+def test_gldv2_retrieval_benchmark(tmp_path):
+    table = gldv2_retrieval_manifest(str(_gldv2(tmp_path)))
+    rows = _by_split(table)
+    assert sorted(r["image_id"] for r in rows["database"]) == sorted(GLD_INDEX)
+    assert {r["image_id"]: r["positives"] for r in rows["query"]} == GLD_RETRIEVAL  # Ignored test images left out
+    assert {r["image_id"]: r["usage"] for r in rows["query"]} == {q: GLD_TEST[q][2] for q in GLD_RETRIEVAL}
+    q = rows["query"][0]["image_id"]
+    assert rows["query"][0]["uri"] == str(tmp_path / "test" / q[0] / q[1] / q[2] / f"{q}.jpg")
+    assert table.column_names == ["image_id", "uri", "usage", "split", "positives", "lat", "lon", "has_gps"]
+    public = gldv2_retrieval_manifest(str(tmp_path), usage=("Public",), check_files=False)
+    assert _by_split(public)["query"][0]["image_id"] == _gid("test-eiffel") and len(_by_split(public)["query"]) == 1
+
+
+def test_gldv2_errors(tmp_path):
     root = _gldv2(tmp_path)
-    table = gldv2_manifest(str(root), country=None, train_fraction=1.0)
-    assert table.num_rows == 50 + 5 + 3 and not any(table["has_gps"].to_pylist())
-    with pytest.raises(ManifestError, match="landmark_id,country"):
-        gldv2_manifest(str(root))
-    (root / "twice.csv").write_text("landmark_id,country\n1,France\n1,Spain\n")
-    with pytest.raises(ManifestError, match="twice.csv: landmark_id 1 is listed more than once"):
-        gldv2_manifest(str(root), landmarks="twice.csv")
-    (root / "recognition_solution_v2.1.csv").rename(root / "elsewhere.csv")
-    with pytest.raises(ManifestError, match="recognition_solution_v2.1.csv: file not found"):
-        gldv2_manifest(str(root), landmarks="landmarks.csv")
-    (root / "elsewhere.csv").rename(root / "recognition_solution_v2.1.csv")
-    missing = root / "index" / _gid("i0")[0] / _gid("i0")[1] / _gid("i0")[2] / f"{_gid('i0')}.jpg"
+    (root / "ground_truth/retrieval_solution_v2.1.csv").rename(root / "elsewhere.csv")
+    with pytest.raises(ManifestError, match="retrieval_solution_v2.1.csv not found under .* metadata/.*ground_truth/"):
+        gldv2_retrieval_manifest(str(root))
+    (root / "elsewhere.csv").rename(root / "ground_truth/retrieval_solution_v2.1.csv")
+    missing = root / "index" / _gid("index-eiffel-0")[0] / _gid("index-eiffel-0")[1] / _gid("index-eiffel-0")[2]
+    missing = missing / f"{_gid('index-eiffel-0')}.jpg"
     missing.unlink()
     with pytest.raises(ManifestError, match=f"image file not found: {missing}"):
-        gldv2_manifest(str(root), landmarks="landmarks.csv")
-    (root / "train.csv").write_text("id,url\nabc,http://x\n")
+        gldv2_retrieval_manifest(str(root))
+    (root / "metadata/train.csv").write_text("id,url\nabc,http://x\n")
     with pytest.raises(ManifestError, match=r"train.csv: missing column; .*'landmark_id'"):
-        gldv2_manifest(str(root), landmarks="landmarks.csv")
+        gldv2_paper_manifest(str(root), "FR.json")
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\], got 1.5"):
+        gldv2_paper_manifest(str(root), "FR.json", fraction=1.5)
 
 
 def test_gldv2_on_s3(tmp_path, s3_bucket):
-    local = gldv2_manifest(str(_gldv2(tmp_path / "g")), landmarks="landmarks.csv")
-    remote = gldv2_manifest(_upload(tmp_path / "g", s3_bucket), landmarks="landmarks.csv")
-    assert remote["image_id"].to_pylist() == local["image_id"].to_pylist()
-    assert all(u.startswith(f"{s3_bucket}/data/") for u in remote["uri"].to_pylist())
+    root = _gldv2(tmp_path / "g")
+    remote = _upload(root, s3_bucket)
+    for build in (gldv2_retrieval_manifest, partial(gldv2_paper_manifest, country_list="FR.json")):
+        local, there = build(str(root)), build(remote)
+        assert there["image_id"].to_pylist() == local["image_id"].to_pylist()
+        assert there["positives"].to_pylist() == local["positives"].to_pylist()
+        assert all(u.startswith(f"{s3_bucket}/data/") for u in there["uri"].to_pylist())
 
 
 # ---------------------------------------------------------------- plain folder

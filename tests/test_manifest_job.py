@@ -5,7 +5,17 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_datasets import GOOD, VIEWS, YAWS, _folder, _gldv2, _holicity, _upload  # the tiny fake datasets
+from test_datasets import (  # the tiny fake datasets
+    GLD_FRANCE,
+    GLD_RETRIEVAL,
+    GOOD,
+    VIEWS,
+    YAWS,
+    _folder,
+    _gldv2,
+    _holicity,
+    _upload,
+)
 
 from vprlib.data.manifest import url_to_fs
 from vprlib.extract.output import load_input
@@ -49,17 +59,23 @@ def test_holicity(tmp_path, capsys):
 
 def test_gldv2(tmp_path, capsys):
     root, output = _gldv2(tmp_path / "g"), tmp_path / "gldv2.parquet"
-    line = _run(capsys, "gldv2", "--root", root, "--output", output, "--landmarks", "landmarks.csv")
+    line = _run(capsys, "gldv2", "--root", root, "--output", output, "--protocol", "retrieval")
+    assert line == f"{output}: 12 rows (database 9, query 3), 0 with GPS"
     table = pq.read_table(output)
-    gps = sum(table["has_gps"].to_pylist())
-    assert line == f"{output}: 15 rows (database 3, query 2, train 10), {gps} with GPS"
-    assert table.column_names == ["image_id", "uri", "landmark_id", "split", "lat", "lon", "has_gps"]
-    assert set(table["landmark_id"].to_pylist()) <= {1, 2, 10}
+    assert table.column_names == ["image_id", "uri", "usage", "split", "positives", "lat", "lon", "has_gps"]
+    assert {q: p for q, p in zip(table["image_id"].to_pylist(), table["positives"].to_pylist(), strict=True)
+            if p is not None} == GLD_RETRIEVAL
+    line = _run(capsys, "gldv2", "--root", root, "--output", output, "--protocol", "retrieval", "--usage", "public")
+    assert line == f"{output}: 10 rows (database 9, query 1), 0 with GPS"
 
-    line = _run(capsys, "gldv2", "--root", root, "--output", output, "--all-countries", "--train-fraction", "1",
-                "--no-check-files")
-    assert line == f"{output}: 58 rows (database 5, query 3, train 50), 0 with GPS"
-    assert pq.read_table(output).num_rows == 58
+    line = _run(capsys, "gldv2", "--root", root, "--output", output, "--protocol", "paper", "--country-list",
+                "countries.csv", "--country", "france", "--fraction", "1", "--no-check-files")
+    table = pq.read_table(output)
+    counts = {s: table["split"].to_pylist().count(s) for s in ("database", "query", "train")}
+    assert line.startswith(f"{output}: 32 rows (database {counts['database']}, query {counts['query']}, train "
+                           f"{counts['train']}), 0 with GPS; train {counts['train']} images of ")
+    assert line.endswith("(paper: train 49,370 images of 4,770 landmarks, test 29,634 of 5,387)")
+    assert set(table["landmark_id"].to_pylist()) == GLD_FRANCE
 
 
 def test_folder_and_check_files(tmp_path, capsys):
@@ -91,8 +107,15 @@ def test_missing_root(tmp_path, capsys):
     ("argv", "message"),
     [
         (["holicity", "--split-version", "v9"], "no split lists"),
-        (["gldv2"], "needs `landmarks`, a CSV with columns landmark_id,country"),  # France by default
-        (["gldv2", "--all-countries", "--train-fraction", "1.5"], r"train_fraction must be in (0, 1]"),
+        (["gldv2", "--protocol", "paper"], "--protocol paper needs --country-list"),
+        (["gldv2", "--protocol", "paper", "--country-list", "FR.json", "--fraction", "1.5"],
+         "fraction must be in (0, 1], got 1.5"),
+        (["gldv2", "--protocol", "paper", "--country-list", "countries.csv", "--country", "FR"],
+         "countries.csv: no landmark of country 'FR'; countries there: france, germany, italy"),
+        (["gldv2", "--protocol", "paper", "--country-list", "countries.csv"], "lists 3 countries"),
+        (["gldv2", "--protocol", "retrieval", "--country-list", "FR.json"], "--country-list is not a flag of"),
+        (["gldv2", "--protocol", "paper", "--country-list", "FR.json", "--usage", "Public"],
+         "--usage is not a flag of --protocol paper"),
         (["folder", "--locations", "elsewhere.csv"], "elsewhere.csv: file not found"),
     ],
 )
@@ -107,8 +130,11 @@ def test_library_errors_are_one_line(tmp_path, capsys, argv, message):
     ("argv", "message"),
     [
         (["holicity", "--root", "r", "--output", "m.parquet", "--bogus"], "unrecognized arguments: --bogus"),
-        (["gldv2", "--root", "r", "--output", "m.parquet", "--seed", "x"], "argument --seed: invalid int value"),
-        (["gldv2", "--root", "r", "--output", "m.parquet", "--country", "FR", "--all-countries"], "not allowed"),
+        (["gldv2", "--root", "r", "--output", "m.parquet", "--protocol", "paper", "--seed", "x"],
+         "argument --seed: invalid int value"),
+        (["gldv2", "--root", "r", "--output", "m.parquet"], "required: --protocol"),
+        (["gldv2", "--root", "r", "--output", "m.parquet", "--protocol", "retrieval", "--usage", "Ignored"],
+         "argument --usage: invalid choice: 'Ignored'"),
         (["folder", "--root", "r"], "required: --output"),
         (["folder", "--root", "r", "--output", "m.csv"], "--output must be a .parquet file"),
         (["imagenet"], "invalid choice: 'imagenet'"),

@@ -1,12 +1,14 @@
-"""Recall@N (paper eq. (10)) on hand-computed cases, GPS and landmark positives."""
+"""Recall@N (paper eq. (10)) on hand-computed cases: GPS, landmark and positives-list ground truth."""
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
+from vprlib.data.manifest import read_manifest, write_manifest
 from vprlib.metrics import (
     gps_positives,
     haversine_m,
+    id_positives,
     landmark_positives,
     manifest_positives,
     metric_positives,
@@ -70,10 +72,24 @@ def test_metric_positives_inclusive_radius():
 def test_landmark_positives_and_recall():
     db_ids = [7, 3, 7, 9]
     positives = landmark_positives([7, 9, 4, None], db_ids)
-    assert [p.tolist() for p in positives] == [[0, 2], [3], [], []]
+    assert [None if p is None else p.tolist() for p in positives] == [[0, 2], [3], [], None]
     predictions = np.array([[1, 2], [3, 0], [0, 1], [0, 1]])
-    assert recall_at_n(predictions, positives, ns=(1, 2)) == {1: 0.25, 2: 0.5}
+    # the row with no landmark is not a query: M = 3; the query of landmark 4 (none in the database) is a miss
+    assert recall_at_n(predictions, positives, ns=(1, 2)) == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3)}
     assert recall_at_n(predictions, positives, ns=(1, 2), exclude_no_positive=True) == {1: 0.5, 2: 1.0}
+
+
+def test_landmark_sets_take_the_union():
+    # a query showing landmarks 7 and 9 is right on an image of either; database rows may list several too
+    positives = landmark_positives([[7, 9], (3,), [], {np.nan}, np.array([5])], [7, [3, 5], 9, None, [8]])
+    assert [None if p is None else p.tolist() for p in positives] == [[0, 2], [1], None, None, [1]]
+
+
+def test_recall_leaves_out_rows_that_are_not_queries():
+    predictions = np.array([[0, 1], [1, 0], [0, 1]])
+    positives = [np.array([0]), None, np.array([1])]
+    assert recall_at_n(predictions, positives, ns=(1, 2)) == {1: 0.5, 2: 1.0}
+    assert recall_at_n(predictions[1:2], [None], ns=(1,)) == {1: 0.0}
 
 
 def test_bad_point_shapes():
@@ -96,6 +112,40 @@ def test_manifest_positives_picks_the_frame():
 def test_manifest_positives_landmark_mode():
     queries = pa.table({"landmark_id": [1, 2, None]})
     db = pa.table({"landmark_id": [2, 1, 1]})
-    assert [p.tolist() for p in manifest_positives(queries, db, mode="landmark")] == [[1, 2], [0], []]
-    with pytest.raises(ValueError, match="known: \\['gps', 'landmark'\\]"):
+    got = manifest_positives(queries, db, mode="landmark")
+    assert [None if p is None else p.tolist() for p in got] == [[1, 2], [0], None]
+    with pytest.raises(ValueError, match="known: \\['gps', 'landmark', 'positives'\\]"):
         manifest_positives(queries, db, mode="street")
+    with pytest.raises(ValueError, match="the database have no landmark_ids or landmark_id column"):
+        manifest_positives(queries, pa.table({"x": [1]}), mode="landmark")
+
+
+def test_manifest_positives_landmark_lists(tmp_path):
+    # list<int64> landmark ids survive a Parquet manifest and take precedence over a scalar landmark_id
+    common = {"uri": ["/a.jpg", "/b.jpg", "/c.jpg"], "lat": [0.0] * 3, "lon": [0.0] * 3}
+    table = pa.table({"image_id": ["q", "d1", "d2"], **common, "landmark_id": [1, 1, 2],
+                      "landmark_ids": pa.array([[1, 2], [5], [2]], pa.list_(pa.int64()))})
+    write_manifest(table, str(tmp_path / "m.parquet"))
+    back = read_manifest(str(tmp_path / "m.parquet"))
+    assert back["landmark_ids"].type == pa.list_(pa.int64())
+    got = manifest_positives(back.slice(0, 1), back.slice(1), mode="landmark")
+    assert [p.tolist() for p in got] == [[1]]  # d2 via landmark 2; d1's scalar landmark_id 1 is not used
+
+
+def test_manifest_positives_lists_are_chosen_automatically(tmp_path):
+    # positives are database image ids; lat/lon would make every row a GPS match, so the mode chosen shows
+    common = {"uri": ["/q1.jpg", "/q2.jpg", "/q3.jpg", "/d1.jpg", "/d2.jpg"], "lat": [0.0] * 5, "lon": [0.0] * 5}
+    table = pa.table({"image_id": ["q1", "q2", "q3", "d1", "d2"], **common,
+                      "positives": pa.array([["d2", "gone"], ["d1", "d2"], None, None, None], pa.list_(pa.string())),
+                      "split": ["query", "query", "query", "database", "database"]})
+    write_manifest(table, str(tmp_path / "m.parquet"))
+    back = read_manifest(str(tmp_path / "m.parquet"))
+    assert back["positives"].type == pa.list_(pa.string())
+    queries, database = back.slice(0, 3), back.slice(3)
+    got = manifest_positives(queries, database)
+    assert [None if p is None else p.tolist() for p in got] == [[1], [0, 1], None]  # "gone" is not in the database
+    assert recall_at_n(np.array([[0, 1], [0, 1], [0, 1]]), got, ns=(1, 2)) == {1: 0.5, 2: 1.0}  # q3: no query
+    assert [p.tolist() for p in manifest_positives(queries, database, mode="gps")] == [[0, 1]] * 3
+    assert [p.tolist() for p in id_positives([["d1"]], ["d0", "d1"])] == [[1]]
+    with pytest.raises(ValueError, match="mode 'positives' needs a positives column"):
+        manifest_positives(database.drop_columns(["positives"]), database, mode="positives")

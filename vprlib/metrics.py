@@ -3,17 +3,28 @@
     Recall@N = 1/M * sum_i 1[min(dist_i1, ..., dist_iN) < t]
 
 M is the number of queries, dist_ij the distance between query i and its j-th ranked database item, t the
-threshold. Two notions of distance (paper IV-C):
-- GPS: metres between the camera positions, t = 25 m (HoliCity). Positions are lat/lon (haversine) or local
-  metric coordinates such as UTM easting/northing. A database item at exactly `radius_m` counts as a match, as
-  the paper's text says ("at most a 25-meter difference", IV-A) and as radius searches in VPR benchmarks do.
-- Landmark: 0 if the two images show the same landmark, 1 otherwise, t = 1 (Google Landmarks v2).
+threshold. Every notion of distance reduces to a set of positive database indices per query, so the public API is:
 
-Both reduce to a set of positive database indices per query (`manifest_positives` picks the right one for two
-manifests); `recall_at_n` then counts a query as right if any of its top N predictions is a positive. Queries
-with no positive in the database stay in M (they can never be right), as the 1/M of equation (10) says;
-`exclude_no_positive=True` drops them from M instead, the other convention some benchmarks use.
-Recalls are fractions in [0, 1].
+- `manifest_positives(queries, database, mode=None)`: the positives of each query row of a manifest among the
+  database rows of another (or the same) manifest. Modes:
+  - "positives" (chosen when `mode` is None and `queries` has a `positives` column): right if the item is in the
+    query's `positives`, a list of database `image_id`s (the GLDv2 retrieval benchmark's ground truth). Ids absent
+    from `database` are skipped.
+  - "gps" (chosen when `mode` is None otherwise): metres between the camera positions, t = 25 m (HoliCity).
+    Positions are lat/lon (haversine) or local metric coordinates such as UTM easting/northing. A database item at
+    exactly `radius_m` counts as a match, as the paper's text says ("at most a 25-meter difference", IV-A) and as
+    radius searches in VPR benchmarks do.
+  - "landmark": 0 if the two images share a landmark, 1 otherwise, t = 1 (Google Landmarks v2). Each row has one
+    landmark (`landmark_id`) or a set of them (`landmark_ids`, a list column; used when both are present); a query
+    showing several landmarks is right on an image of any of them.
+- `gps_positives`, `metric_positives`, `landmark_positives`, `id_positives`: the same on plain arrays and lists.
+- `recall_at_n(predictions, positives, ns)`: {N: Recall@N}, a query counting as right if any of its top N
+  predictions is a positive.
+
+A query row without ground truth (no landmark in landmark mode, a null `positives` list) is not a query: its
+positives are None and `recall_at_n` leaves it out of M. A query with ground truth but no positive in the database
+(an empty array) stays in M and can never be right, as the 1/M of equation (10) says; `exclude_no_positive=True`
+drops such queries from M instead, the other convention some benchmarks use. Recalls are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -61,37 +72,73 @@ def metric_positives(query_xy, db_xy, radius_m: float = GPS_THRESHOLD_M, chunk: 
     return _radius_positives(_euclidean_pairs, q, db, radius_m, chunk)
 
 
-def landmark_positives(query_ids: Sequence, db_ids: Sequence) -> list[np.ndarray]:
-    """Database indices sharing each query's landmark id. A missing id (None or NaN) has no positive."""
+def landmark_positives(query_ids: Sequence, db_ids: Sequence) -> list[np.ndarray | None]:
+    """Database indices sharing a landmark with each query: the union over the query's landmarks.
+
+    An entry (query or database) is one landmark id or a collection of them (list, tuple, set, array); None, NaN or
+    an empty collection is no landmark. A query with no landmark is not a query: its entry is None."""
     by_id: dict = {}
-    for index, ident in enumerate(db_ids):
-        if not _missing(ident):
+    for index, ids in enumerate(db_ids):
+        for ident in _landmark_set(ids):
             by_id.setdefault(ident, []).append(index)
-    empty = np.zeros(0, dtype=np.int64)
-    return [empty if _missing(q) else np.asarray(by_id.get(q, []), dtype=np.int64) for q in query_ids]
+    positives: list[np.ndarray | None] = []
+    for ids in query_ids:
+        wanted = _landmark_set(ids)
+        hits = sorted({index for ident in wanted for index in by_id.get(ident, ())})
+        positives.append(np.asarray(hits, dtype=np.int64) if wanted else None)
+    return positives
+
+
+def id_positives(query_positive_ids: Sequence, db_image_ids: Sequence[str]) -> list[np.ndarray | None]:
+    """Database indices of each query's positive image ids (ids not in the database are skipped, so a database
+    subset works). A None entry has no ground truth: not a query, its entry stays None."""
+    index_of = {ident: index for index, ident in enumerate(db_image_ids)}
+    positives: list[np.ndarray | None] = []
+    for ids in query_positive_ids:
+        hits = None if ids is None else sorted({index_of[i] for i in ids if i in index_of})
+        positives.append(None if hits is None else np.asarray(hits, dtype=np.int64))
+    return positives
 
 
 METRIC_FRAMES = (("utm_east", "utm_north"), ("east_m", "north_m"))  # synthetic city (UTM), HoliCity (CAD frame)
+MODES = ("gps", "landmark", "positives")
 
 
 def manifest_positives(
-    queries: pa.Table, database: pa.Table, mode: str = "gps", radius_m: float = GPS_THRESHOLD_M
-) -> list[np.ndarray]:
-    """Positives of each query row among the database rows of two manifests.
+    queries: pa.Table, database: pa.Table, mode: str | None = None, radius_m: float = GPS_THRESHOLD_M
+) -> list[np.ndarray | None]:
+    """Positives of each query row among the database rows of two manifests (None: the row is not a query).
 
+    mode None: "positives" when `queries` has a `positives` column, else "gps".
+    mode "positives": the database rows whose `image_id` is in the query's `positives` list.
     mode "gps": within `radius_m` metres, measured in a metric frame both manifests have with no gaps (UTM
     easting/northing within one zone, or HoliCity's CAD frame), else by haversine on lat/lon.
-    mode "landmark": same `landmark_id`.
+    mode "landmark": a shared landmark, from `landmark_ids` (a list per row) or `landmark_id` (one per row).
     """
+    if mode is None:
+        mode = "positives" if "positives" in queries.column_names else "gps"
+    if mode == "positives":
+        if "positives" not in queries.column_names:
+            raise ValueError(f"mode 'positives' needs a positives column in the queries; has {queries.column_names}")
+        return id_positives(queries["positives"].to_pylist(), database["image_id"].to_pylist())
     if mode == "landmark":
-        return landmark_positives(queries["landmark_id"].to_pylist(), database["landmark_id"].to_pylist())
+        return landmark_positives(_landmarks(queries, "queries"), _landmarks(database, "database"))
     if mode != "gps":
-        raise ValueError(f"unknown mode {mode!r}; known: ['gps', 'landmark']")
+        raise ValueError(f"unknown mode {mode!r}; known: {list(MODES)}")
     columns = next((c for c in METRIC_FRAMES if _has_frame(queries, database, *c)), ("lat", "lon"))
     points = [np.stack([t[c].to_numpy(zero_copy_only=False) for c in columns], axis=1) for t in (queries, database)]
     if columns == ("lat", "lon"):
         return gps_positives(*points, radius_m=radius_m)
     return metric_positives(*points, radius_m=radius_m)
+
+
+def _landmarks(table: pa.Table, name: str) -> list:
+    """Each row's landmark(s): the `landmark_ids` lists when the table has them, else the `landmark_id` values."""
+    column = next((c for c in ("landmark_ids", "landmark_id") if c in table.column_names), None)
+    if column is None:
+        raise ValueError(f"mode 'landmark': the {name} have no landmark_ids or landmark_id column; "
+                         f"has {table.column_names}")
+    return table[column].to_pylist()
 
 
 def _has_frame(queries: pa.Table, database: pa.Table, east: str, north: str) -> bool:
@@ -105,16 +152,17 @@ def _has_frame(queries: pa.Table, database: pa.Table, east: str, north: str) -> 
 
 def recall_at_n(
     predictions,
-    positives: Sequence[np.ndarray],
+    positives: Sequence[np.ndarray | None],
     ns: Iterable[int] = DEFAULT_NS,
     exclude_no_positive: bool = False,
 ) -> dict[int, float]:
     """Recall@N (paper eq. (10)) for each N in `ns`.
 
     predictions: (Q, K) int database indices, best first (K >= max N; negative entries, e.g. faiss padding, never
-    match). positives: per query, the database indices that count as right. Returns {N: fraction of queries with
-    a positive among their first N predictions}. Queries without positives count as misses unless
-    `exclude_no_positive`, which drops them from the denominator (0.0 if no query is left).
+    match). positives: per query, the database indices that count as right, or None for a row that is not a query
+    (no ground truth), which is left out of M. Returns {N: fraction of queries with a positive among their first N
+    predictions}. Queries without positives count as misses unless `exclude_no_positive`, which drops them from the
+    denominator (0.0 if no query is left).
     """
     predictions = np.asarray(predictions)
     ns = sorted(set(int(n) for n in ns))
@@ -126,9 +174,10 @@ def recall_at_n(
         raise ValueError(f"every N must be in [1, {predictions.shape[1]}] (the predictions per query), got {ns}")
     hits = np.zeros(predictions.shape, dtype=bool)
     for i, (row, pos) in enumerate(zip(predictions, positives, strict=True)):
-        hits[i] = np.isin(row, pos) & (row >= 0)
+        if pos is not None:
+            hits[i] = np.isin(row, pos) & (row >= 0)
     first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), predictions.shape[1])  # rank of the first right one
-    keep = np.array([len(p) > 0 for p in positives], dtype=bool) if exclude_no_positive else np.ones(len(hits), bool)
+    keep = np.array([p is not None and (len(p) > 0 or not exclude_no_positive) for p in positives], dtype=bool)
     total = int(keep.sum())
     return {n: float((first_hit[keep] < n).sum() / total) if total else 0.0 for n in ns}
 
@@ -148,5 +197,7 @@ def _points(values, name: str) -> np.ndarray:
     return points
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value))
+def _landmark_set(value) -> set:
+    """The landmark ids of one entry: a scalar id or a collection of them; missing values (None, NaN) dropped."""
+    values = value if isinstance(value, (list, tuple, set, frozenset, np.ndarray)) else [value]
+    return {v for v in values if not (v is None or (isinstance(v, float) and np.isnan(v)))}
