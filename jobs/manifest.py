@@ -1,6 +1,6 @@
 """Turn a dataset on disk (local folder or s3://) into a manifest Parquet file that jobs/extract.py --input accepts.
 
-    python jobs/manifest.py holicity --root DIR|s3://... --output manifest.parquet [--split-version v1]
+    python jobs/manifest.py holicity --root DIR|s3://... --output manifest.parquet [--splits DIR]
                                      [--split-scheme middlesplit]
     python jobs/manifest.py gldv2 --root DIR --output manifest.parquet [--landmarks CSV] [--country France]
                                   [--all-countries] [--train-fraction 0.25] [--seed 0] [--no-check-files]
@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 from vprlib.cli import OneLineParser
 from vprlib.data.folder import folder_manifest
 from vprlib.data.gldv2 import gldv2_manifest
-from vprlib.data.holicity import holicity_manifest
+from vprlib.data.holicity import SPLIT_FOLDERS, holicity_manifest
 from vprlib.data.manifest import SPLITS, ManifestError, url_to_fs, write_manifest
 
 DATASETS = {"holicity": holicity_manifest, "gldv2": gldv2_manifest, "folder": folder_manifest}
@@ -44,10 +44,12 @@ def build_parser() -> OneLineParser:
     holicity, gldv2, folder = (subparsers[n] for n in DATASETS)
 
     defaults = _defaults(holicity_manifest)
-    holicity.add_argument("--split-version", default=defaults["split_version"],
-                          help="folder of the split lists, split/VERSION/ (default %(default)s)")
+    holicity.add_argument("--splits", default=defaults["splits"],
+                          help="folder of the split lists (relative to --root or absolute; default: the first of "
+                          f"{', '.join(f + '/' for f in SPLIT_FOLDERS)} that holds them)")
     holicity.add_argument("--split-scheme", default=defaults["split_scheme"],
-                          help="split lists read: {train,valid,test}-SCHEME.txt (default %(default)s)")
+                          help="split lists read: {train,valid,test}-SCHEME.txt, e.g. randomsplit "
+                          "(default %(default)s)")
 
     defaults = _defaults(gldv2_manifest)
     gldv2.add_argument("--landmarks", default=defaults["landmarks"],

@@ -90,7 +90,7 @@ def test_missing_root(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["holicity", "--split-version", "v9"], "no split lists"),
+        (["holicity", "--splits", "elsewhere"], "elsewhere: no HoliCity split lists"),
         (["gldv2"], "needs `landmarks`, a CSV with columns landmark_id,country"),  # France by default
         (["gldv2", "--all-countries", "--train-fraction", "1.5"], r"train_fraction must be in (0, 1]"),
         (["folder", "--locations", "elsewhere.csv"], "elsewhere.csv: file not found"),
