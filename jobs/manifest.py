@@ -2,6 +2,7 @@
 
     python jobs/manifest.py holicity --root DIR|s3://... --output manifest.parquet [--splits DIR]
                                      [--split-scheme middlesplit]
+    python jobs/manifest.py vpr --root DIR|s3://... --output manifest.parquet [--subset test] [--queries queries]
     python jobs/manifest.py gldv2 --root DIR --output manifest.parquet [--landmarks CSV] [--country France]
                                   [--all-countries] [--train-fraction 0.25] [--seed 0] [--no-check-files]
     python jobs/manifest.py folder --root DIR --output manifest.parquet [--locations locations.csv] [--no-check-files]
@@ -22,8 +23,9 @@ from vprlib.data.folder import folder_manifest
 from vprlib.data.gldv2 import gldv2_manifest
 from vprlib.data.holicity import SPLIT_FOLDERS, holicity_manifest
 from vprlib.data.manifest import SPLITS, ManifestError, url_to_fs, write_manifest
+from vprlib.data.vpr import SUBSETS, vpr_manifest
 
-DATASETS = {"holicity": holicity_manifest, "gldv2": gldv2_manifest, "folder": folder_manifest}
+DATASETS = {"holicity": holicity_manifest, "gldv2": gldv2_manifest, "folder": folder_manifest, "vpr": vpr_manifest}
 
 
 def _defaults(function) -> dict:
@@ -41,7 +43,7 @@ def build_parser() -> OneLineParser:
         sub.add_argument("--root", required=True, help="the dataset's folder or s3:// prefix")
         sub.add_argument("--output", required=True, help="manifest to write (.parquet, local or s3://)")
         subparsers[name] = sub
-    holicity, gldv2, folder = (subparsers[n] for n in DATASETS)
+    holicity, gldv2, folder, vpr = (subparsers[n] for n in DATASETS)
 
     defaults = _defaults(holicity_manifest)
     holicity.add_argument("--splits", default=defaults["splits"],
@@ -50,6 +52,12 @@ def build_parser() -> OneLineParser:
     holicity.add_argument("--split-scheme", default=defaults["split_scheme"],
                           help="split lists read: {train,valid,test}-SCHEME.txt, e.g. randomsplit "
                           "(default %(default)s)")
+
+    defaults = _defaults(vpr_manifest)
+    vpr.add_argument("--subset", default=defaults["subset"], choices=SUBSETS,
+                     help="keep only this subset's database and queries (default: every subset found)")
+    vpr.add_argument("--queries", default=defaults["queries"],
+                     help="keep only this query folder, e.g. queries_night (default: every queries* folder)")
 
     defaults = _defaults(gldv2_manifest)
     gldv2.add_argument("--landmarks", default=defaults["landmarks"],
