@@ -1,7 +1,8 @@
 """Turn a dataset on disk (local folder or s3://) into a manifest Parquet file that jobs/extract.py --input accepts.
 
-    python jobs/manifest.py holicity --root DIR|s3://... --output manifest.parquet [--split-version v1]
+    python jobs/manifest.py holicity --root DIR|s3://... --output manifest.parquet [--splits DIR]
                                      [--split-scheme middlesplit]
+    python jobs/manifest.py vpr --root DIR|s3://... --output manifest.parquet [--subset test] [--queries queries]
     python jobs/manifest.py gldv2 --root DIR --output manifest.parquet --protocol retrieval [--usage Public Private]
                                   [--no-check-files]
     python jobs/manifest.py gldv2 --root DIR --output manifest.parquet --protocol paper --country-list FR.json
@@ -24,8 +25,9 @@ import pyarrow.compute as pc
 from vprlib.cli import OneLineParser
 from vprlib.data.folder import folder_manifest
 from vprlib.data.gldv2 import USAGES, gldv2_paper_manifest, gldv2_retrieval_manifest, paper_counts
-from vprlib.data.holicity import holicity_manifest
+from vprlib.data.holicity import SPLIT_FOLDERS, holicity_manifest
 from vprlib.data.manifest import SPLITS, ManifestError, url_to_fs, write_manifest
+from vprlib.data.vpr import SUBSETS, vpr_manifest
 
 GLDV2_PROTOCOLS = {"retrieval": gldv2_retrieval_manifest, "paper": gldv2_paper_manifest}
 
@@ -47,7 +49,7 @@ def gldv2_manifest(root: str, protocol: str, check_files: bool, **options):
     return function(root, check_files=check_files, **given)
 
 
-DATASETS = {"holicity": holicity_manifest, "gldv2": gldv2_manifest, "folder": folder_manifest}
+DATASETS = {"holicity": holicity_manifest, "gldv2": gldv2_manifest, "folder": folder_manifest, "vpr": vpr_manifest}
 
 
 def _defaults(function) -> dict:
@@ -65,13 +67,21 @@ def build_parser() -> OneLineParser:
         sub.add_argument("--root", required=True, help="the dataset's folder or s3:// prefix")
         sub.add_argument("--output", required=True, help="manifest to write (.parquet, local or s3://)")
         subparsers[name] = sub
-    holicity, gldv2, folder = (subparsers[n] for n in DATASETS)
+    holicity, gldv2, folder, vpr = (subparsers[n] for n in DATASETS)
 
     defaults = _defaults(holicity_manifest)
-    holicity.add_argument("--split-version", default=defaults["split_version"],
-                          help="folder of the split lists, split/VERSION/ (default %(default)s)")
+    holicity.add_argument("--splits", default=defaults["splits"],
+                          help="folder of the split lists (relative to --root or absolute; default: the first of "
+                          f"{', '.join(f + '/' for f in SPLIT_FOLDERS)} that holds them)")
     holicity.add_argument("--split-scheme", default=defaults["split_scheme"],
-                          help="split lists read: {train,valid,test}-SCHEME.txt (default %(default)s)")
+                          help="split lists read: {train,valid,test}-SCHEME.txt, e.g. randomsplit "
+                          "(default %(default)s)")
+
+    defaults = _defaults(vpr_manifest)
+    vpr.add_argument("--subset", default=defaults["subset"], choices=SUBSETS,
+                     help="keep only this subset's database and queries (default: every subset found)")
+    vpr.add_argument("--queries", default=defaults["queries"],
+                     help="keep only this query folder, e.g. queries_night (default: every queries* folder)")
 
     retrieval, paper = _defaults(gldv2_retrieval_manifest), _defaults(gldv2_paper_manifest)
     gldv2.add_argument("--protocol", required=True, choices=list(GLDV2_PROTOCOLS),

@@ -39,22 +39,29 @@ VIEWS = [
     ("2019-05", "yyyyyyyyyyyyyyyyyyyy_B", "LD", (-1200.0, 300.0, 2.0)),
 ]
 YAWS, PITCH = (0, 90), 10
+SPLIT_DIR = "split-all-v1-bugfix"  # where the release's split zip unpacks
 
 
-def _holicity(root: Path, folder: str = "") -> Path:
+def _holicity(root: Path, folder: str = "", split_dir: str = SPLIT_DIR) -> Path:
+    """A tiny HoliCity as released: month folders (under `folder`), the split lists in `split_dir`."""
+    images = []
     for n, (month, pano, detail, loc) in enumerate(VIEWS):
         for yaw in YAWS:
-            stem = root / folder / month / f"{pano}_{detail}_{yaw:03d}_{PITCH:02d}"
+            images.append(f"{month}/{pano}_{detail}_{yaw:03d}_{PITCH:02d}")
+            stem = root / folder / images[-1]
             _jpeg(Path(f"{stem}_imag.jpg"), seed=n)
             np.savez(f"{stem}_camr.npz", loc=np.array(loc), yaw=np.int64(yaw), pitch=np.int64(PITCH), fov=np.int64(90))
             if month != "2019-05" or detail != "LD":  # like the test split, one viewpoint has no ground truth
                 np.savez(f"{stem}_dpth.npz", depth=np.full((8, 8, 1), 5.0, np.float32))
-                Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) % 5).save(f"{stem}_sgmt.png")
-    split = root / "split" / "v1"
+                Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8) % 6).save(f"{stem}_sgmt.png")
+    split = root / split_dir
     split.mkdir(parents=True)
+    (split / "filelist.txt").write_text("".join(f"{i}\n" for i in images))
     (split / "train-middlesplit.txt").write_text(f"2008-07/{VIEWS[0][1]}_HD\n2008-07/{VIEWS[1][1]}_LD\n")
     (split / "valid-middlesplit.txt").write_text(f"2019-05/{VIEWS[2][1]}_HD\n")
     (split / "test-middlesplit.txt").write_text("\n")  # the last viewpoint is in no list
+    (split / "train-randomsplit.txt").write_text(f"2008-07/{VIEWS[0][1]}_HD\n2019-05/{VIEWS[2][1]}_HD\n")
+    (split / "test-randomsplit.txt").write_text(f"2008-07/{VIEWS[1][1]}_LD\n2019-05/{VIEWS[3][1]}_LD\n")
     return root
 
 
@@ -100,8 +107,8 @@ def test_holicity_nested_image_folder(tmp_path):
 
 def test_holicity_errors_name_the_file(tmp_path):
     root = _holicity(tmp_path)
-    with pytest.raises(ManifestError, match="no split lists"):
-        holicity_manifest(str(root), split_version="v9")
+    with pytest.raises(ManifestError, match="elsewhere: no HoliCity split lists"):
+        holicity_manifest(str(root), splits="elsewhere")
     bad = next(root.glob("2019-05/*_HD_090_10_camr.npz"))
     np.savez(bad, position=np.zeros(3))
     with pytest.raises(ManifestError, match=f"{bad.name}: not a HoliCity camera file"):
@@ -115,7 +122,7 @@ def test_holicity_errors_name_the_file(tmp_path):
 
 def test_holicity_split_conflict(tmp_path):
     root = _holicity(tmp_path)
-    (root / "split/v1/test-middlesplit.txt").write_text(f"2008-07/{VIEWS[0][1]}_HD\n")
+    (root / SPLIT_DIR / "test-middlesplit.txt").write_text(f"2008-07/{VIEWS[0][1]}_HD\n")
     with pytest.raises(ManifestError, match=r"test-middlesplit.txt: .* also in the 'train' split"):
         holicity_manifest(str(root))
 

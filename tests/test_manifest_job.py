@@ -106,7 +106,7 @@ def test_missing_root(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["holicity", "--split-version", "v9"], "no split lists"),
+        (["holicity", "--splits", "elsewhere"], "elsewhere: no HoliCity split lists"),
         (["gldv2", "--protocol", "paper"], "--protocol paper needs --country-list"),
         (["gldv2", "--protocol", "paper", "--country-list", "FR.json", "--fraction", "1.5"],
          "fraction must be in (0, 1], got 1.5"),

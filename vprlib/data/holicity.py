@@ -1,36 +1,56 @@
 """HoliCity (Zhou et al., "HoliCity: A City-Scale Data Platform for Learning Holistic 3D Structures", 2020) as a
-manifest: the paper's first dataset (IV-A), London street views with CAD-rendered depth and segmentation.
+manifest, and its ground truth as refiner targets: the paper's first dataset (IV-A), London street views with
+CAD-rendered depth and segmentation.
 
-Published layout (local folder or s3:// prefix), one viewpoint = one panorama seen as several perspective images:
+Released layout (local folder or s3:// prefix), one viewpoint = one panorama seen as several perspective images:
 
     {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_imag.jpg   RGB, 512x512, 90 degree field of view
-    {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_dpth.npz   "depth" (H, W, 1) float32 metres (gt_depth_uri)
-    {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_sgmt.png   labels 0 sky, 1 building, 2 road, 3 terrain, 4 tree (gt_seg_uri)
-    {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_camr.npz   camera: "loc" (x, y, z) metres in the CAD model frame,
-                                                        "yaw" (degrees clockwise from the frame's north), "pitch"
-    split/{version}/{train,valid,test}-middlesplit.txt  one viewpoint per line: "{YYYY-MM}/{panoid}_{HD|LD}"
+    {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_dpth.npz   "depth" (512, 512, 1) float32 metres, 0 where there is no
+                                                        geometry (sky) (gt_depth_uri)
+    {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_sgmt.png   uint8 labels, HOLICITY_CLASSES (gt_seg_uri)
+    {YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}_camr.npz   camera: "loc" (x, y in metres in the CAD model frame; z the
+                                                        camera's height above the terrain), "yaw" (degrees clockwise
+                                                        from the frame's north), "pitch"
+    split-all-v1-bugfix/{train,valid,test}-middlesplit.txt, {train,test}-randomsplit.txt, filelist.txt
+                                                        split lists, one viewpoint a line: "{YYYY-MM}/{panoid}_{HD|LD}"
 
-The month folders may sit directly under the root or one level down (e.g. `image/2008-07/...` as the official
-archives unpack); siblings are matched by month folder and file stem wherever they are under the root. The test
-split's depth maps are withheld by the authors, so missing `_dpth`/`_sgmt` files give null ground-truth columns;
-a missing `_camr.npz` is an error, since it holds the position.
+The month folders may sit anywhere under the root (e.g. `image-v1/2008-07/...`, and each kind of file in its own
+tree, as the separate archives unpack); siblings are matched by month folder and file stem. The split lists are
+looked for where the release puts them and where people often unzip them (SPLIT_FOLDERS), or in a folder named by
+`splits`. The test split's depth maps are withheld by the authors, so missing `_dpth`/`_sgmt` files give null
+ground-truth columns (and `holicity_ground_truth` refuses them); a missing `_camr.npz` is an error, since it holds
+the position.
 
 Positions: the CAD frame (x east, y north, metres, grid-aligned with the British National Grid) is turned into
 WGS84 with the georeference HoliCity publishes (`gps_london.py` in github.com/zhou13/holicity): latitude/longitude
 measured at the corners of a 1 km grid, interpolated bilinearly. Its origin, model (0, 0), is at 51.51256733 N,
 0.09916756 W (City of London). Outside the published 8 x 6 km grid the nearest cell is extrapolated linearly.
 Heading is yaw corrected from the frame's north to true north (about 1.4 degrees in London).
+
+Ground truth: `holicity_ground_truth` turns a view's `_dpth.npz` and `_sgmt.png` into the maps of the
+"ground-truth" strategy (vprlib.spec): depth in inverse metres (0 = no geometry), labels in `refined4` with road
+merged into terrain and "others" (whatever the CAD model holds beyond the five named classes) set to
+IGNORE_LABEL, which the refiner loss and the segmentation metrics skip.
 """
 
 from __future__ import annotations
 
 import io
 import re
+import zipfile
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
-from vprlib.data.manifest import ManifestError, is_remote, url_to_fs, validate
+from vprlib.data.manifest import ManifestError, is_remote, join_uri, url_to_fs, validate
+from vprlib.spec import IGNORE_LABEL, to_inverse_metres
+
+# The released segmentation's labels, and each one's refined4 id (REFINED_CLASSES); the synthetic city's static
+# segmentation uses the first five, so the same table serves it.
+HOLICITY_CLASSES = ("sky", "building", "road", "terrain", "tree", "others")
+HOLICITY_TO_REFINED = (0, 1, 2, 2, 3, IGNORE_LABEL)  # road merged into terrain (paper III-A); others ignored
+HOLICITY_SIDE = 512  # the released maps are HOLICITY_SIDE x HOLICITY_SIDE
 
 # (lat, lon) of model point (1000 * (i - 4), 1000 * (j - 3)) metres at [i, j]; from HoliCity's gps_london.py
 _GEOREFERENCE = np.array([
@@ -55,6 +75,9 @@ _GRID_ORIGIN = (4, 3)  # grid index of model (0, 0)
 _GRID_STEP_M = 1000.0
 
 SPLIT_NAMES = {"train": "train", "valid": "val", "test": "test"}  # HoliCity file name -> manifest split
+# Where the split lists are looked for under the root, in this order: as the release's zip unpacks, the same inside
+# `split/` (the download's folder), loose in `split/`.
+SPLIT_FOLDERS = ("split-all-v1-bugfix", "split/split-all-v1-bugfix", "split")
 _FILE = re.compile(
     r"(?P<key>(?P<month>\d{4}-\d{2})/(?P<panoid>[^/]+)_(?P<detail>HD|LD)_(?P<yaw>-?\d+)_(?P<pitch>-?\d+))"
     r"_(?P<kind>imag|dpth|sgmt|camr)\.(?:jpg|npz|png)$"
@@ -81,12 +104,94 @@ def grid_north_bearing(x, y) -> np.ndarray:
     return np.degrees(np.arctan2((lon1 - lon0) * np.cos(np.radians(lat0)), lat1 - lat0))
 
 
-def holicity_manifest(root: str, split_version: str = "v1", split_scheme: str = "middlesplit") -> pa.Table:
+def holicity_to_refined(labels) -> np.ndarray:
+    """HoliCity labels (any integer array) -> refined4 ids, uint8 of the same shape; "others" and any label outside
+    HOLICITY_CLASSES become IGNORE_LABEL, so an unexpected value is skipped rather than learned."""
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"HoliCity labels must be integers, got {labels.dtype}")
+    refined = np.full(labels.shape, IGNORE_LABEL, np.uint8)
+    known = (labels >= 0) & (labels < len(HOLICITY_TO_REFINED))
+    refined[known] = np.asarray(HOLICITY_TO_REFINED, np.uint8)[labels[known]]
+    return refined
+
+
+def holicity_ground_truth(depth_uri: str | None, seg_uri: str | None,
+                          side: int = HOLICITY_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """A view's refiner targets from its `_dpth.npz` and `_sgmt.png` (a manifest row's gt_depth_uri, gt_seg_uri;
+    local or s3://): depth float32 (side, side) in inverse metres (0 where there is no geometry) and labels uint8
+    (side, side) in refined4 with IGNORE_LABEL for "others". Resized by nearest neighbour, so no valid depth is
+    blended with an invalid 0 and no label with another.
+    """
+    depth = _read_depth(depth_uri)
+    labels = _read_labels(seg_uri)
+    if depth.shape != labels.shape:
+        raise ValueError(f"{depth_uri}: depth is {depth.shape[1]}x{depth.shape[0]} but {seg_uri} is "
+                         f"{labels.shape[1]}x{labels.shape[0]}")
+    return resize_nearest(to_inverse_metres(depth), side), resize_nearest(holicity_to_refined(labels), side)
+
+
+def resize_nearest(array: np.ndarray, side: int) -> np.ndarray:
+    """A 2-D map resized to side x side by nearest neighbour (each output pixel takes the input pixel under its
+    centre), the only resize that keeps depth validity and labels exact."""
+    if side < 1:
+        raise ValueError(f"side must be >= 1, got {side}")
+    height, width = array.shape
+    if (height, width) == (side, side):
+        return array
+    rows = ((np.arange(side) + 0.5) * height / side).astype(np.int64)
+    cols = ((np.arange(side) + 0.5) * width / side).astype(np.int64)
+    return array[np.ix_(rows, cols)]
+
+
+def _read_depth(uri: str | None) -> np.ndarray:
+    """The metres of a `_dpth.npz` as an (H, W) array; a clear error for a view without one (the test split)."""
+    if not uri:
+        raise ValueError("no depth map for this view (gt_depth_uri is empty; HoliCity withholds the test split's "
+                         "depth maps)")
+    blob = _read_bytes(uri, "HoliCity depth map not found (the authors withhold the test split's)")
+    try:
+        with np.load(io.BytesIO(blob)) as npz:
+            depth = npz["depth"]
+    except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{uri}: not a HoliCity depth map (an npz with 'depth'): {exc}") from None
+    if depth.ndim == 3 and depth.shape[2] == 1:
+        depth = depth[..., 0]
+    if depth.ndim != 2:
+        raise ValueError(f"{uri}: depth must be (H, W, 1) or (H, W), got {depth.shape}")
+    return depth
+
+
+def _read_labels(uri: str | None) -> np.ndarray:
+    """The labels of a `_sgmt.png` as an (H, W) integer array."""
+    if not uri:
+        raise ValueError("no segmentation for this view (gt_seg_uri is empty)")
+    blob = _read_bytes(uri, "HoliCity segmentation not found")
+    try:
+        labels = np.asarray(Image.open(io.BytesIO(blob)))
+    except OSError as exc:
+        raise ValueError(f"{uri}: not an image: {exc}") from None
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{uri}: expected one integer label per pixel, got {labels.dtype} {labels.shape}")
+    return labels
+
+
+def _read_bytes(uri: str, missing: str) -> bytes:
+    """The bytes of a file (local or s3://); FileNotFoundError "{uri}: {missing}" when it is not there."""
+    fs, path = url_to_fs(uri)
+    try:
+        return fs.cat_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri}: {missing}") from None
+
+
+def holicity_manifest(root: str, splits: str | None = None, split_scheme: str = "middlesplit") -> pa.Table:
     """Manifest of every HoliCity perspective image under `root` (local or s3://), validated.
 
     Columns: image_id (`{YYYY-MM}/{panoid}_{HD|LD}_{yaw}_{pitch}`), uri, lat, lon, heading, pitch, yaw, east_m,
-    north_m, height_m (CAD frame), place_id (panorama id), detail (HD/LD), split (train/val/test from
-    `split/{split_version}/{name}-{split_scheme}.txt`, null for an image in no list), gt_depth_uri, gt_seg_uri.
+    north_m (CAD frame), height_m (camera above the terrain), place_id (panorama id), detail (HD/LD), split
+    (train/val/test from `{name}-{split_scheme}.txt`, null for an image in no list), gt_depth_uri, gt_seg_uri.
+    splits: the folder of the split lists (relative to `root`, or absolute); None looks in SPLIT_FOLDERS.
     """
     fs, base = url_to_fs(root)
     files = _index_files(fs.find(base))
@@ -95,12 +200,13 @@ def holicity_manifest(root: str, split_version: str = "v1", split_scheme: str = 
         raise ManifestError(f"{root}: no HoliCity images ({{YYYY-MM}}/{{panoid}}_{{HD|LD}}_{{yaw}}_{{pitch}}_imag.jpg)")
     missing = [files[k]["imag"] for k in keys if "camr" not in files[k]]
     if missing:
-        raise ManifestError(f"{_uri(root, missing[0])}: no camera file (_camr.npz) beside it ({len(missing)} in all)")
+        raise ManifestError(f"{_uri(root, missing[0])}: no camera file (its _camr.npz) under the root "
+                            f"({len(missing)} in all)")
     cameras = _read_cameras(fs, root, [files[k]["camr"] for k in keys])
     loc = np.array([c["loc"] for c in cameras])
     lat, lon = holicity_to_wgs84(loc[:, 0], loc[:, 1])
     yaw = np.array([c["yaw"] for c in cameras])
-    splits = _read_splits(fs, root, f"{base.rstrip('/')}/split/{split_version}", split_scheme)
+    split_of = _read_splits(root, splits, split_scheme)
     parsed = [_FILE.search(files[k]["imag"]) for k in keys]
     table = pa.table({
         "image_id": keys,
@@ -111,7 +217,7 @@ def holicity_manifest(root: str, split_version: str = "v1", split_scheme: str = 
         "east_m": loc[:, 0], "north_m": loc[:, 1], "height_m": loc[:, 2],
         "place_id": [m["panoid"] for m in parsed],
         "detail": [m["detail"] for m in parsed],
-        "split": pa.array([_split_of(m, splits) for m in parsed], pa.string()),
+        "split": pa.array([_split_of(m, split_of) for m in parsed], pa.string()),
         "gt_depth_uri": pa.array([_uri(root, files[k].get("dpth")) for k in keys], pa.string()),
         "gt_seg_uri": pa.array([_uri(root, files[k].get("sgmt")) for k in keys], pa.string()),
     })  # fmt: skip
@@ -144,22 +250,32 @@ def _read_cameras(fs, root: str, paths: list[str]) -> list[dict[str, np.ndarray]
     return cameras
 
 
-def _read_splits(fs, root: str, split_dir: str, scheme: str) -> dict[str, str]:
-    """{viewpoint or image key: manifest split} from the split lists; at least one list must exist."""
+def _read_splits(root: str, splits: str | None, scheme: str) -> dict[str, str]:
+    """{viewpoint or image key: manifest split} from the lists of the first folder (`splits`, else SPLIT_FOLDERS)
+    that holds any `{train,valid,test}-{scheme}.txt`; a folder of none of them is an error naming where it looked."""
+    folders = [splits] if splits is not None else list(SPLIT_FOLDERS)
+    for folder in folders:
+        uri = join_uri(root, folder)
+        fs, path = url_to_fs(uri)
+        lists = {f"{uri}/{name}-{scheme}.txt": split for name, split in SPLIT_NAMES.items()
+                 if fs.exists(f"{path}/{name}-{scheme}.txt")}
+        if lists:
+            return _read_lists(fs, lists)
+    names = ", ".join(f"{n}-{scheme}.txt" for n in SPLIT_NAMES)
+    if splits is not None:
+        raise ManifestError(f"{join_uri(root, splits)}: no HoliCity split lists ({names})")
+    raise ManifestError(f"{root}: no HoliCity split lists ({names}) in {', '.join(f + '/' for f in SPLIT_FOLDERS)}; "
+                        "name their folder with `splits` (--splits)")
+
+
+def _read_lists(fs, lists: dict[str, str]) -> dict[str, str]:
+    """{key: split} of the list files {uri: split}; a key in two lists is an error naming the second."""
     splits: dict[str, str] = {}
-    found = []
-    for name, split in SPLIT_NAMES.items():
-        path = f"{split_dir}/{name}-{scheme}.txt"
-        if not fs.exists(path):
-            continue
-        found.append(path)
-        for line in fs.cat_file(path).decode().splitlines():
+    for uri, split in lists.items():
+        for line in fs.cat_file(url_to_fs(uri)[1]).decode().splitlines():
             key = line.strip()
             if key and splits.setdefault(key, split) != split:
-                raise ManifestError(f"{_uri(root, path)}: {key!r} is also in the {splits[key]!r} split")
-    if not found:
-        names = ", ".join(f"{n}-{scheme}.txt" for n in SPLIT_NAMES)
-        raise ManifestError(f"{_uri(root, split_dir)}: no split lists ({names})")
+                raise ManifestError(f"{uri}: {key!r} is also in the {splits[key]!r} split")
     return splits
 
 
