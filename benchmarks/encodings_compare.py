@@ -28,7 +28,7 @@ from vprlib.models.cosplace import CosPlace, CosPlaceConfig, LargeMarginCosineLo
 from vprlib.models.dpt import normalize_depth
 from vprlib.models.encodings import EncodingConfig
 
-HOLICITY_CLASSES = len(synthcity.HOLICITY_CLASSES)
+HOLICITY_CLASSES = len(synthcity.STATIC_CLASSES)
 ENCODINGS = ("label", "onehot", "embedding")
 NS = (1, 5, 10)
 

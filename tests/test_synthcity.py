@@ -14,6 +14,7 @@ import pytest
 
 from vprlib.data import synthcity as sc
 from vprlib.data.manifest import read_manifest
+from vprlib.maps import decode_depth, decode_seg, read_maps, read_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = sc.CityConfig(places=12, side=32, train_visits=1, workers=1)
@@ -41,8 +42,29 @@ def _file_hashes(root: str) -> dict[str, str]:
 def test_same_config_gives_identical_bytes(cities):
     _, first, second = cities
     hashes = _file_hashes(first)
-    assert len(hashes) == 2 * SMALL.headings * 18 + 2  # rgb + gt per capture, manifest.parquet, summary.json
-    assert hashes == _file_hashes(second)
+    # rgb + gt per capture of 18 visits, manifest.parquet, summary.json, the ground-truth maps' parts and spec
+    assert len(hashes) == 2 * SMALL.headings * 18 + 2 + math.ceil(18 / sc.VISITS_PER_PART) + 1
+    assert hashes == _file_hashes(second) | {k: v for k, v in hashes.items() if k.startswith(sc.GT_MAPS + "/part-")}
+    # the ground-truth maps differ only in where the photos are (absolute uris)
+    assert read_maps(os.path.join(first, sc.GT_MAPS)).drop_columns(["uri"]).equals(
+        read_maps(os.path.join(second, sc.GT_MAPS)).drop_columns(["uri"]))
+
+
+def test_ground_truth_maps_table_holds_the_exact_static_maps(cities):
+    table, first, _ = cities
+    spec = read_spec(os.path.join(first, sc.GT_MAPS))
+    assert (spec["strategy"], spec["seg_classes"], spec["depth"], spec["side"]) == (
+        "ground-truth", "refined4", "inverse-metres", SMALL.side)
+    maps = read_maps(os.path.join(first, sc.GT_MAPS))
+    assert sorted(maps["image_id"].to_pylist()) == sorted(table["image_id"].to_pylist())
+    assert set(maps["status"].to_pylist()) == {"ok"} and set(maps["strategy"].to_pylist()) == {"ground-truth"}
+    for row in maps.to_pylist()[::17]:
+        with np.load(os.path.join(first, row["gt_uri"])) as gt:
+            metres, labels = gt["depth"], gt["seg"]
+        depth = decode_depth(row)
+        assert np.allclose(depth[metres > 0], 1.0 / metres[metres > 0]) and (depth[metres == 0] == 0).all()
+        assert (decode_seg(row) == np.array([0, 1, 2, 2, 3])[labels]).all()  # road merged into terrain
+        assert row["uri"] == os.path.join(first, "rgb", f"{row['image_id']}.png")
 
 
 def test_static_maps_ignore_dynamic_objects():

@@ -213,11 +213,13 @@ def attach_manifest(batch: pa.Table, manifest) -> pa.Table:
     return carried
 
 
-def write_part(batch: pa.Table, output: str, schema: pa.Schema, manifest=None) -> pa.Table:
-    """Write one part file atomically; return its (image_id, status). With `manifest`, the batch's `_row` column
-    picks that table's rows to carry (`attach_manifest`)."""
+def write_part(batch: pa.Table, output: str, schema: pa.Schema, manifest=None, name: str | None = None) -> pa.Table:
+    """Write one part file atomically (under `name`, a part name, or a new one); return its (image_id, status).
+    With `manifest`, the batch's `_row` column picks that table's rows to carry (`attach_manifest`)."""
     table = conform(batch if manifest is None else attach_manifest(batch, manifest), schema)
-    _write_atomic(table, output, part_name())
+    if name is not None and not is_part_name(name):
+        raise ValueError(f"{name!r} is not a part file name (part-<32 hex>.parquet)")
+    _write_atomic(table, output, name or part_name())
     return table.select(["image_id", "status"])
 
 

@@ -17,6 +17,8 @@ already drawn there is nearer than its nearest point.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -29,7 +31,10 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from vprlib.data.manifest import write_manifest
+from vprlib.data.holicity import HOLICITY_CLASSES, holicity_to_refined
+from vprlib.data.manifest import join_uri, write_manifest
+from vprlib.maps import carry_columns, encode_batch, output_schema, write_part, write_spec
+from vprlib.spec import MapSpec, to_inverse_metres
 
 # name -> (HoliCity class, ADE20K 0-based id); HoliCity -1 marks a dynamic object, absent from the static maps.
 LABELS = {
@@ -50,7 +55,7 @@ LABEL_NAMES = tuple(LABELS)
 LABEL = {name: i for i, name in enumerate(LABEL_NAMES)}
 HOLICITY_OF_LABEL = np.array([v[0] for v in LABELS.values()], np.int16)
 ADE_OF_LABEL = np.array([v[1] for v in LABELS.values()], np.uint8)
-HOLICITY_CLASSES = ("sky", "building", "road", "terrain", "tree")
+STATIC_CLASSES = HOLICITY_CLASSES[:5]  # the static ground truth's labels: HoliCity's, with no "others"
 ADE_NAMES = {2: "sky", 1: "building", 6: "road", 11: "sidewalk", 9: "grass", 4: "tree", 12: "person", 20: "car",
              80: "bus", 83: "truck", 127: "bicycle"}
 
@@ -746,6 +751,8 @@ def _captures(city: City, visit: Visit):
 
 
 _WORKER_CITY: City | None = None
+GT_MAPS = "gt_maps"  # the folder of the city's ground-truth maps table
+VISITS_PER_PART = 16  # visits per worker task, and per part file of the ground-truth maps (128 rows at 8 headings)
 
 
 def _init_worker(config: CityConfig) -> None:
@@ -753,19 +760,48 @@ def _init_worker(config: CityConfig) -> None:
     _WORKER_CITY = build_city(config)
 
 
-def _write_visit(visit: Visit, output: str, city: City | None = None) -> tuple[list[dict], np.ndarray]:
-    """Render and write a visit's captures; their manifest rows and pixel counts (5 HoliCity static classes, then
-    256 observed ADE20K ids)."""
+def gt_spec(config: CityConfig) -> MapSpec:
+    """The map specification of the city's ground-truth maps: exact static maps, no model involved."""
+    return MapSpec(strategy="ground-truth", models="synthcity", side=config.side)
+
+
+def _write_visits(part: int, visits: list[Visit], output: str,
+                  city: City | None = None) -> tuple[list[dict], np.ndarray]:
+    """Render and write the captures of some visits (RGB, ground-truth npz, one part of the ground-truth maps);
+    return their manifest rows and pixel counts (5 HoliCity static classes, then 256 observed ADE20K ids)."""
     city = city or _WORKER_CITY
-    rows, counts = [], np.zeros(5 + 256, np.int64)
-    for image_id, heading, maps in _captures(city, visit):
-        Image.fromarray(maps.pop("rgb")).save(os.path.join(output, "rgb", f"{image_id}.png"), compress_level=1)
-        write_npz(os.path.join(output, "gt", f"{image_id}.npz"), maps)
-        counts += np.concatenate([np.bincount(maps["seg"].ravel(), minlength=5), np.bincount(maps["obs_seg"].ravel(),
-                                                                                              minlength=256)])
-        rows.append({"image_id": image_id, "heading": heading, "visit": visit,
-                     "dynamic_fraction": float(maps["dynamic"].mean())})
+    rows, counts, depth, seg = [], np.zeros(5 + 256, np.int64), [], []
+    for visit in visits:
+        for image_id, heading, maps in _captures(city, visit):
+            Image.fromarray(maps.pop("rgb")).save(os.path.join(output, "rgb", f"{image_id}.png"), compress_level=1)
+            write_npz(os.path.join(output, "gt", f"{image_id}.npz"), maps)
+            counts += np.concatenate([np.bincount(maps["seg"].ravel(), minlength=5),
+                                      np.bincount(maps["obs_seg"].ravel(), minlength=256)])
+            rows.append({"image_id": image_id, "heading": heading, "visit": visit,
+                         "dynamic_fraction": float(maps["dynamic"].mean())})
+            depth.append(to_inverse_metres(maps["depth"]))
+            seg.append(holicity_to_refined(maps["seg"]))
+    _write_gt_part(city, rows, np.stack(depth), np.stack(seg), output, part)
     return rows, counts
+
+
+def _write_gt_part(city: City, rows: list[dict], depth: np.ndarray, seg: np.ndarray, output: str, part: int) -> None:
+    """One part file of the ground-truth maps table: the rows' manifest columns and their exact static maps, under a
+    name fixed by the config and the part's number (same config, same files)."""
+    spec = gt_spec(city.config)
+    manifest = _manifest(city, rows)
+    manifest = manifest.set_column(manifest.column_names.index("uri"), "uri",
+                                   pa.array([join_uri(output, u) for u in manifest["uri"].to_pylist()], pa.string()))
+    n = len(rows)
+    batch = {"status": np.full(n, "ok", dtype=object), "error": np.full(n, "", dtype=object), "depth": depth,
+             "seg": seg, "dynamic_fraction": np.array([r["dynamic_fraction"] for r in rows], np.float32)}
+    table = carry_columns(manifest)
+    for name, values in encode_batch(batch, spec, "{}").items():
+        table = table.append_column(name, pa.array(values))
+    fixed = {k: v for k, v in dataclasses.asdict(city.config).items() if k != "workers"}  # not what is drawn
+    name = hashlib.sha256(f"{json.dumps(fixed, sort_keys=True)}:{part}".encode())
+    write_part(table, os.path.join(output, GT_MAPS), output_schema(carry_columns(_manifest(city, [])).schema, spec),
+               name=f"part-{name.hexdigest()[:32]}.parquet")
 
 
 def _manifest(city: City, rows: list[dict]) -> pa.Table:
@@ -800,20 +836,22 @@ def resolve_workers(config: CityConfig) -> int:
 def generate_city(config: CityConfig, output: str) -> pa.Table:
     """Render every capture of the city into `output` (rgb/, gt/, manifest.parquet, summary.json) and return the
     manifest. Outputs depend only on the config (not on `workers`): same config, same bytes."""
-    os.makedirs(os.path.join(output, "rgb"), exist_ok=True)
-    os.makedirs(os.path.join(output, "gt"), exist_ok=True)
+    for folder in ("rgb", "gt", GT_MAPS):
+        os.makedirs(os.path.join(output, folder), exist_ok=True)
     city = build_city(config)
     visits = plan_visits(city)
-    workers = min(resolve_workers(config), len(visits))
+    parts = [visits[i : i + VISITS_PER_PART] for i in range(0, len(visits), VISITS_PER_PART)]
+    workers = min(resolve_workers(config), len(parts))
     if workers == 1:
-        results = [_write_visit(v, output, city) for v in visits]
+        results = [_write_visits(i, part, output, city) for i, part in enumerate(parts)]
     else:
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
-            results = list(pool.map(_write_visit, visits, [output] * len(visits), chunksize=4))
+            results = list(pool.map(_write_visits, range(len(parts)), parts, [output] * len(parts)))
     rows = [row for visit_rows, _ in results for row in visit_rows]
     counts = sum(c for _, c in results)
     table = _manifest(city, rows)
     write_manifest(table, os.path.join(output, "manifest.parquet"))
+    write_spec(os.path.join(output, GT_MAPS), gt_spec(config).record({}))
     with open(os.path.join(output, "summary.json"), "w") as f:
         json.dump(summarize(table, counts), f, indent=1, sort_keys=True)
     return table
@@ -828,7 +866,7 @@ def summarize(table: pa.Table, counts: np.ndarray) -> dict:
         "captures": table.num_rows,
         "places": len(set(table["place_id"].to_pylist())),
         "splits": {s: splits.count(s) for s in SPLIT_ORDER if s in splits},
-        "static_class_shares": {n: round(float(static[i] / static.sum()), 4) for i, n in enumerate(HOLICITY_CLASSES)},
+        "static_class_shares": {n: round(float(static[i] / static.sum()), 4) for i, n in enumerate(STATIC_CLASSES)},
         "observed_class_shares": {n: round(float(observed[i] / observed.sum()), 4) for i, n in ADE_NAMES.items()},
         "dynamic_share": round(float(dynamic / observed.sum()), 4),
     }

@@ -1,0 +1,52 @@
+"""The maps table as later jobs read it: filters, the recorded spec, and the maps as a Ray Dataset."""
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
+from vprlib.maps import MapSpecError, check_spec, decode_depth, decode_seg, maps_dataset, read_maps, read_spec
+from vprlib.spec import MapSpec
+
+SIDE = 24
+
+
+@pytest.fixture(scope="module")
+def gt_maps(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("city")
+    generate_city(CityConfig(places=4, side=SIDE, train_visits=1, workers=1), str(root))
+    return str(root / GT_MAPS)
+
+
+def test_read_maps_filters_rows(gt_maps):
+    train = read_maps(gt_maps, columns=["image_id", "split"], filter=pc.field("split") == "train")
+    assert train.num_rows > 0 and set(train["split"].to_pylist()) == {"train"}
+    assert train.num_rows < read_maps(gt_maps, columns=["image_id"]).num_rows
+
+
+def test_check_spec_refuses_other_maps(gt_maps, tmp_path):
+    recorded = read_spec(gt_maps)
+    assert check_spec(gt_maps, recorded, "this test") == recorded
+    extracted = MapSpec(strategy="none", models="tiny", side=SIDE).record({"segmenter": "random:tiny:seed=0"})
+    with pytest.raises(MapSpecError, match="strategy: 'none' != 'ground-truth'.*seg_classes: 'ade20k' != 'refined4'"):
+        check_spec(gt_maps, extracted, "a retriever of unrefined maps")
+    with pytest.raises(MapSpecError, match="is not a maps table"):
+        read_spec(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_maps_dataset_yields_decoded_maps_of_a_split(gt_maps):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", address="local")
+    try:
+        rows = maps_dataset(gt_maps, split="val").take_all()
+    finally:
+        ray.shutdown()
+    expected = {r["image_id"]: r for r in read_maps(gt_maps, filter=pc.field("split") == "val").to_pylist()}
+    assert sorted(r["image_id"] for r in rows) == sorted(expected)
+    for row in rows:
+        assert row["depth"].dtype == np.float32 and row["depth"].shape == (SIDE, SIDE)
+        assert row["seg"].dtype == np.uint8 and row["seg"].shape == (SIDE, SIDE)
+        assert np.array_equal(row["depth"], decode_depth(expected[row["image_id"]]))
+        assert np.array_equal(row["seg"], decode_seg(expected[row["image_id"]]))
+        assert {"lat", "lon", "heading"} <= set(row)
