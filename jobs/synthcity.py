@@ -1,4 +1,4 @@
-"""Generate the embedded synthetic city (DESIGN.md, "The synthetic city") in the manifest layout.
+"""Generate the embedded synthetic city (docs/DESIGN.md, "Layouts") in the manifest layout.
 
     python jobs/synthcity.py --output DIR [--places N] [--side 128] [--seed 0] [--workers 0]
 

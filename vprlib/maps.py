@@ -181,6 +181,14 @@ def read_maps(path: str, columns: list[str] | None = None, filter: pc.Expression
     return _dataset(parts).to_table(columns=columns, filter=filter)
 
 
+def table_schema(path: str) -> pa.Schema:
+    """The schema of a maps table (its first part's; all parts share it)."""
+    parts = part_files(path)
+    if not parts:
+        raise FileNotFoundError(f"no maps in {path}: no part-<hex>.parquet files")
+    return _dataset(parts[:1]).schema
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """`table` with exactly `schema`'s columns and types (missing columns null), so all parts share one schema."""
     columns = []

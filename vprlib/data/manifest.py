@@ -1,4 +1,4 @@
-"""The manifest: one row per photo, the input of every job (DESIGN.md, "Data layout").
+"""The manifest: one row per photo, the input of every job (docs/DESIGN.md, "Layouts").
 
 Required columns: `image_id` (unique string), `uri` (local path, `file://...` or `s3://...`; a relative path is
 taken relative to the manifest's folder), `lat`, `lon` (WGS84 degrees). Optional: `heading` (degrees),

@@ -1,4 +1,4 @@
-"""The embedded synthetic city (DESIGN.md, "The synthetic city").
+"""The embedded synthetic city (docs/DESIGN.md, "Layouts").
 
 A procedural, seeded street grid in the spirit of HoliCity (Zhou et al., 2021, arXiv:2008.03286), the dataset whose
 CAD-model depth and segmentation the paper (Semenkov et al., IEEE Access 2024, sections III-A and IV-A) uses as

@@ -90,14 +90,11 @@ _guard_saved: int | None = None  # Image.MAX_IMAGE_PIXELS as it was before the f
 def _pil_guard_off() -> Iterator[None]:
     """Switch PIL's decompression-bomb guard off while decodes run, so that `max_pixels` alone decides.
 
-    PIL checks every image it opens (and MPO/GIF frames, TIFF tiles as they load) against the module global
-    `Image.MAX_IMAGE_PIXELS`: a fixed ~179 MP error that `--max-image-pixels` could not raise, checked on the
-    header size, so it refused a 200 MP phone JPEG whose 1/8-scale draft is all that would be decoded. `_load`
-    applies `max_pixels` instead, to the size actually decoded. The global is shared by all threads (Ray may run
-    decode tasks in threads), so it is not set per call: the first decode to start switches it off and the last to
-    finish restores it, under a lock, so no thread restores it under another still decoding and the caller's value
-    is back once none runs. (Other code opening images in the same process meanwhile runs unguarded; a decode
-    worker has none.)
+    PIL checks every image it opens against the module global `Image.MAX_IMAGE_PIXELS` (a fixed ~179 MP), on the
+    header size; `_load` applies `max_pixels` instead, to the size actually decoded (a 200 MP JPEG's 1/8 draft is
+    small). The global is shared by all threads (Ray may run decode tasks in threads), so it is not set per call: the
+    first decode to start switches it off and the last to finish restores it, under a lock. (Other code opening
+    images in the same process meanwhile runs unguarded; a decode worker has none.)
     """
     global _guard_users, _guard_saved
     with _guard_lock:
@@ -201,19 +198,10 @@ WORKER_BYTES = 256 << 20  # measured 168 MiB for Python + numpy + PIL + ray.data
 def decode_memory(max_pixels: int, batch_size: int, side: int) -> int:
     """Bytes a decode task may need at most: one image at the pixel limit, the batch's output, the worker itself.
 
-    Measured as peak extra RSS (ru_maxrss, one fresh process per case) of `load_image` on incompressible noise
-    images, whose files are as large as files get (bytes per pixel, before -> after this module's rewrite):
-      RGBA PNG, 9400x9400 (88 MP)         16.2 -> 8.0   (1363 -> 675 MiB; file 4 B/px)
-      RGBA PNG, 4700x4700                 16.7 -> 8.0   (file and RGBA while loading; RGBA and one band after)
-      16-bit gray PNG, 4700x4700          30.1 -> 6.0   (was float64 arrays; now 16- and 32-bit images)
-      palette PNG with tRNS, 4700x4700    11.1 -> 5.2
-      CMYK JPEG q95, 4700x4700, no draft  19.2 -> 8.1   (file 4 B/px; includes a 2400x2400 output)
-      RGB JPEG q95, 4700x4700, no draft   12.4 -> 7.2   (output 2400x2400: the resize intermediates are large)
-      progressive RGB JPEG at 1/8 draft    4.2 -> 4.1   per full-size pixel (hence its limit on the full size)
-    So an image within `max_pixels` needs at most ~8.1 bytes per pixel; DECODE_BYTES_PER_PIXEL = 10 leaves ~25%.
-    That includes the compressed file, freed once decoded; a JPEG decoded at draft scale can be a file larger
-    than its decoded pixels, but real photos (<= 200 MP, ~100 MB) stay within the margin and WORKER_BYTES.
-    The batch's output, `batch_size` RGB maps, is counted twice (the array, then its copy into a Ray block).
+    `load_image` peaks at about 8.1 bytes per decoded pixel on the worst files (incompressible RGBA and 16-bit PNGs,
+    CMYK JPEGs; measured per format in benchmarks/RESULTS.md, "Decode memory"), compressed file included;
+    DECODE_BYTES_PER_PIXEL = 10 leaves a quarter more. The batch's output, `batch_size` RGB maps, is counted twice
+    (the array, then its copy into a Ray block).
 
         decode_memory = 10 * max_pixels + 2 * batch_size * 3 * side**2 + 256 MiB
     """

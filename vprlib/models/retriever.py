@@ -47,9 +47,13 @@ class Retriever(nn.Module):
         """Descriptors B,D of maps: depth B,1,H,W (or B,H,W), seg as the encoding wants it."""
         return self(self.encoder(depth, seg))
 
+    def checkpoint(self, **extra) -> dict:
+        """Config and weights as plain containers, plus `extra` (plain too): what `save` writes."""
+        return {"family": self.family, "config": dataclasses.asdict(self.config), "state_dict": self.state_dict(),
+                **extra}
+
     def save(self, path: str | os.PathLike, **extra) -> None:
-        torch.save({"family": self.family, "config": dataclasses.asdict(self.config),
-                    "state_dict": self.state_dict(), **extra}, path)
+        torch.save(self.checkpoint(**extra), path)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict) -> Retriever:
