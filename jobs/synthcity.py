@@ -1,6 +1,6 @@
 """Generate the embedded synthetic city (docs/DESIGN.md, "Layouts") in the manifest layout.
 
-    python jobs/synthcity.py --output DIR [--places N] [--side 128] [--seed 0] [--workers 0]
+    python jobs/synthcity.py --output DIR [--places N] [--side 128] [--seed 0] [--dense-train 0] [--workers 0]
 
 Writes DIR/rgb/*.png, DIR/gt/*.npz, DIR/manifest.parquet, DIR/summary.json and the resolved DIR/config.json.
 """
@@ -24,10 +24,15 @@ def parse_args(argv=None) -> tuple[str, CityConfig]:
                         "1,536 captures of 8 headings)")
     parser.add_argument("--side", type=int, default=defaults.side, help="image side in pixels (default %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of everything (default %(default)s)")
+    parser.add_argument("--dense-train", type=int, default=defaults.dense_train,
+                        help="visits per train place, spread over their CosPlace class (a 10 m cell, 30 degree "
+                        "heading bins), so that CosPlace's grouping keeps classes of that many images; 0 = "
+                        f"{defaults.train_visits} visits like the other places (default %(default)s)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="processes, 0 = one per CPU")
     args = parser.parse_args(argv)
     try:
-        config = CityConfig(places=args.places, side=args.side, seed=args.seed, workers=args.workers)
+        config = CityConfig(places=args.places, side=args.side, seed=args.seed, dense_train=args.dense_train,
+                            workers=args.workers)
     except ValueError as exc:
         parser.error(str(exc))
     return args.output, dataclasses.replace(config, workers=resolve_workers(config))

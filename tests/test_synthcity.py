@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -265,3 +266,22 @@ def test_job_writes_city_config_and_summary(tmp_path):
     assert config["places"] == 4 and config["side"] == 16 and config["seed"] == 3
     assert "64 captures of 4 places" in result.stdout and "images/s" in result.stdout
     assert read_manifest(str(tmp_path / "manifest.parquet")).num_rows == 64
+
+
+def test_dense_train_split_gives_cosplace_classes_of_its_visits(tmp_path):
+    """--dense-train: every train place's visits stay in one 10 m cell and each heading in one 30 degree bin, so
+    each CosPlace class (cell x bin) holds at least as many images as there are visits; other splits are as before."""
+    from vprlib.models.cosplace import cosplace_groups
+
+    config = sc.CityConfig(places=8, side=16, dense_train=12, workers=1)
+    table = sc.generate_city(config, str(tmp_path))
+    train = table.filter(pc.equal(table["split"], "train"))
+    places = len(set(train["place_id"].to_pylist()))
+    assert train.num_rows == places * 12 * config.headings
+    classes, _ = cosplace_groups(train["utm_east"].to_numpy(), train["utm_north"].to_numpy(),
+                                 train["heading"].to_numpy())
+    assert np.bincount(classes).min() >= 12
+    assert len(set(train["heading"].to_pylist())) > config.headings  # jittered within their bins
+    plain = sc.generate_city(dataclasses.replace(config, dense_train=0), str(tmp_path / "plain"))
+    others = [pc.invert(pc.equal(t["split"], "train")) for t in (table, plain)]
+    assert table.filter(others[0]).num_rows == plain.filter(others[1]).num_rows

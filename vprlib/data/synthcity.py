@@ -93,6 +93,9 @@ class CityConfig:
     eval_fraction: float = 0.5  # share of places in the evaluation area (database and query)
     val_fraction: float = 0.2  # share of the training area's places held out as `val`
     train_visits: int = 2  # visits per train/val place, each with its own appearance and dynamic objects
+    dense_train: int = 0  # >0: visits per train place instead, spread over its class (below): CosPlace training data
+    cell_m: float = 10.0  # dense train visits stay in their place's cell of cell_m x cell_m UTM metres (CosPlace M)
+    heading_bin: float = 30.0  # and jitter their headings within heading_bin degree bins (CosPlace alpha)
     query_visits: int = 1  # query visits per evaluation place (plus one database visit)
     headings: int = 8  # views per visit, 360/headings degrees apart (HoliCity cuts panoramas into 8)
     place_spacing: float = 10.0  # metres between places along a street
@@ -120,6 +123,8 @@ class CityConfig:
             "camera_height": 0.5 <= self.camera_height <= 10.0, "workers": self.workers >= 0,
             "dynamic_density": self.dynamic_density >= 0, "max_distance": self.max_distance > 0,
             "train_visits+": self.train_visits <= len(TIMES_OF_DAY) * len(SEASONS),
+            "dense_train": 0 <= self.dense_train <= 64, "cell_m": self.cell_m > 0,
+            "heading_bin": 0 < self.heading_bin <= 360,
         }
         bad = [name.rstrip("+") for name, ok in checks.items() if not ok]
         if bad:
@@ -404,29 +409,55 @@ class Visit:
     split: str
     position: tuple[float, float, float]
     appearance: Appearance
+    heading_jitter: float = 0.0  # >0: each heading drawn within its bin of this many degrees (dense train visits)
 
 
 def plan_visits(city: City) -> list[Visit]:
-    """train/val places visited `train_visits` times; evaluation places once as database, then as query, each
-    visit with its own jitter and a distinct (time of day, season)."""
+    """train/val places visited `train_visits` times (train places `dense_train` times, when set); evaluation places
+    once as database, then as query; each visit with its own jitter and (time of day, season), distinct while there
+    are enough of them."""
     config = city.config
     rng = np.random.default_rng([config.seed, 1])
     looks = [Appearance(t, s) for t in TIMES_OF_DAY for s in SEASONS]
     visits: list[tuple[str, int, Appearance]] = []
     for place_id, area in enumerate(city.place_area):
-        count = config.train_visits if area != "eval" else 1 + config.query_visits
-        chosen = rng.choice(len(looks), size=count, replace=False)
         area = str(area)
+        count = 1 + config.query_visits if area == "eval" else config.train_visits
+        if area == "train" and config.dense_train:
+            count = config.dense_train
+        chosen = rng.choice(len(looks), size=count, replace=count > len(looks))
         splits = [area] * count if area != "eval" else ["database"] + ["query"] * config.query_visits
         visits += [(split, place_id, looks[i]) for split, i in zip(splits, chosen, strict=True)]
     visits.sort(key=lambda v: SPLIT_ORDER.index(v[0]))  # stable: place order within a split
     planned = []
     for visit_id, (split, place_id, look) in enumerate(visits):
-        radius, angle = config.jitter * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
-        x, y = city.places[place_id] + radius * np.array([math.cos(angle), math.sin(angle)])
+        dense = split == "train" and config.dense_train > 0
+        x, y = _in_cell(city, place_id, rng) if dense else _jittered(city, place_id, rng)
         z = config.camera_height + rng.uniform(-0.2, 0.2)
-        planned.append(Visit(visit_id, place_id, split, (float(x), float(y), float(z)), look))
+        planned.append(Visit(visit_id, place_id, split, (float(x), float(y), float(z)), look,
+                             heading_jitter=config.heading_bin if dense else 0.0))
     return planned
+
+
+def _jittered(city: City, place_id: int, rng: np.random.Generator) -> np.ndarray:
+    """A place's position moved uniformly within a disc of `jitter` metres."""
+    radius, angle = city.config.jitter * math.sqrt(rng.random()), rng.uniform(0, 2 * math.pi)
+    return city.places[place_id] + radius * np.array([math.cos(angle), math.sin(angle)])
+
+
+def _in_cell(city: City, place_id: int, rng: np.random.Generator) -> np.ndarray:
+    """A position drawn uniformly within the place's `cell_m` UTM cell, and within a metre of the lane edge of the
+    road around the place (never on a sidewalk or in a building): a CosPlace class's images spread over its cell."""
+    config = city.config
+    east0, north0, _ = latlon_to_utm(config.origin_lat, config.origin_lon)
+    place = city.places[place_id]
+    reach = config.road_width / 2 - 1.0
+    drawn = []
+    for origin, value in zip((east0, north0), place, strict=True):
+        cell = math.floor((origin + value) / config.cell_m) * config.cell_m - origin  # the cell's start, local
+        low, high = max(cell, value - reach), min(cell + config.cell_m, value + reach)
+        drawn.append(rng.uniform(low, high))
+    return np.array(drawn)
 
 
 def dynamic_objects(config: CityConfig, camera_xy, rng: np.random.Generator, radius: float = 32.0) -> Primitives:
@@ -742,9 +773,13 @@ def _captures(city: City, visit: Visit):
     config = city.config
     rng = np.random.default_rng([config.seed, 2, visit.visit_id])
     dynamic = dynamic_objects(config, np.array(visit.position[:2]), rng)
+    turns = np.random.default_rng([config.seed, 3, visit.visit_id])  # its own stream: other draws stay as they were
     for h in range(config.headings):
         index = visit.visit_id * config.headings + h
         heading = h * 360.0 / config.headings
+        if visit.heading_jitter:  # anywhere in the bin the heading falls in
+            heading = math.floor(heading / visit.heading_jitter) * visit.heading_jitter + turns.uniform(
+                0, visit.heading_jitter)
         camera = Camera(visit.position, heading, config.pitch, config.fov)
         maps = render(city, camera, visit.appearance, dynamic, config.side, noise_seed=config.seed * 1_000_003 + index)
         yield f"{index:06d}", heading, maps
