@@ -1,4 +1,5 @@
-"""Big-LaMa: published key layout and size, strict checkpoint loading, TorchScript loading, inference contract."""
+"""Big-LaMa: published key layout and size, the computation of LaMa's generator, LaMa's Lightning best.ckpt read without
+Lightning, OmegaConf or pickled code, strict generator loading, TorchScript exports, inference contract."""
 
 import collections
 import contextlib
@@ -10,6 +11,7 @@ import pickle
 import sys
 import types
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,7 +155,7 @@ def test_generator_computes_what_lama_s_structure_computes(arch):
             tensor.copy_(torch.rand(tensor.shape, generator=g) + low)
     x = torch.rand(2, 4, 40, 56, generator=g)
     expected = reference_generator(generator.state_dict(), x, config.n_downsampling, config.n_blocks)
-    torch.testing.assert_close(generator(x), expected, rtol=1e-4, atol=1e-5)
+    assert torch.equal(generator(x), expected)  # the same operations in the same order: bit for bit
     assert expected.std() > 0.01  # not a saturated output
 
 
@@ -225,6 +227,7 @@ class DictConfig:
 
     def __init__(self, content: dict, key=None, parent=None):
         self._metadata, self._parent = Metadata(object_type=dict, key=key), parent
+        self._metadata.resolver_cache["oc.env"]["HOME"] = "/root"
         self._content = {
             k: DictConfig(v, k, self) if isinstance(v, dict) else AnyNode(v, k, self) for k, v in content.items()
         }
@@ -289,12 +292,19 @@ def loaded_modules(*packages: str) -> set[str]:
     return {name for name in sys.modules if name.split(".")[0] in packages}
 
 
-@torch.no_grad()
-def test_lightning_best_ckpt_loads_without_lightning_or_omegaconf(tiny, tmp_path):
+@pytest.fixture(params=["zip", "legacy"])  # torch.save's format since torch 1.6, and the one before
+def lightning_ckpt(request, tiny, tmp_path) -> tuple[Path, dict]:
+    """A Lightning 1.2.9 best.ckpt of the tiny generator, saved while its stand-in classes were importable."""
     path = tmp_path / "best.ckpt"
     with importable(ModelCheckpoint, DictConfig, AnyNode, Metadata):
         checkpoint = lightning_1_2_9_checkpoint(tiny.net.generator)
-        torch.save(checkpoint, path)
+        torch.save(checkpoint, path, _use_new_zipfile_serialization=request.param == "zip")
+    return path, checkpoint
+
+
+@torch.no_grad()
+def test_lightning_best_ckpt_loads_without_lightning_or_omegaconf(tiny, lightning_ckpt):
+    path, _ = lightning_ckpt
     with pytest.raises(pickle.UnpicklingError):  # why this file needs more than torch.load's weights_only
         torch.load(path, weights_only=True)
     assert not loaded_modules("pytorch_lightning", "omegaconf")
@@ -306,11 +316,9 @@ def test_lightning_best_ckpt_loads_without_lightning_or_omegaconf(tiny, tmp_path
     assert not loaded_modules("pytorch_lightning", "omegaconf")
 
 
-def test_unknown_classes_come_back_as_inert_stand_ins(tiny, tmp_path):
-    with importable(ModelCheckpoint, DictConfig, AnyNode, Metadata):
-        checkpoint = lightning_1_2_9_checkpoint(tiny.net.generator)
-        torch.save(checkpoint, tmp_path / "best.ckpt")
-    contents = read_checkpoint(tmp_path / "best.ckpt")
+def test_unknown_classes_come_back_as_inert_stand_ins(lightning_ckpt):
+    path, checkpoint = lightning_ckpt
+    contents = read_checkpoint(path)
     ((callback, callback_state),) = contents["callbacks"].items()
     assert issubclass(callback, Unresolved) and callback is not ModelCheckpoint
     assert (callback.__module__, callback.__name__) == (
@@ -322,16 +330,18 @@ def test_unknown_classes_come_back_as_inert_stand_ins(tiny, tmp_path):
     assert isinstance(config, Unresolved) and type(config) is contents["hparams_type"]
     generator_config = config.state["_content"]["generator"]
     assert generator_config.state["_parent"] is config and generator_config.state["_content"]["ngf"].state["_val"] == 64
-    assert isinstance(config.state["_metadata"].state["resolver_cache"], Unresolved)  # a defaultdict: not allowed
+    cache = config.state["_metadata"].state["resolver_cache"]  # a defaultdict: not allowed, filled item by item
+    assert isinstance(cache, Unresolved) and cache.items == {"oc.env": {"HOME": "/root"}}
     expected, got = checkpoint["optimizer_states"][0], contents["optimizer_states"][0]
     assert got["param_groups"] == expected["param_groups"]
     assert torch.equal(got["state"][0]["exp_avg"], expected["state"][0]["exp_avg"])
     assert list(contents["state_dict"]) == list(checkpoint["state_dict"])
 
 
-def test_tensors_and_plain_containers_come_back_as_themselves(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 3])  # torch.save's default, and one that names builtins as Python 3 does
+def test_tensors_and_plain_containers_come_back_as_themselves(tmp_path, protocol):
     saved = {"set": {1, 2}, "frozen": frozenset({3}), "ordered": collections.OrderedDict(a=torch.ones(2))}
-    torch.save({**saved, "parameter": nn.Parameter(torch.arange(3.0))}, tmp_path / "x.pt")
+    torch.save({**saved, "parameter": nn.Parameter(torch.arange(3.0))}, tmp_path / "x.pt", pickle_protocol=protocol)
     contents = read_checkpoint(tmp_path / "x.pt")
     assert {k: type(v) for k, v in contents.items()} == {
         "set": set,
@@ -343,6 +353,18 @@ def test_tensors_and_plain_containers_come_back_as_themselves(tmp_path):
         contents["set"] == {1, 2} and contents["frozen"] == {3} and torch.equal(contents["ordered"]["a"], torch.ones(2))
     )
     assert torch.equal(contents["parameter"], torch.arange(3.0))
+
+
+@lives_in("somelib.things")
+class Tags(list):
+    """A list subclass: pickled as a new object whose elements are appended."""
+
+
+def test_stand_ins_of_list_subclasses_keep_their_elements(tmp_path):
+    with importable(Tags):
+        torch.save({"tags": Tags(["a", torch.ones(1)])}, tmp_path / "x.pt")
+    tags = read_checkpoint(tmp_path / "x.pt")["tags"]
+    assert isinstance(tags, Unresolved) and tags.elements[0] == "a" and torch.equal(tags.elements[1], torch.ones(1))
 
 
 def test_a_malicious_pickle_is_neither_imported_nor_called(tiny, tmp_path, monkeypatch):

@@ -253,7 +253,8 @@ def build_lama(name: str = "big-lama", seed: int = 0, **overrides) -> LamaInpain
 class Unresolved:
     """Stands in for an object of a class that a checkpoint names but vprlib does not load (Lightning's
     ModelCheckpoint, OmegaConf's DictConfig and nodes, typing.Any, ...). It records what the pickle hands it
-    (constructor arguments, state, items) and does nothing else: no method of the named class ever runs."""
+    (constructor arguments, state, dict items, list elements) and does nothing else: no code of the named class
+    runs, since that class is never imported."""
 
     def __new__(cls, *args, **kwargs):
         stand_in = super().__new__(cls)
@@ -266,13 +267,8 @@ class Unresolved:
     def __setitem__(self, key, value) -> None:  # pickle fills stand-ins of dict subclasses item by item
         self.items[key] = value
 
-    def append(self, value) -> None:  # ... and those of list and set subclasses element by element
-        self.elements.append(value)
-
-    def extend(self, values) -> None:
+    def extend(self, values) -> None:  # ... and those of list subclasses a batch of elements at a time
         self.elements.extend(values)
-
-    add = append
 
 
 # The globals a checkpoint may name that come back as themselves: tensor rebuilding and plain containers.
@@ -297,22 +293,19 @@ class InertUnpickler(pickle.Unpickler):
     attributes on an object it loaded (pickle's BUILD) can change only that wrapper, never torch's function.
     """
 
-    def __init__(self, file, **kwargs):
-        super().__init__(file, **kwargs)
-        self._stand_ins: dict[tuple[str, str], type] = {}
-
     def find_class(self, module: str, name: str):
         allowed = _ALLOWED_GLOBALS.get(f"{module}.{name}")
         if isinstance(allowed, type):
             return allowed
         if allowed is not None:
             return _wrapped(allowed)
-        if (module, name) not in self._stand_ins:  # one class per name, so a class used as a dict key stays one key
-            self._stand_ins[module, name] = type(name, (Unresolved,), {"__module__": module, "__qualname__": name})
-        return self._stand_ins[module, name]
+        # Pickle's memo hands back this same class wherever the pickle names it again (a dict key stays one key).
+        return type(name, (Unresolved,), {"__module__": module, "__qualname__": name})
 
 
 def _wrapped(function):
+    """A new function that calls `function`: what a pickle may alter in place of `function` itself."""
+
     def call(*args, **kwargs):
         return function(*args, **kwargs)
 
