@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -14,7 +13,6 @@ from vprlib.models.cosplace import (
     GeM,
     LargeMarginCosineLoss,
     adapt_first_conv,
-    cosplace_groups,
     load_imagenet,
 )
 from vprlib.models.encodings import SEG_ENCODINGS, EncodingConfig, InputEncoder
@@ -126,17 +124,6 @@ def test_lmcl_hand_case():
     assert torch.allclose(logits, torch.tensor([[2 * 0.6, 0.0]]))
     expected = -math.log(math.exp(1.2) / (math.exp(1.2) + 1.0))
     assert head(descriptors, labels).item() == pytest.approx(expected, rel=1e-5)
-
-
-def test_cosplace_groups():
-    east = np.array([0.0, 5.0, 12.0, 55.0, 3.0])
-    north = np.array([0.0, 3.0, 0.0, 0.0, 0.0])
-    heading = np.array([0.0, 10.0, 45.0, 350.0, 40.0])
-    classes, groups = cosplace_groups(east, north, heading)
-    assert classes[0] == classes[1]  # same 10 m cell, same 30 degree bin
-    assert len(set(classes.tolist())) == 4
-    # cell (5, 0) is N=5 cells from (0, 0): same group modulo N; bin 11 vs bin 0 differ modulo L=2.
-    assert groups.tolist() == [0, 0, 11, 1, 1]
 
 
 def test_adapt_first_conv_keeps_gray_response():

@@ -197,6 +197,10 @@ class LargeMarginCosineLoss(nn.Module):
         return F.cross_entropy(self.logits(descriptors, labels), labels)
 
 
+# CosPlace's `min_images_per_class`: classes with fewer images are left out of training.
+MIN_IMAGES_PER_CLASS = 10
+
+
 def cosplace_groups(
     utm_east: np.ndarray,
     utm_north: np.ndarray,
@@ -205,16 +209,58 @@ def cosplace_groups(
     heading_deg: float = 30.0,
     n: int = 5,
     l: int = 2,  # noqa: E741 - CosPlace's name for the heading group count
+    min_images_per_class: int = MIN_IMAGES_PER_CLASS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CosPlace classes and groups: (class index per image, group index per image).
+    """CosPlace classes and groups as CosPlace's training set builds them: (class per image, group per image).
 
-    A class is a cell of `cell_m` metres (M) and a heading bin of `heading_deg` (alpha); classes whose
-    cells are N cells apart and headings L bins apart share a group, so no two classes of a group
-    are neighbours. Group index in [0, n*n*l); class indices number the distinct classes from 0.
+    An image's class is its cell of `cell_m` metres (M) and its heading bin of `heading_deg` degrees (alpha), and
+    its group is that class's cell and bin taken modulo N cells and L bins, so no two classes of a group are
+    neighbours; all in CosPlace's own arithmetic (`int(x // M * M)`, then `% (M * N) // M`). Classes with fewer than
+    `min_images_per_class` images are dropped: their images get class and group -1. Groups are numbered 0, 1, ...
+    in the order their first image of a kept class comes in the input, as CosPlace numbers them over its (sorted)
+    image list, so that training "groups 0-7" on the same image order trains CosPlace's groups 0-7. Classes are
+    numbered likewise, by their first image (CosPlace keys them by tuple and has no class number of its own).
+
+    Departs from CosPlace in one respect: headings are wrapped into [0, 360) first. CosPlace bins the raw value, so
+    360 and 0 degrees (or -10 and 350) fall in different classes although they face the same way; here they share
+    one. Headings already in [0, 360) are binned exactly as CosPlace bins them.
     """
-    east = np.floor(np.asarray(utm_east) / cell_m).astype(np.int64)
-    north = np.floor(np.asarray(utm_north) / cell_m).astype(np.int64)
-    bins = np.floor(np.mod(np.asarray(heading), 360.0) / heading_deg).astype(np.int64)
-    group = (np.mod(east, n) * n + np.mod(north, n)) * l + np.mod(bins, l)
-    _, classes = np.unique(np.stack([east, north, bins], axis=1), axis=0, return_inverse=True)
-    return classes.reshape(-1), group
+    class_keys, group_keys = _class_and_group_keys(utm_east, utm_north, heading, cell_m, heading_deg, n, l)
+    classes, class_sizes = _first_appearance_ids(class_keys)
+    kept = class_sizes[classes] >= min_images_per_class
+    class_per_image = np.full(len(classes), -1, dtype=np.int64)
+    group_per_image = np.full(len(classes), -1, dtype=np.int64)
+    class_per_image[kept] = _first_appearance_ids(class_keys[kept])[0]
+    group_per_image[kept] = _first_appearance_ids(group_keys[kept])[0]
+    return class_per_image, group_per_image
+
+
+def _class_and_group_keys(utm_east, utm_north, heading, cell_m, heading_deg, n, n_bins) -> tuple[np.ndarray, ...]:
+    """Per image, CosPlace's class id and group id as N,3 integer rows (east, north, heading)."""
+    east, north, heading = (np.asarray(v, dtype=np.float64) for v in (utm_east, utm_north, heading))
+    if not east.ndim == 1 or not east.shape == north.shape == heading.shape:
+        raise ValueError("utm_east, utm_north and heading must be 1-D arrays of one length")
+    if not (np.isfinite(east).all() and np.isfinite(north).all() and np.isfinite(heading).all()):
+        raise ValueError("utm_east, utm_north and heading must be finite (CosPlace cannot place NaN or inf either)")
+    wrapped = np.mod(heading, 360.0)
+    wrapped[wrapped == 360.0] = 0.0  # a tiny negative heading wraps to 360.0 in floating point: it faces north
+    values = [east, north, wrapped]
+    steps = [(cell_m, n), (cell_m, n), (heading_deg, n_bins)]
+    keys = [_cosplace_rounding(v, size, period) for v, (size, period) in zip(values, steps, strict=True)]
+    return np.stack([k[0] for k in keys], axis=1), np.stack([k[1] for k in keys], axis=1)
+
+
+def _cosplace_rounding(values: np.ndarray, size: float, period: int) -> tuple[np.ndarray, np.ndarray]:
+    """One coordinate as CosPlace rounds it: class part `int(v // size * size)`, group part `that % (size * period)
+    // size` (floor division and modulo as Python's, which numpy's follow)."""
+    rounded = np.trunc(np.floor_divide(values, size) * size).astype(np.int64)
+    return rounded, np.floor_divide(np.mod(rounded, size * period), size).astype(np.int64)
+
+
+def _first_appearance_ids(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number the distinct rows of `keys` 0, 1, ... in the order they first appear: (id per row, rows per id)."""
+    _, first, inverse, counts = np.unique(keys, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[inverse.reshape(-1)], counts[order]

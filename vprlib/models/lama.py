@@ -8,10 +8,17 @@ its state_dict keys and shapes are exactly those of the `generator.` part of the
 
 Inference follows LaMa's predictor: mask binarised (> 0), image and mask padded bottom/right to a multiple of 8 by
 symmetric reflection (numpy's `symmetric`, as LaMa's dataset does), generator input = image * (1 - mask) ++ mask,
-output mask * pred + (1 - mask) * image, cropped back. The TorchScript `big-lama.pt` (LaMa's `bin/to_jit.py`:
-`(image, mask) -> inpainted`) is accepted too and runs through the same padding and blending.
+output mask * pred + (1 - mask) * image, cropped back.
+
+`load_lama` reads big-lama.zip's `models/best.ckpt` as distributed: a PyTorch Lightning 1.2.9 checkpoint that
+pickles, besides tensors, an OmegaConf DictConfig and a callbacks dict keyed by Lightning's ModelCheckpoint class.
+`read_checkpoint` unpickles it with neither library installed and without running pickled code: tensors and plain
+containers are rebuilt, every other class becomes an inert `Unresolved` stand-in. The TorchScript `big-lama.pt`
+(LaMa's `bin/to_jit.py` export, as lama-cleaner distributes it: `(image, mask) -> inpainted`) and a TorchScript
+traced from the bare generator (one B,4,H,W input) are accepted too and run through the same padding and blending.
 """
 
+import collections
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,10 +186,11 @@ class LamaGenerator(nn.Module):
 class LamaNet(nn.Module):
     """LaMa's inference step at a padded size: (image B,3,H,W, mask B,1,H,W) -> blended B,3,H,W.
 
-    Same signature as the published TorchScript `big-lama.pt`, so either runs inside `LamaInpainter`.
+    Same signature as the published TorchScript `big-lama.pt`, so either runs inside `LamaInpainter`. The generator
+    is a `LamaGenerator` or a TorchScript traced from one (B,4,H,W -> B,3,H,W).
     """
 
-    def __init__(self, generator: LamaGenerator):
+    def __init__(self, generator: nn.Module):
         super().__init__()
         self.generator = generator
 
@@ -213,7 +221,7 @@ class LamaInpainter(nn.Module):
         super().__init__()
         self.net = net
         self.config = config
-        self.scripted = isinstance(net, torch.jit.ScriptModule)
+        self.scripted = any(isinstance(m, torch.jit.ScriptModule) for m in net.modules())
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if mask.dim() == 3:
@@ -242,37 +250,160 @@ def build_lama(name: str = "big-lama", seed: int = 0, **overrides) -> LamaInpain
         return LamaInpainter(LamaNet(LamaGenerator(config)), config).eval()
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+class Unresolved:
+    """Stands in for an object of a class that a checkpoint names but vprlib does not load (Lightning's
+    ModelCheckpoint, OmegaConf's DictConfig and nodes, typing.Any, ...). It records what the pickle hands it
+    (constructor arguments, state, dict items, list elements) and does nothing else: no code of the named class
+    runs, since that class is never imported."""
+
+    def __new__(cls, *args, **kwargs):
+        stand_in = super().__new__(cls)
+        stand_in.args, stand_in.kwargs, stand_in.state, stand_in.items, stand_in.elements = args, kwargs, None, {}, []
+        return stand_in
+
+    def __setstate__(self, state) -> None:
+        self.state = state
+
+    def __setitem__(self, key, value) -> None:  # pickle fills stand-ins of dict subclasses item by item
+        self.items[key] = value
+
+    def extend(self, values) -> None:  # ... and those of list subclasses a batch of elements at a time
+        self.elements.extend(values)
+
+
+# The globals a checkpoint may name that come back as themselves: tensor rebuilding and plain containers.
+# Protocol-2 pickles spell builtins with Python 2's module name.
+_ALLOWED_GLOBALS = {
+    "collections.OrderedDict": collections.OrderedDict,
+    "builtins.set": set,
+    "__builtin__.set": set,
+    "builtins.frozenset": frozenset,
+    "__builtin__.frozenset": frozenset,
+    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+    "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+}
+
+
+class InertUnpickler(pickle.Unpickler):
+    """Unpickler that rebuilds tensors and plain containers only (`_ALLOWED_GLOBALS`).
+
+    Every other global a pickle names becomes a subclass of `Unresolved` of that module and name, made here: nothing
+    is imported and no pickled class or function is called, so a pickle whose reduce calls os.system only makes an
+    inert stand-in named `system`. Allowed functions come back wrapped anew for each load, so a pickle that sets
+    attributes on an object it loaded (pickle's BUILD) can change only that wrapper, never torch's function.
+    """
+
+    def find_class(self, module: str, name: str):
+        allowed = _ALLOWED_GLOBALS.get(f"{module}.{name}")
+        if isinstance(allowed, type):
+            return allowed
+        if allowed is not None:
+            return _wrapped(allowed)
+        # Pickle's memo hands back this same class wherever the pickle names it again (a dict key stays one key).
+        return type(name, (Unresolved,), {"__module__": module, "__qualname__": name})
+
+
+def _wrapped(function):
+    """A new function that calls `function`: what a pickle may alter in place of `function` itself."""
+
+    def call(*args, **kwargs):
+        return function(*args, **kwargs)
+
+    return call
+
+
+class _InertPickle:
+    """What torch.load needs of a pickle module (`Unpickler`, `load`), unpickling with `InertUnpickler`."""
+
+    Unpickler = InertUnpickler
+
+    @staticmethod
+    def load(file, **kwargs):
+        return InertUnpickler(file, **kwargs).load()
+
+
+def read_checkpoint(path: str | Path):
+    """The contents of a torch.save file, a Lightning checkpoint included, with tensors and plain containers rebuilt
+    and objects of any other class as inert `Unresolved` stand-ins (see `InertUnpickler`).
+
+    torch.load(weights_only=True) refuses LaMa's best.ckpt: Lightning 1.2.9 pickled an OmegaConf DictConfig into it
+    (hyper_parameters, and the class itself as hparams_type) and keyed its callbacks dict by the ModelCheckpoint
+    class. Allow-listing those (torch.serialization.safe_globals) would need pytorch_lightning and omegaconf
+    imported and still fail on any class not listed in advance; stand-ins need neither library and cover any name.
+    torch.load's weights_only=False is what lets it take this pickle module; the module is what keeps it safe.
+    """
+    return torch.load(path, map_location="cpu", pickle_module=_InertPickle, weights_only=False)
+
+
+def _read_state_dict(path: Path) -> dict:
+    """The state_dict of a .safetensors file, or of a torch.save file (its "state_dict" entry when it has one)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path} holds Python objects besides tensors (a Lightning checkpoint with hyper-parameters), which "
-            "vprlib will not unpickle (weights_only=True). In an environment you trust, extract the weights once:\n"
-            f"  python -c \"import torch; c = torch.load('{path}', map_location='cpu', weights_only=False); "
-            f"torch.save({{'state_dict': c['state_dict']}}, '{path}')\"\n"
-            "or use the TorchScript big-lama.pt instead."
-        ) from err
-    return checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    checkpoint = read_checkpoint(path)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else checkpoint
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, neither a state_dict nor a checkpoint with one")
+    return state
 
 
 def generator_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The generator's weights out of a LaMa training checkpoint (`generator.` prefix stripped; discriminator and
-    loss weights dropped). A bare generator state_dict is returned as is."""
+    """The generator's weights out of a LaMa training checkpoint (`generator.` prefix stripped; discriminator,
+    loss and evaluator weights dropped). A bare generator state_dict is returned as is."""
     prefix = "generator."
     if not any(k.startswith(prefix) for k in state):
         return dict(state)
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_lama(path: str | Path, config: LamaConfig = LAMA_ARCHS["big-lama"]) -> LamaInpainter:
-    """Load Big-LaMa from LaMa's `best.ckpt` (or a .safetensors/.pt state_dict) or the TorchScript `big-lama.pt`.
+def _generator_weights(path: Path, generator: LamaGenerator) -> dict[str, torch.Tensor]:
+    """The generator's tensors in a checkpoint; ValueError naming the keys unless they are exactly the generator's
+    keys, all tensors (the shapes are checked by the strict load that follows)."""
+    state = generator_state_dict(_read_state_dict(path))
+    expected = generator.state_dict().keys()
+    problems = {
+        "missing": sorted(expected - state.keys()),
+        "unexpected": sorted(state.keys() - expected),
+        "not tensors": sorted(k for k in expected & state.keys() if not isinstance(state[k], torch.Tensor)),
+    }
+    found = [
+        f"{what} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
+        for what, keys in problems.items()
+        if keys
+    ]
+    if found:
+        raise ValueError(
+            f"{path} does not hold this LaMa generator's weights (keys without 'generator.'); " + "; ".join(found)
+        )
+    return state
 
-    State dicts load strictly into a generator of `config`. Returns the inpainter in eval mode on CPU.
+
+def _torchscript_net(path: Path) -> nn.Module:
+    """A TorchScript LaMa as (image, mask) -> inpainted: LaMa's export as is, a bare generator wrapped in `LamaNet`.
+
+    The number of inputs of its forward tells them apart; anything else is refused naming the expected exports.
+    """
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+    inputs = len(module.forward.schema.arguments) - 1  # the first argument is self
+    if inputs == 2:
+        return module
+    if inputs == 1:
+        return LamaNet(module)
+    raise ValueError(
+        f"{path} is a TorchScript module whose forward takes {inputs} inputs. Expected LaMa's export as lama-cleaner "
+        "distributes it (big-lama.pt, from LaMa's bin/to_jit.py: forward(image B,3,H,W, mask B,1,H,W) -> inpainted "
+        "image) or the bare generator traced on one B,4,H,W input (masked image ++ mask); or use big-lama.zip's "
+        "models/best.ckpt."
+    )
+
+
+def load_lama(path: str | Path, config: LamaConfig = LAMA_ARCHS["big-lama"]) -> LamaInpainter:
+    """Load Big-LaMa from LaMa's `best.ckpt` as distributed (or a .safetensors/.pt state_dict) or a TorchScript.
+
+    Checkpoints are read by `read_checkpoint` (no pickled code runs); the `generator.` weights load strictly into a
+    generator of `config` and everything else in the file (discriminator, losses, evaluators, optimizer states,
+    callbacks, hyper-parameters) is left unused. Returns the inpainter in eval mode on CPU.
     """
     path = Path(path)
     if not path.is_file():
@@ -282,9 +413,9 @@ def load_lama(path: str | Path, config: LamaConfig = LAMA_ARCHS["big-lama"]) -> 
             "the TorchScript big-lama.pt, and put it at that path."
         )
     if _is_torchscript(path):
-        return LamaInpainter(torch.jit.load(str(path), map_location="cpu").eval(), config).eval()
+        return LamaInpainter(_torchscript_net(path), config).eval()
     generator = LamaGenerator(config)
-    generator.load_state_dict(generator_state_dict(_read_state_dict(path)), strict=True)
+    generator.load_state_dict(_generator_weights(path, generator), strict=True)
     return LamaInpainter(LamaNet(generator), config).eval()
 
 
