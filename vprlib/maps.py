@@ -400,8 +400,8 @@ def maps_dataset(path: str, split: str | None = None, columns: tuple[str, ...] =
         raise MapSpecError(f"no maps in {path}: no part-<hex>.parquet files")
     fs, _ = url_to_fs(parts[0])
     wanted = ["status", "depth", "seg", "map_height", "map_width", *columns] + (["split"] if split else [])
-    ds = ray.data.read_parquet([url_to_fs(p)[1] for p in parts], filesystem=PyFileSystem(FSSpecHandler(fs)),
-                               columns=list(dict.fromkeys(wanted)))
+    ds = ray.data.read_parquet([url_to_fs(p)[1] for p in parts], filesystem=PyFileSystem(FSSpecHandler(fs)))
+    ds = ds.select_columns(list(dict.fromkeys(wanted)))
 
     def keep(batch: pa.Table) -> pa.Table:
         mask = pc.equal(batch["status"], OK)

@@ -1,0 +1,15 @@
+"""Training on Ray Train: the refiners (paper III-A), CosPlace and NetVLAD (III-C), on maps tables.
+
+`run_training(train_config(family, maps, output, ...))` or `python jobs/train.py FAMILY ...`. Each family module
+provides `prepare(config)` (driver-side checks and datasets), `train_func(payload)` (the Ray Train loop),
+`architecture(config)` (what a resumed run must match) and its validation `SCORE` (with `SCORE_SIGN`: 1 when higher
+is better).
+"""
+
+from vprlib.train import cosplace
+from vprlib.train.config import TrainConfig, train_config
+from vprlib.train.loop import run_training
+
+FAMILIES = {"cosplace": cosplace}
+
+__all__ = ["FAMILIES", "TrainConfig", "run_training", "train_config"]

@@ -1,0 +1,199 @@
+"""The training job's config: what is trained on what (TrainConfig), and each model family's own options, frozen
+dataclasses with the paper's defaults (or the family's published recipe where the paper is silent) and help text.
+
+Family defaults of the common knobs (epochs, learning rate, batch size) live in FAMILY_DEFAULTS; `train_config`
+fills them in for whatever the caller leaves unset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from vprlib.models.cosplace import BACKBONES
+from vprlib.models.encodings import MODALITIES, SEG_ENCODINGS
+from vprlib.models.refiner import REFINER_ARCHS
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class RefinerOptions:
+    """The two refiners of paper III-A (Fig. 3), trained from unrefined maps to the ground truth."""
+
+    target: str = field(default="both", metadata=_help(
+        "depth, seg or both: which refiner to train (both: two networks with their own losses and optimisers, in "
+        "one pass over the data)"))
+    arch: str = field(default="paper", metadata=_help(f"refiner size: {', '.join(REFINER_ARCHS)}"))
+    max_depth_m: float = field(default=200.0, metadata=_help(
+        "ground truth farther than this (metres) is left out of the depth loss and metrics"))
+    plateau_patience: int = field(default=3, metadata=_help(
+        "epochs without a better validation loss before the learning rate drops tenfold (ReduceLROnPlateau)"))
+    early_stop: int = field(default=6, metadata=_help(
+        "epochs without a better validation loss before training stops (0: never)"))
+
+    def __post_init__(self):
+        if self.target not in ("depth", "seg", "both"):
+            raise ValueError(f"unknown refiner target {self.target!r}; known: depth, seg, both")
+        if self.arch not in REFINER_ARCHS:
+            raise ValueError(f"unknown refiner arch {self.arch!r}; known: {', '.join(REFINER_ARCHS)}")
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return ("depth", "seg") if self.target == "both" else (self.target,)
+
+
+@dataclass(frozen=True)
+class RetrieverOptions:
+    """What every retriever family shares: the maps it sees and how segmentation becomes channels."""
+
+    input: str = field(default="depth+seg", metadata=_help(
+        f"maps the retriever sees: {', '.join(MODALITIES)} (the paper's best: both; the others are its ablations)"))
+    seg_encoding: str = field(default="label", metadata=_help(
+        f"segmentation as channels: {', '.join(SEG_ENCODINGS)} (the paper: the label map as one channel)"))
+    imagenet: str = field(default="", metadata=_help(
+        "a local torchvision ImageNet state dict for the backbone (first convolution adapted to the maps' "
+        "channels); '' = random weights (nothing is downloaded)"))
+
+    def __post_init__(self):
+        for name, value, known in (("input", self.input, MODALITIES), ("seg_encoding", self.seg_encoding,
+                                                                      SEG_ENCODINGS)):
+            if value not in known:
+                raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
+
+
+@dataclass(frozen=True)
+class CosPlaceOptions(RetrieverOptions):
+    """CosPlace (Berton et al., CVPR 2022) as its code trains it: classification of UTM cells x heading bins with one
+    Large Margin Cosine Loss classifier per group of non-adjacent classes, groups trained in turn."""
+
+    backbone: str = field(default="resnet50", metadata=_help(
+        f"{', '.join(BACKBONES)} (the paper's best trade-off: resnet50)"))
+    descriptor_size: int = field(default=512, metadata=_help("descriptor size (CosPlace's fc_output_dim)"))
+    cell_m: float = field(default=10.0, metadata=_help("M: metres of a class's UTM cell"))
+    heading_deg: float = field(default=30.0, metadata=_help("alpha: degrees of a class's heading bin"))
+    group_cells: int = field(default=5, metadata=_help("N: classes of one group are N cells apart"))
+    group_bins: int = field(default=2, metadata=_help("L: classes of one group are L heading bins apart"))
+    groups: int = field(default=8, metadata=_help("groups trained, one per epoch in turn (CosPlace: 8)"))
+    min_images_per_class: int = field(default=10, metadata=_help("classes with fewer images are left out"))
+    classifier_lr: float = field(default=0.01, metadata=_help("Adam learning rate of the classifiers"))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
+        if min(self.groups, self.descriptor_size, self.group_cells, self.group_bins) < 1:
+            raise ValueError("groups, descriptor_size, group_cells and group_bins must be >= 1")
+
+
+@dataclass(frozen=True)
+class NetVLADOptions(RetrieverOptions):
+    """NetVLAD (Arandjelovic et al., CVPR 2016) as its PyTorch port trains it: VGG16 + NetVLAD, clusters from k-means,
+    triplets mined from a descriptor cache refreshed every epoch."""
+
+    clusters: int = field(default=64, metadata=_help("K, the NetVLAD layer's clusters"))
+    negatives: int = field(default=10, metadata=_help("hard negatives per triplet"))
+    margin: float = field(default=math.sqrt(0.1), metadata=_help("triplet margin (sqrt 0.1)"))
+    positive_m: float = field(default=10.0, metadata=_help("positives lie within this many metres"))
+    negative_m: float = field(default=25.0, metadata=_help("negatives lie beyond this many metres"))
+    cache_size: int = field(default=1000, metadata=_help(
+        "training images embedded into the mining cache each epoch (positives and negatives come from it)"))
+    momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
+    weight_decay: float = field(default=0.001, metadata=_help("SGD weight decay"))
+    lr_step: int = field(default=5, metadata=_help("epochs between learning-rate halvings (StepLR, gamma 0.5)"))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.positive_m >= self.negative_m:
+            raise ValueError(f"positive_m ({self.positive_m}) must be below negative_m ({self.negative_m})")
+
+
+OPTIONS = {"refiner": RefinerOptions, "cosplace": CosPlaceOptions, "netvlad": NetVLADOptions}
+# Per family: epochs, learning rate, batch size (images; NetVLAD: triplets), from each family's recipe.
+FAMILY_DEFAULTS = {
+    "refiner": {"epochs": 30, "lr": 1e-3, "batch_size": 8},  # paper III-A: Adam 1e-3
+    "cosplace": {"epochs": 50, "lr": 1e-5, "batch_size": 32},  # CosPlace: Adam 1e-5, 50 epochs, batch 32
+    "netvlad": {"epochs": 50, "lr": 1e-4, "batch_size": 4},  # NetVLAD: SGD 1e-4, 50 epochs (paper), 4 triplets
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. `options` holds the family's own settings."""
+
+    family: str = field(metadata=_help(f"what is trained: {', '.join(OPTIONS)}"))
+    maps: str = field(metadata=_help("the maps table to train on (jobs/extract.py output, or a city's gt_maps)"))
+    output: str = field(metadata=_help("folder (local or s3://) for checkpoints, metrics and the run's record"))
+    options: object = None
+    targets: str = field(default="", metadata=_help(
+        "refiner: the ground-truth maps table of the same images (strategy ground-truth)"))
+    val_maps: str = field(default="", metadata=_help("maps validated on ('' = --maps)"))
+    train_split: str = field(default="train", metadata=_help("rows trained on: this split of --maps"))
+    val_split: str = field(default="val", metadata=_help("rows validated on: this split of --val-maps"))
+    epochs: int = field(default=0, metadata=_help("epochs (0 = the family's default)"))
+    lr: float = field(default=0.0, metadata=_help("learning rate of the network (0 = the family's default)"))
+    batch_size: int = field(default=0, metadata=_help(
+        "images per step, all workers together (NetVLAD: triplets; 0 = the family's default)"))
+    side: int = field(default=0, metadata=_help("maps are resized to side x side for training (0 = their own)"))
+    seed: int = field(default=0, metadata=_help("seed of weights, shuffling and sampling"))
+    workers: int = field(default=1, metadata=_help("Ray Train workers (DDP when more than one)"))
+    gpus_per_worker: float = field(default=-1.0, metadata=_help(
+        "GPUs per worker (0 on CPU; -1 = 1 when the cluster has or may add GPUs, else 0)"))
+    cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs reserved per worker"))
+    precision: str = field(default="bf16", metadata=_help("bf16 autocast on CUDA (fp32 on CPU always) or fp32"))
+    resume: bool = field(default=True, metadata=_help(
+        "continue an interrupted run in --output from its last checkpoint; off: start afresh"))
+    ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
+
+    def __post_init__(self):
+        if self.family not in OPTIONS:
+            raise ValueError(f"unknown model family {self.family!r}; known: {', '.join(OPTIONS)}")
+        if not isinstance(self.options, OPTIONS[self.family]):
+            raise ValueError(f"{self.family} needs {OPTIONS[self.family].__name__}, got {type(self.options).__name__}")
+        if self.family == "refiner" and not self.targets:
+            raise ValueError("the refiners need --targets, the ground-truth maps of the training images")
+        for name in ("epochs", "batch_size", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.side < 0 or self.cpus_per_worker < 0:
+            raise ValueError("lr must be > 0, side and cpus_per_worker >= 0")
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"unknown precision {self.precision!r}; known: bf16, fp32")
+        if self.batch_size % self.workers:
+            raise ValueError(f"batch_size {self.batch_size} must divide among {self.workers} workers")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "options": asdict(self.options)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        values = dict(values)
+        options = OPTIONS[values["family"]](**values.pop("options"))
+        return cls(**values, options=options)
+
+
+def train_config(family: str, maps: str, output: str, **flat) -> TrainConfig:
+    """A TrainConfig from flat keyword arguments (the command line's, a sweep's, a test's): each goes to the config
+    or to the family's options by name; epochs, lr and batch_size left at 0 (or out) take the family's defaults."""
+    if family not in OPTIONS:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(OPTIONS)}")
+    option_names = {f.name for f in fields(OPTIONS[family])}
+    config_names = {f.name for f in fields(TrainConfig)} - {"family", "maps", "output", "options"}
+    unknown = set(flat) - option_names - config_names
+    if unknown:
+        raise TypeError(f"unknown {family} training settings: {sorted(unknown)}")
+    options = OPTIONS[family](**{k: v for k, v in flat.items() if k in option_names})
+    common = {k: v for k, v in flat.items() if k in config_names}
+    for name, default in FAMILY_DEFAULTS[family].items():
+        if not common.get(name):
+            common[name] = default
+    return TrainConfig(family=family, maps=maps, output=output, options=options, **common)
+
+
+def with_options(config: TrainConfig, **changes) -> TrainConfig:
+    """`config` with some fields of it or of its options changed (a sweep's trial)."""
+    option_names = {f.name for f in fields(config.options)}
+    options = replace(config.options, **{k: v for k, v in changes.items() if k in option_names})
+    return replace(config, options=options, **{k: v for k, v in changes.items() if k not in option_names})

@@ -1,0 +1,316 @@
+"""What every training run shares: the Ray Train harness on the driver, and the worker-side bookkeeping (resume,
+metrics, checkpoints) each family's training function uses.
+
+The driver (`run_training`) checks the maps before any worker starts (the family's `prepare`), refuses to resume an
+output of another architecture, connects to the cluster and starts a `TorchTrainer`: one training function per
+family, DDP over `--workers`, the maps as Ray Data shards, a checkpoint each epoch through `ray.train.report`, and a
+`FailureConfig` that restarts failed workers from the last checkpoint. Rerunning the command resumes: the workers find
+the last checkpoint (Ray's, or `last.pt` in the output) and say so.
+
+The output folder holds `last.pt` (everything needed to continue), `best.pt` (the best model by the family's
+validation score), `metrics.parquet` (one row per epoch; epoch 0 is the untrained network), `config.json`,
+`model.json` (architecture, input encoding, and the map specification of the training maps) and `_ray/` (Ray's
+run directory).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import posixpath
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from vprlib.cluster import Need, check_gpus_per_process, connect
+from vprlib.data.manifest import url_to_fs
+from vprlib.train.config import TrainConfig
+
+LAST, BEST, METRICS, CONFIG, MODEL = "last.pt", "best.pt", "metrics.parquet", "config.json", "model.json"
+RAY_DIR = "_ray"
+
+
+class ResumeError(ValueError):
+    """--resume into an output that holds a run of another kind."""
+
+
+@dataclass
+class Prepared:
+    """What a family's `prepare` hands the harness: datasets (those in `split` are sharded across workers), plain
+    extras for the workers, and the model's record (architecture, encoding, training maps' spec)."""
+
+    datasets: dict
+    split: list[str]
+    payload: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- the driver
+def run_training(config: TrainConfig) -> dict:
+    """Train (or resume training) one model; return the summary."""
+    from vprlib.train import FAMILIES
+
+    family = FAMILIES[config.family]
+    check_resume(config, family.architecture(config))
+    cluster = connect(config.ray_address)
+    gpus = config.gpus_per_worker
+    if gpus < 0:
+        gpus = 1.0 if cluster.device("auto") == "cuda" else 0.0
+    check_gpus_per_process("cuda" if gpus > 0 else "cpu", gpus if gpus > 0 else 1, "--gpus-per-worker")
+    cluster.check(Need("training workers", config.workers, config.cpus_per_worker, gpus, "--workers",
+                       "--cpus-per-worker", "--gpus-per-worker"))
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # the workers print a line per epoch instead
+    prepared = family.prepare(config)
+    _write_json(config.output, CONFIG, config.to_dict())
+    _write_json(config.output, MODEL, {"family": config.family, **family.architecture(config), **prepared.model})
+    trainer = _trainer(config, family.train_func, prepared, gpus)
+    start = time.perf_counter()
+    trainer.fit()
+    summary = summarise(config, time.perf_counter() - start)
+    print_summary(summary)
+    return summary
+
+
+def _trainer(config: TrainConfig, train_func, prepared: Prepared, gpus: float):
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    resources = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
+    scaling = ScalingConfig(num_workers=config.workers, use_gpu=gpus > 0, resources_per_worker=resources)
+    run = RunConfig(name="train", storage_path=_storage(config.output), failure_config=FailureConfig(max_failures=2),
+                    checkpoint_config=CheckpointConfig(num_to_keep=2))
+    return TorchTrainer(train_func, train_loop_config={"config": config.to_dict(), **prepared.payload},
+                        scaling_config=scaling, run_config=run, datasets=prepared.datasets,
+                        dataset_config=DataConfig(datasets_to_split=prepared.split))
+
+
+def _storage(output: str) -> str:
+    path = posixpath.join(output, RAY_DIR)
+    return path if "://" in path else os.path.abspath(path)
+
+
+def check_resume(config: TrainConfig, architecture: dict) -> None:
+    """Refuse --resume into an output whose run trained another architecture; with --no-resume, remove the earlier
+    run's files (only this job's own) so nothing of it is continued."""
+    fs, root = url_to_fs(config.output)
+    if fs.exists(root) and not fs.isdir(root):
+        raise ResumeError(f"--output {config.output} is a file, not a folder")
+    path = posixpath.join(root, MODEL)
+    if not fs.exists(path):
+        return
+    if not config.resume:
+        for name in (LAST, BEST, METRICS, CONFIG, MODEL, RAY_DIR):
+            if fs.exists(posixpath.join(root, name)):
+                fs.rm(posixpath.join(root, name), recursive=True)
+        return
+    with fs.open(path, "r") as f:
+        old = json.load(f)
+    expected = {"family": config.family, **architecture}
+    diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in expected.items() if old.get(k) != v]
+    if diffs:
+        raise ResumeError(f"{config.output} holds a run of another model ({', '.join(diffs)}): --no-resume starts "
+                          f"afresh there, or use another --output")
+
+
+def _write_json(output: str, name: str, value: dict) -> None:
+    fs, root = url_to_fs(output)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(posixpath.join(root, name), "w") as f:
+        f.write(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def read_metrics(output: str) -> pa.Table:
+    fs, root = url_to_fs(output)
+    with fs.open(posixpath.join(root, METRICS), "rb") as f:
+        return pq.read_table(f)
+
+
+def summarise(config: TrainConfig, seconds: float) -> dict:
+    """The run's figures from metrics.parquet: first and last epoch, the best score and its epoch."""
+    from vprlib.train import FAMILIES
+
+    rows = read_metrics(config.output).to_pylist()
+    score = FAMILIES[config.family].SCORE
+    scored = [r for r in rows if r.get(score) is not None and not math.isnan(r[score])]
+    best = max(scored, key=lambda r: r[score] * FAMILIES[config.family].SCORE_SIGN) if scored else {}
+    return {"family": config.family, "output": config.output, "epochs_run": rows[-1]["epoch"] if rows else 0,
+            "score": score, "untrained": rows[0].get(score) if rows else None, "best": best.get(score),
+            "best_epoch": best.get("epoch"), "last": rows[-1] if rows else {}, "wall_s": seconds}
+
+
+def print_summary(summary: dict) -> None:
+    score = summary["score"]
+    print(f"train: {summary['family']} done, {summary['epochs_run']} epochs in {summary['wall_s']:.1f} s; {score} "
+          f"untrained {_fmt(summary['untrained'])}, best {_fmt(summary['best'])} (epoch {summary['best_epoch']}); "
+          f"checkpoints in {summary['output']}", flush=True)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+# ----------------------------------------------------------------------------------------------- the workers
+class WorkerRun:
+    """A training function's view of its run: config, rank, device, seeds, resume, reports."""
+
+    def __init__(self, payload: dict):
+        import ray.train
+        import ray.train.torch
+
+        for name in QUIET_LOGGERS:  # their per-dataset and per-report lines would drown the epoch lines
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self.payload = payload
+        self.config = TrainConfig.from_dict(payload["config"])
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        torch.manual_seed(self.config.seed)
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, int(self.config.cpus_per_worker)))
+        self.history: list[dict] = []
+        self.best: float | None = None
+        self._epoch_start = time.perf_counter()
+
+    @property
+    def batch_size(self) -> int:
+        """Images per step on this worker (the config's batch is for all workers together)."""
+        return self.config.batch_size // self.world
+
+    def autocast(self):
+        if self.device.type == "cuda" and self.config.precision == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def batches(self, name: str, epoch: int, shuffle: bool = True):
+        """This worker's shard of a dataset as torch batches on the device, shuffled per epoch."""
+        import ray.train
+
+        shard = ray.train.get_dataset_shard(name)
+        shuffle_args = {"local_shuffle_buffer_size": 4 * self.batch_size,
+                        "local_shuffle_seed": self.config.seed + epoch}
+        return shard.iter_torch_batches(batch_size=self.batch_size, device=self.device,
+                                        **(shuffle_args if shuffle else {}))
+
+    def restore(self) -> dict | None:
+        """The training state to continue from: Ray's last checkpoint of this run (a restarted worker, a rerun), or
+        `last.pt` in the output (a rerun after Ray's run directory was lost); None to start afresh."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        state, source = None, ""
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                state = torch.load(os.path.join(folder, LAST), map_location="cpu", weights_only=True)
+            source = "the run's last checkpoint"
+        elif self.config.resume:
+            state = _load(self.config.output, LAST)
+            source = f"{posixpath.join(self.config.output, LAST)}"
+        if state is not None:
+            self.history, self.best = list(state["history"]), state["best"]
+            if self.rank == 0:
+                say(f"train: resuming from epoch {state['epoch']} ({source})")
+        return state
+
+    def share(self, value):
+        """`value` as rank 0 has it, on every worker (validation runs on rank 0 only)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def start_epoch(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def report(self, epoch: int, metrics: dict, state: dict, best_checkpoint, score: float | None, images: int = 0,
+               lr: float | None = None) -> bool:
+        """Record an epoch: its metrics row (printed, appended to metrics.parquet), a Ray checkpoint with `state`
+        (copied to last.pt) and, when `score` beats the best so far, `best_checkpoint()` as best.pt. Every worker
+        calls it; rank 0 writes. Returns whether this epoch was the best."""
+        import ray.train
+
+        seconds = time.perf_counter() - self._epoch_start
+        row = {"epoch": epoch, **metrics, "lr": lr, "images_per_s": images / seconds if images else None,
+               "wall_s": seconds}
+        from vprlib.train import FAMILIES
+
+        sign = FAMILIES[self.config.family].SCORE_SIGN
+        improved = score is not None and (self.best is None or score * sign > self.best * sign)
+        if improved:
+            self.best = score
+        self.history.append(row)
+        if self.rank != 0:
+            ray.train.report(_plain(row))
+            return improved
+        state = {**state, "epoch": epoch, "history": self.history, "best": self.best}
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, os.path.join(folder, LAST))
+            _save(self.config.output, LAST, state)
+            if improved:
+                _save(self.config.output, BEST, best_checkpoint())
+            self._write_metrics()
+            ray.train.report(_plain(row), checkpoint=ray.train.Checkpoint.from_directory(folder))
+        say("train: " + ", ".join(f"{k} {_cell(v)}" for k, v in row.items()) + (" *" if improved else ""))
+        return improved
+
+    def _write_metrics(self) -> None:
+        fs, root = url_to_fs(self.config.output)
+        keys = list(dict.fromkeys(key for row in self.history for key in row))  # epoch 0 lacks training's keys
+        with fs.open(posixpath.join(root, METRICS), "wb") as f:
+            pq.write_table(pa.Table.from_pylist([{k: row.get(k) for k in keys} for row in self.history]), f)
+
+
+QUIET_LOGGERS = ("ray.data", "ray.train", "ray.train.v2._internal.execution.context")
+
+
+def say(line: str) -> None:
+    """One line on the worker's stdout, which Ray forwards to the driver. (Ray Train turns `print` into a log record
+    that it also echoes, so a printed line would show twice.)"""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _plain(row: dict) -> dict:
+    return {k: (float("nan") if v is None else v) for k, v in row.items()}
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _save(output: str, name: str, value) -> None:
+    """torch.save to the output (local or s3://), whole or not at all: a temporary name, then a rename."""
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    fs, root = url_to_fs(output)
+    fs.makedirs(root, exist_ok=True)
+    final = posixpath.join(root, name)
+    temp = final if "://" in output else posixpath.join(root, f".tmp-{name}")
+    with fs.open(temp, "wb") as f:
+        f.write(buffer.getvalue())
+    if temp != final:
+        fs.mv(temp, final)
+
+
+def _load(output: str, name: str):
+    fs, root = url_to_fs(output)
+    path = posixpath.join(root, name)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
