@@ -64,6 +64,17 @@ def test_encodings_values():
     assert torch.allclose(label[0, 0], torch.tensor([[0.0, 1.0], [1 / 3, 2 / 3]]))
 
 
+def test_labels_of_no_class_encode_as_nothing():
+    """The ground truth's ignore label (255: HoliCity's "others") is no class: it adds nothing to any channel."""
+    seg = torch.tensor([[[0, 3], [255, 1]]])
+    onehot = InputEncoder(EncodingConfig(modalities="seg", seg_encoding="onehot", num_classes=4))(None, seg)
+    assert onehot[0, :, 1, 0].tolist() == [0, 0, 0, 0] and onehot[0, :, 0, 1].tolist() == [0, 0, 0, 1]
+    label = InputEncoder(EncodingConfig(modalities="seg", seg_encoding="label", num_classes=4))(None, seg)
+    assert label.max() <= 1.0 and label[0, 0, 1, 0] == 0.0
+    embedded = InputEncoder(EncodingConfig(modalities="seg", seg_encoding="embedding", num_classes=4))(None, seg)
+    assert (embedded[0, :, 1, 0] == 0).all() and (embedded[0, :, 0, 1] != 0).any()
+
+
 def test_encodings_unknown_names_list_known():
     with pytest.raises(ValueError, match="onehot"):
         EncodingConfig(seg_encoding="rgb")

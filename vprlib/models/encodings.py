@@ -57,15 +57,18 @@ def _check_known(kind: str, name: str, registry: dict) -> None:
         raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(registry)}")
 
 
-def _as_labels(seg: torch.Tensor) -> torch.Tensor:
-    """Label map B,H,W or B,1,H,W (any dtype holding integers) -> int64 B,H,W."""
-    return (seg.squeeze(1) if seg.dim() == 4 else seg).round().long()
+def _as_labels(seg: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label map B,H,W or B,1,H,W (any dtype holding integers) -> int64 B,H,W with every label outside the classes
+    (the ground truth's ignore label 255: no class) set to 0, and the bool mask of the labels that are in them."""
+    labels = (seg.squeeze(1) if seg.dim() == 4 else seg).round().long()
+    known = (labels >= 0) & (labels < num_classes)
+    return torch.where(known, labels, 0), known
 
 
 def label_channel(seg: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Label map B,H,W (or B,1,H,W) -> float B,1,H,W id / (classes - 1), in [0, 1]: the paper's one-channel encoding
-    of a segmentation map, for the retrievers and the refiners alike."""
-    return (_as_labels(seg).float() / max(num_classes - 1, 1)).unsqueeze(1)
+    of a segmentation map, for the retrievers and the refiners alike. A pixel of no class counts as 0."""
+    return (_as_labels(seg, num_classes)[0].float() / max(num_classes - 1, 1)).unsqueeze(1)
 
 
 class LabelChannel(nn.Module):
@@ -112,7 +115,8 @@ class OneHot(nn.Module):
         return config.num_classes
 
     def forward(self, seg: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(_as_labels(seg), self.num_classes).permute(0, 3, 1, 2).float()
+        labels, known = _as_labels(seg, self.num_classes)  # a pixel of no class: all channels 0
+        return (F.one_hot(labels, self.num_classes) * known[..., None]).permute(0, 3, 1, 2).float()
 
 
 class LearnedEmbedding(nn.Module):
@@ -127,7 +131,8 @@ class LearnedEmbedding(nn.Module):
         return config.embedding_dim
 
     def forward(self, seg: torch.Tensor) -> torch.Tensor:
-        return self.embedding(_as_labels(seg)).permute(0, 3, 1, 2)
+        labels, known = _as_labels(seg, self.embedding.num_embeddings)  # a pixel of no class: a zero vector
+        return (self.embedding(labels) * known[..., None]).permute(0, 3, 1, 2)
 
 
 SEG_ENCODINGS = {"label": LabelChannel, "probabilities": Probabilities, "onehot": OneHot, "embedding": LearnedEmbedding}
