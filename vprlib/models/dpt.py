@@ -1,8 +1,10 @@
 """Depth estimator D: DPT-Hybrid trained by MiDaS (paper III, [32] Ranftl et al. 2021, `Intel/dpt-hybrid-midas`).
 
 `DepthEstimator` wraps a `transformers.DPTForDepthEstimation` (ViT-B/16 on a BiT-ResNet stem, `is_hybrid`) and does
-the image processor's work on tensors in batch: resize to 384x384 (bicubic, antialiased) and normalise with mean and
-std 0.5. It returns relative inverse depth (larger = closer, affine-invariant as MiDaS is trained) at the input size,
+its image processor's work on tensors in batch (see `hf_image`): the uint8 bicubic resize to 384x384 (the
+processor's: no aspect ratio kept, no multiple constraint), normalisation with mean and std 0.5. It returns relative
+inverse depth (larger = closer, affine-invariant as MiDaS is trained) at the output size, upsampled bicubically as
+`DPTImageProcessor.post_process_depth_estimation` does (bicubic can undershoot 0 near edges: it is kept, as there),
 float32 whatever the compute precision.
 """
 
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
 
-from vprlib.models.hf_image import HFImageModel
+from vprlib.models.hf_image import HFImageModel, processor_settings
 
 # Architectures by name. "hybrid" is the config of Intel/dpt-hybrid-midas (~123M parameters), hard-coded so it
 # builds offline; "tiny" is the same hybrid family, small, for tests and CPU runs.
@@ -76,6 +78,13 @@ class DepthConfig:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # the DPT processor's normalisation
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     bf16: bool = True  # bf16 autocast on CUDA (outputs stay float32); channels_last measured slower on an H200
+    resample: str = "bicubic"  # the processor's resize filter
+
+
+def depth_config_from_processor(source: str, **overrides) -> DepthConfig:
+    """The DepthConfig a Hugging Face checkpoint's saved image processor implies (folder or cached hub id): for
+    Intel/dpt-hybrid-midas, 384 bicubic with mean and std 0.5. `overrides` win."""
+    return DepthConfig(**{**processor_settings(source), **overrides})
 
 
 def dpt_architecture(name: str) -> DPTConfig:
@@ -108,9 +117,8 @@ def normalize_depth(depth: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 class DepthEstimator(HFImageModel):
-    """Relative inverse depth. images B,3,H,W float in [0,1] -> B,H,W float32 (larger = closer)."""
-
-    resize_mode = "bicubic"
+    """Relative inverse depth. photos B,3,H,W uint8 (or float in [0,1] from uint8) -> B,H,W float32 (larger =
+    closer)."""
 
     def __init__(self, model: DPTForDepthEstimation, config: DepthConfig = DepthConfig()):
         if config.input_size % model.config.patch_size:
@@ -120,8 +128,7 @@ class DepthEstimator(HFImageModel):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         depth = self.run(images).predicted_depth  # B,S,S
         size = tuple(images.shape[-2:])
-        depth = F.interpolate(depth.float()[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
-        return depth.clamp_min(0.0)  # bicubic overshoot below 0 is not a depth
+        return F.interpolate(depth.float()[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
 
     @staticmethod
     def normalize_depth(depth: torch.Tensor) -> torch.Tensor:

@@ -1,34 +1,99 @@
-"""What the Hugging Face image-model wrappers (Segmenter, DepthEstimator) share: the processor's resize and
-normalisation done on tensors in batch, and the model run under bf16 autocast on CUDA."""
+"""What the Hugging Face image-model wrappers (Segmenter, DepthEstimator) share: the checkpoint's image processor
+(transformers `SegformerImageProcessor` / `DPTImageProcessor`) redone on tensors in batch, and the model run under bf16
+autocast on CUDA.
+
+The processors see a uint8 photo: they resize it in uint8 (torchvision's antialiased kernel on the CPU, which rounds
+and clamps to 0..255 after each of its two separable passes, width then height, as PIL does), then rescale by 1/255
+and normalise. `HFImageModel.preprocess` does the same, so its pixel values equal the processor's on the CPU; on
+other devices it runs the same two passes in float, rounding and clamping after each (within 2 levels of the CPU
+kernel on a few pixels at edges, where a single float pass would overshoot by up to 15).
+"""
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as tvF
 from torch import nn
+from transformers import AutoImageProcessor
+
+# PIL resampling codes, as processor configs store them, to the interpolation modes implemented here.
+PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """B,3,H,W uint8, or float in [0,1] (a uint8 photo divided by 255: recovered exactly) -> uint8."""
+    if images.dtype == torch.uint8:
+        return images
+    return images.float().mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _round_levels(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp_(0, 255).round_()
+
+
+def resize_two_pass(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Antialiased resize of uint8 B,3,H,W as PIL and torchvision's CPU uint8 kernel do it, in float on any device:
+    width first, then height, each pass rounded and clamped to uint8 levels."""
+    x = images.float()
+    if x.shape[-1] != size[1]:
+        x = F.interpolate(x, size=(x.shape[-2], size[1]), mode=mode, align_corners=False, antialias=True)
+        x = _round_levels(x)
+    if x.shape[-2] != size[0]:
+        x = F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
+        x = _round_levels(x)
+    return x.to(torch.uint8)
+
+
+def resize_uint8(images: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """uint8 B,3,H,W resized to `size` as the transformers processor resizes a uint8 photo (see module docstring)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    if images.device.type == "cpu":  # the processor's own call: exactly its pixels
+        return tvF.resize(images, list(size), interpolation=tvF.InterpolationMode(mode), antialias=True)
+    return resize_two_pass(images, size, mode)
+
+
+def processor_settings(source: str) -> dict:
+    """input_size, resample, mean and std of the image processor saved with a Hugging Face checkpoint (a folder or
+    a hub id in the local cache; nothing is downloaded). ValueError for settings `HFImageModel` does not redo."""
+    processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
+    height, width = processor.size.get("height"), processor.size.get("width")
+    unsupported = {
+        "non-square or aspect-keeping size": height is None or height != width,
+        "do_resize=False": not processor.do_resize,
+        f"resample={processor.resample}": int(processor.resample) not in PIL_RESAMPLE,
+        "rescale other than 1/255": not processor.do_rescale or abs(processor.rescale_factor * 255 - 1) > 1e-9,
+        "do_normalize=False": not processor.do_normalize,
+        "center crop": bool(getattr(processor, "do_center_crop", False)),
+        "keep_aspect_ratio": bool(getattr(processor, "keep_aspect_ratio", False)),
+        "ensure_multiple_of > 1": (getattr(processor, "ensure_multiple_of", 1) or 1) > 1,
+        "padding": bool(getattr(processor, "do_pad", False)),
+    }
+    if any(unsupported.values()):
+        raise ValueError(f"image processor of {source}: unsupported {[k for k, v in unsupported.items() if v]}")
+    return {"input_size": int(height), "resample": PIL_RESAMPLE[int(processor.resample)],
+            "mean": tuple(float(m) for m in processor.image_mean), "std": tuple(float(s) for s in processor.image_std)}
 
 
 class HFImageModel(nn.Module):
-    """A transformers vision model behind `forward(images B,3,H,W float in [0,1])`.
+    """A transformers vision model behind `forward(images B,3,H,W uint8, or float in [0,1] from uint8)`.
 
-    `config` holds `input_size` (the side images are resized to), `mean`, `std` and `bf16`; subclasses set
-    `resize_mode` (their processor's interpolation)."""
-
-    resize_mode = "bilinear"
+    `config` holds `input_size` (the side images are resized to), `resample` ("bilinear" or "bicubic": the
+    processor's), `mean`, `std` and `bf16`."""
 
     def __init__(self, model: nn.Module, config):
         super().__init__()
         self.model = model
         self.config = config
         self.input_size = config.input_size
-        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        # The processor's fused rescale and normalisation: (v - 255 mean) / (255 std) on uint8 levels v.
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """B,3,H,W in [0,1] -> normalised B,3,S,S pixel values (S = input_size)."""
+        """B,3,H,W photos -> normalised B,3,S,S pixel values (S = input_size), as the checkpoint's processor."""
         side = (self.input_size, self.input_size)
-        x = images.float()
-        if tuple(x.shape[-2:]) != side:
-            x = F.interpolate(x, size=side, mode=self.resize_mode, align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
+        levels = resize_uint8(to_uint8(images), side, self.config.resample)
+        return (levels.float() - self.mean) / self.std
 
     def run(self, images: torch.Tensor):
         """The wrapped model's output on preprocessed images (bf16 autocast on CUDA when `config.bf16`)."""

@@ -1,12 +1,14 @@
 """Semantic segmenter S: SegFormer-B5 trained on ADE20K (150 classes), as in the paper (III, [19] Xie et al. 2021).
 
-`Segmenter` wraps a `transformers.SegformerForSemanticSegmentation` and does the image processor's work on tensors,
-in batch, on the model's device: resize to `input_size` (bilinear, antialiased, like the processor's PIL resize) and
-ImageNet mean/std normalisation. Outputs are float32 whatever the compute precision.
+`Segmenter` wraps a `transformers.SegformerForSemanticSegmentation` and does its image processor's work on tensors,
+in batch, on the model's device (see `hf_image`): the uint8 resize to the side the checkpoint was trained at, then
+ImageNet mean/std normalisation; `labels`/`probabilities` upsample the logits bilinearly to the output size, as
+`SegformerImageProcessor.post_process_semantic_segmentation` does. Outputs are float32 whatever the precision.
 
-Input side: the paper's maps are 512x512 and it names the "MIT-B5 512x512" ADE20K checkpoint, so `input_size`
-defaults to 512; the HF checkpoint `nvidia/segformer-b5-finetuned-ade-640-640` was trained at 640 and its processor
-resizes to 640: set `SegmenterConfig(input_size=640)` to reproduce the HF pipeline exactly.
+Input side: each checkpoint runs at the side it was trained at unless asked otherwise. The paper names the
+"MIT-B5 512x512" ADE20K checkpoint, so `input_size` defaults to 512; the Hugging Face checkpoint
+`nvidia/segformer-b5-finetuned-ade-640-640` was trained at 640 and its processor resizes to 640:
+`segmenter_config_from_processor` reads that from the processor config saved with it.
 """
 
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
-from vprlib.models.hf_image import HFImageModel
+from vprlib.models.hf_image import HFImageModel, processor_settings
 
 NUM_ADE20K_CLASSES = 150
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -49,10 +51,17 @@ SEGFORMER_ARCHS: dict[str, dict] = {
 
 @dataclass(frozen=True)
 class SegmenterConfig:
-    input_size: int = 512  # side images are resized to before SegFormer (paper: 512; HF 640 checkpoint: 640)
+    input_size: int = 512  # side photos are resized to (the checkpoint's training side: OpenMMLab 512, HF 640)
     mean: tuple[float, float, float] = IMAGENET_MEAN  # the SegFormer processor's normalisation
     std: tuple[float, float, float] = IMAGENET_STD
     bf16: bool = True  # bf16 autocast on CUDA (outputs stay float32)
+    resample: str = "bilinear"  # the processor's resize filter
+
+
+def segmenter_config_from_processor(source: str, **overrides) -> SegmenterConfig:
+    """The SegmenterConfig a Hugging Face checkpoint's saved image processor implies (folder or cached hub id):
+    for nvidia/segformer-b5-finetuned-ade-640-640, 640 bilinear with ImageNet mean/std. `overrides` win."""
+    return SegmenterConfig(**{**processor_settings(source), **overrides})
 
 
 def segformer_architecture(name: str) -> SegformerConfig:
@@ -71,9 +80,7 @@ def build_segformer(name: str, seed: int = 0) -> SegformerForSemanticSegmentatio
 
 
 class Segmenter(HFImageModel):
-    """ADE20K segmenter. images B,3,H,W float in [0,1] -> logits B,150,h,w (h,w = input_size/4)."""
-
-    resize_mode = "bilinear"
+    """ADE20K segmenter. photos B,3,H,W uint8 (or float in [0,1] from uint8) -> logits B,150,S/4,S/4."""
 
     def __init__(self, model: SegformerForSemanticSegmentation, config: SegmenterConfig = SegmenterConfig()):
         super().__init__(model, config)
