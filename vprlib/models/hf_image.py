@@ -1,6 +1,6 @@
 """What the Hugging Face image-model wrappers (Segmenter, DepthEstimator) share: the checkpoint's image processor
-(transformers `SegformerImageProcessor` / `DPTImageProcessor`) redone on tensors in batch, and the model run under bf16
-autocast on CUDA.
+(transformers `SegformerImageProcessor` / `DPTImageProcessor`) redone on tensors in batch, the model run under bf16
+autocast on CUDA, and strict loading of checkpoints released in other layouts.
 
 The processors see a uint8 photo: they resize it in uint8 (torchvision's antialiased kernel on the CPU, which rounds
 and clamps to 0..255 after each of its two separable passes, width then height, as PIL does), then rescale by 1/255
@@ -8,6 +8,8 @@ and normalise. `HFImageModel.preprocess` does the same, so its pixel values equa
 other devices it runs the same two passes in float, rounding and clamping after each (within 2 levels of the CPU
 kernel on a few pixels at edges, where a single float pass would overshoot by up to 15).
 """
+
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -101,3 +103,63 @@ class HFImageModel(nn.Module):
         use_bf16 = self.config.bf16 and pixels.device.type == "cuda"
         with torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             return self.model(pixel_values=pixels)
+
+
+class StrictRemap:
+    """A transformers state dict assembled from a checkpoint released in another layout, strictly: every released
+    tensor is used or listed in `ignored` (name -> why), every tensor of the target model is filled, or KeyError
+    names the offenders. Shapes are then checked by `load_state_dict(strict=True)`."""
+
+    def __init__(self, source: Mapping[str, torch.Tensor], ignored: Mapping[str, str], what: str):
+        self.source, self.ignored, self.what = source, ignored, what
+        self.used: set[str] = set()
+        self.absent: list[str] = []
+        self.target: dict[str, torch.Tensor] = {}
+
+    def take(self, key: str) -> torch.Tensor | None:
+        """The released tensor `key`, marked used; None (and recorded) if the checkpoint lacks it."""
+        if key not in self.source:
+            self.absent.append(key)
+            return None
+        self.used.add(key)
+        return self.source[key]
+
+    def tensor(self, src: str, dst: str, transform: Callable | None = None) -> None:
+        """Released tensor `src` -> target tensor `dst`, through `transform` if given."""
+        tensor = self.take(src)
+        if tensor is not None:
+            self.target[dst] = tensor if transform is None else transform(tensor)
+
+    def copy(self, src: str, dst: str, names=("weight", "bias"), weight: Callable | None = None) -> None:
+        """Module `src` -> module `dst`, tensor by tensor; `weight` transforms the weight (a 1x1 conv to a linear)."""
+        for name in names:
+            self.tensor(f"{src}.{name}", f"{dst}.{name}", weight if name == "weight" else None)
+
+    def split(self, src: str, dsts: list[str]) -> None:
+        """One released tensor cut into equal parts along dim 0 (fused q/k/v projections)."""
+        tensor = self.take(src)
+        if tensor is not None:
+            for dst, part in zip(dsts, tensor.chunk(len(dsts)), strict=True):
+                self.target[dst] = part
+
+    def load_into(self, model: nn.Module) -> nn.Module:
+        """Load the assembled state dict into `model` (strict); KeyError listing any key not accounted for."""
+        unused = sorted(set(self.source) - self.used - set(self.ignored))
+        unfilled = sorted(set(model.state_dict()) - set(self.target))
+        problems = {"expected in the checkpoint but absent": self.absent, "in the checkpoint but not mapped": unused,
+                    "model tensors left unfilled": unfilled}
+        if any(problems.values()):
+            detail = "; ".join(f"{k} ({len(v)}): {v[:8]}{' ...' * (len(v) > 8)}" for k, v in problems.items() if v)
+            raise KeyError(f"{self.what}: {detail}")
+        model.load_state_dict(self.target, strict=True)
+        return model
+
+
+def read_checkpoint(path, nested: tuple[str, ...] = ("state_dict", "model")) -> dict[str, torch.Tensor]:
+    """The state dict in a released `.pth`/`.pt` file, whether flat or under one of `nested` (mmcv's
+    {"meta", "state_dict"}, {"model", "optimizer"}). Loaded with weights_only: tensors and plain containers only."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    for key in nested:
+        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
+            return dict(data[key])
+    return dict(data)
