@@ -1,10 +1,11 @@
 """The paper's checkpoints in their released layouts, offline, with random weights of the true architectures.
 
 The released key lists are built here from the published module structure (OpenMMLab mit.py and segformer_head.py,
-NVlabs mix_transformer.py and segformer_head.py), independently of the loader's mapping tables. NVlabs files are
-exported from a random transformers model with renames written here as transformers' conversion script applies them,
-so loading must give back that model exactly; OpenMMLab's head has no transformers counterpart, so its file is random
-and checked against its forward pass written here in plain torch ops.
+NVlabs mix_transformer.py and segformer_head.py, isl-org/DPT on timm's vit_base_resnet50_384), independently of the
+loaders' mapping tables. NVlabs and DPT files are exported from a random transformers model with renames written
+here as transformers' conversion scripts apply them, so loading must give back that model exactly; OpenMMLab's head
+has no transformers counterpart, so its file is random and checked against its forward pass written here in plain
+torch ops.
 """
 
 import re
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vprlib.models.dpt import DPT_ARCHS, MIDAS_CHECKPOINT, build_dpt, dpt_from_released, load_dpt_checkpoint
 from vprlib.models.segformer import (
     PAPER_CHECKPOINT,
     SEGFORMER_ARCHS,
@@ -90,6 +92,46 @@ def mmseg_shapes(arch, channels=256, classes=150):
     return shapes
 
 
+def dpt_hybrid_shapes(arch):
+    """isl-org/DPT's DPTDepthModel("vitb_rn50_384", readout "project") state dict, as in dpt_hybrid-midas-*.pt."""
+    vit, bit = arch["dpt"], arch["backbone"]
+    d, f, neck = vit["hidden_size"], vit["fusion_hidden_size"], vit["neck_hidden_sizes"]
+    model, resnet = "pretrained.model", "pretrained.model.patch_embed.backbone"
+    shapes = {f"{model}.cls_token": (1, 1, d), f"{model}.pos_embed": (1, (vit["image_size"] // 16) ** 2 + 1, d)}
+    shapes |= conv(f"{resnet}.stem.conv", bit["embedding_size"], 3, 7, bias=False)
+    shapes |= norm(f"{resnet}.stem.norm", bit["embedding_size"])
+    cin = bit["embedding_size"]
+    for s, depth in enumerate(bit["depths"]):
+        out = bit["hidden_sizes"][s]
+        for b in range(depth):
+            p = f"{resnet}.stages.{s}.blocks.{b}"
+            if b == 0:
+                shapes |= conv(f"{p}.downsample.conv", out, cin, 1, bias=False) | norm(f"{p}.downsample.norm", out)
+            shapes |= conv(f"{p}.conv1", out // 4, cin if b == 0 else out, 1, bias=False) | norm(f"{p}.norm1", out // 4)
+            shapes |= conv(f"{p}.conv2", out // 4, out // 4, 3, bias=False) | norm(f"{p}.norm2", out // 4)
+            shapes |= conv(f"{p}.conv3", out, out // 4, 1, bias=False) | norm(f"{p}.norm3", out)
+        cin = out
+    shapes |= conv(f"{model}.patch_embed.proj", d, cin, 1)
+    for i in range(vit["num_hidden_layers"]):
+        b = f"{model}.blocks.{i}"
+        shapes |= norm(f"{b}.norm1", d) | linear(f"{b}.attn.qkv", 3 * d, d) | linear(f"{b}.attn.proj", d, d)
+        shapes |= norm(f"{b}.norm2", d) | linear(f"{b}.mlp.fc1", vit["intermediate_size"], d)
+        shapes |= linear(f"{b}.mlp.fc2", d, vit["intermediate_size"])
+    shapes |= norm(f"{model}.norm", d) | linear(f"{model}.head", 1000, d)
+    for n in (3, 4):
+        shapes |= linear(f"pretrained.act_postprocess{n}.0.project.0", d, 2 * d)
+        shapes |= conv(f"pretrained.act_postprocess{n}.3", neck[n - 1], d, 1)
+    shapes |= conv("pretrained.act_postprocess4.4", neck[3], neck[3], 3)
+    for n in (1, 2, 3, 4):
+        shapes |= conv(f"scratch.layer{n}_rn", f, neck[n - 1], 3, bias=False)
+        shapes |= conv(f"scratch.refinenet{n}.out_conv", f, f, 1)
+        for unit in (1, 2):
+            shapes |= conv(f"scratch.refinenet{n}.resConfUnit{unit}.conv1", f, f, 3)
+            shapes |= conv(f"scratch.refinenet{n}.resConfUnit{unit}.conv2", f, f, 3)
+    shapes |= conv("scratch.output_conv.0", f // 2, f, 3) | conv("scratch.output_conv.2", 32, f // 2, 3)
+    return shapes | conv("scratch.output_conv.4", 1, 32, 1)
+
+
 def _renamed(key: str, numbered: list[tuple[str, object]], plain: list[tuple[str, str]]) -> str:
     for pattern, repl in numbered:
         key = re.sub(pattern, repl, key)
@@ -98,9 +140,9 @@ def _renamed(key: str, numbered: list[tuple[str, object]], plain: list[tuple[str
     return key
 
 
-def _index(template: str):
-    """re.sub replacement: `template` with {} the first group's 1-based number made 0-based."""
-    return lambda m: template.format(int(m[1]) - 1)
+def _index(template: str, offset: int = -1, sign: int = 1):
+    """re.sub replacement: `template` with {} the first group's number, times `sign`, plus `offset`."""
+    return lambda m: template.format(sign * int(m[1]) + offset)
 
 
 def nvlabs_to_transformers(key: str) -> str:
@@ -115,6 +157,32 @@ def nvlabs_to_transformers(key: str) -> str:
              (".attn.proj.", ".attention.o_proj."), (".attn.sr.", ".attention.sequence_reduction.sequence_reduction."),
              (".attn.norm.", ".attention.sequence_reduction.layer_norm."), ("linear_fuse.conv.", "linear_fuse."),
              ("linear_fuse.bn.", "batch_norm."), ("linear_pred.", "classifier.")]
+    return _renamed(key, numbered, plain)
+
+
+def dpt_to_transformers(key: str) -> str:
+    """transformers' name for an original DPT tensor, renamed as convert_dpt_hybrid_to_pytorch.py does."""
+    reassemble = "neck.reassemble_stage"
+    numbered = [(r"^pretrained\.act_postprocess(\d)\.0\.project\.0\.", _index(reassemble + ".readout_projects.{}.0.")),
+                (r"^pretrained\.act_postprocess(\d)\.3\.", _index(reassemble + ".layers.{}.projection.")),
+                (r"^pretrained\.act_postprocess(\d)\.4\.", _index(reassemble + ".layers.{}.resize.")),
+                (r"^scratch\.layer(\d)_rn\.", _index("neck.convs.{}.")),
+                (r"^scratch\.refinenet(\d)\.", _index("neck.fusion_stage.layers.{}.", offset=4, sign=-1)),
+                (r"^pretrained\.model\.patch_embed\.backbone\.stages\.(\d+)\.blocks\.",
+                 r"dpt.embeddings.backbone.bit.encoder.stages.\1.layers."),
+                (r"^pretrained\.model\.blocks\.", "dpt.encoder.layer.")]
+    plain = [("pretrained.model.patch_embed.backbone.stem.conv.", "dpt.embeddings.backbone.bit.embedder.convolution."),
+             ("pretrained.model.patch_embed.backbone.stem.norm.", "dpt.embeddings.backbone.bit.embedder.norm."),
+             ("pretrained.model.patch_embed.proj.", "dpt.embeddings.projection."),
+             ("pretrained.model.cls_token", "dpt.embeddings.cls_token"),
+             ("pretrained.model.pos_embed", "dpt.embeddings.position_embeddings"),
+             ("pretrained.model.norm.", "dpt.layernorm."), (".norm1.", ".layernorm_before."),
+             (".norm2.", ".layernorm_after."), (".attn.proj.", ".attention.output.dense."),
+             (".mlp.fc1.", ".intermediate.dense."), (".mlp.fc2.", ".output.dense."), (".out_conv.", ".projection."),
+             (".resConfUnit", ".residual_layer"), (".conv1.", ".convolution1."), (".conv2.", ".convolution2."),
+             ("scratch.output_conv.", "head.head.")]
+    if "patch_embed.backbone" in key:  # BiT keeps timm's conv1/norm1 names
+        plain = [p for p in plain if p[0] not in (".norm1.", ".norm2.", ".conv1.", ".conv2.")]
     return _renamed(key, numbered, plain)
 
 
@@ -150,7 +218,16 @@ def nvlabs_fused(hf, key):
     return torch.cat([hf[f"{prefix}.attention.{p}_proj.{match[2]}"] for p in "kv"])
 
 
+def dpt_fused(hf, key):
+    match = re.fullmatch(r"pretrained\.model\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)", key)
+    if match is None:
+        return None
+    prefix = f"dpt.encoder.layer.{match[1]}.attention.attention"
+    return torch.cat([hf[f"{prefix}.{p}.{match[2]}"] for p in ("query", "key", "value")])
+
+
 NVLABS_DROPPED = {"decode_head.conv_seg.weight", "decode_head.conv_seg.bias"}
+DPT_DROPPED = {"pretrained.model.head.weight", "pretrained.model.head.bias"}
 
 
 # --- OpenMMLab's SegFormer forward, from mit.py and segformer_head.py, in plain torch ops on its state dict ---
@@ -266,3 +343,27 @@ def test_paper_checkpoint_file_runs_at_its_training_side(tmp_path):
     assert trained_input_size("segformer.b5.640x640.ade.160k.pth") == 640
     with pytest.raises(ValueError, match="training size"):
         trained_input_size("segformer_b5.pth")
+
+
+def test_original_dpt_hybrid_checkpoint_is_the_conversion(tmp_path):
+    converted = build_dpt("hybrid", seed=2).eval()
+    shapes = dpt_hybrid_shapes(DPT_ARCHS["hybrid"])
+    state = export(converted, shapes, dpt_to_transformers, dpt_fused, DPT_DROPPED)
+    assert {k: tuple(v.shape) for k, v in state.items()} == shapes  # the published structure, every tensor
+    torch.save(state, tmp_path / MIDAS_CHECKPOINT)
+    loaded = load_dpt_checkpoint(tmp_path / MIDAS_CHECKPOINT).state_dict()
+    expected = converted.state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+    with pytest.raises(KeyError, match=r"not mapped \(1\).*scratch\.refinenet5"):
+        dpt_from_released({**state, "scratch.refinenet5.out_conv.weight": torch.zeros(1)})
+
+
+@torch.no_grad()
+def test_original_dpt_layout_gives_the_conversion_outputs():
+    """The same round trip on the small hybrid (its 64x64 input keeps the forward pass cheap)."""
+    converted = build_dpt("tiny", seed=2).eval()
+    keys = dpt_hybrid_shapes(DPT_ARCHS["tiny"])  # the tiny arch's key list (its shapes differ)
+    state = export(converted, keys, dpt_to_transformers, dpt_fused, DPT_DROPPED)
+    loaded = dpt_from_released(state, "tiny")
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(loaded(pixel_values=pixels).predicted_depth, converted(pixel_values=pixels).predicted_depth)
