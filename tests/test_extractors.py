@@ -57,6 +57,9 @@ def test_depth_shapes_and_values(depth, images):
     d = depth(images)
     assert d.shape == (2, 50, 70) and d.dtype == torch.float32
     assert torch.isfinite(d).all()
+    raw = depth.run(images).predicted_depth[:, None]
+    expected = torch.nn.functional.interpolate(raw, size=(32, 24), mode="bicubic", align_corners=False)[:, 0]
+    torch.testing.assert_close(depth(images, size=(32, 24)), expected)
 
 
 def test_normalize_depth_is_scale_and_shift_invariant():

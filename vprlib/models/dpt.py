@@ -134,9 +134,10 @@ class DepthEstimator(HFImageModel):
             raise ValueError(f"input_size {config.input_size} must be a multiple of {model.config.patch_size}")
         super().__init__(model, config)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Depth B,H,W at `size` (default: the images' size), upsampled as the processor's post-processing."""
         depth = self.run(images).predicted_depth  # B,S,S
-        size = tuple(images.shape[-2:])
+        size = tuple(images.shape[-2:]) if size is None else tuple(size)
         return F.interpolate(depth.float()[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
 
     @staticmethod
