@@ -197,12 +197,13 @@ def export(model, shapes, rename, fused, dropped):
 
 
 def random_tensor(key, shape, generator):
+    """Random weights of a plausible scale: norm weights near 1, positive BatchNorm variances."""
     if key.endswith("num_batches_tracked"):
         return torch.tensor(1000)
     if key.endswith("running_var"):
         return torch.rand(shape, generator=generator) + 0.5
-    scale = torch.randn(shape, generator=generator) * 0.1
-    return scale + 1.0 if key.endswith("weight") and len(shape) == 1 else scale
+    values = torch.randn(shape, generator=generator) * 0.1
+    return values + 1.0 if key.endswith("weight") and len(shape) == 1 else values
 
 
 def random_state(shapes, seed=0):
