@@ -41,9 +41,10 @@ def test_segmenter_shapes_and_values(segmenter, images):
 
 @torch.no_grad()
 def test_segmenter_normalises_like_the_processor(segmenter):
-    gray = torch.full((1, 3, 64, 64), 0.5)
-    expected = (0.5 - torch.tensor(segmenter.config.mean)) / torch.tensor(segmenter.config.std)
+    gray = torch.full((1, 3, 64, 64), 128, dtype=torch.uint8)
+    expected = (128 / 255 - torch.tensor(segmenter.config.mean)) / torch.tensor(segmenter.config.std)
     torch.testing.assert_close(segmenter.preprocess(gray)[0, :, 0, 0], expected)
+    torch.testing.assert_close(segmenter.preprocess(gray.float() / 255), segmenter.preprocess(gray))
 
 
 def test_segmenter_is_seeded():
@@ -55,7 +56,10 @@ def test_segmenter_is_seeded():
 def test_depth_shapes_and_values(depth, images):
     d = depth(images)
     assert d.shape == (2, 50, 70) and d.dtype == torch.float32
-    assert torch.isfinite(d).all() and (d >= 0).all()
+    assert torch.isfinite(d).all()
+    raw = depth.run(images).predicted_depth[:, None]
+    expected = torch.nn.functional.interpolate(raw, size=(32, 24), mode="bicubic", align_corners=False)[:, 0]
+    torch.testing.assert_close(depth(images, size=(32, 24)), expected)
 
 
 def test_normalize_depth_is_scale_and_shift_invariant():
