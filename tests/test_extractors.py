@@ -101,24 +101,6 @@ def test_zoo_loads_hf_folders_from_a_directory(tmp_path, images):
     with torch.no_grad():
         torch.testing.assert_close(loaded_seg(images), Segmenter(seg.eval(), loaded_seg.config)(images))
         torch.testing.assert_close(loaded_depth(images), DepthEstimator(dpt.eval(), loaded_depth.config)(images))
-    identity = zoo.identity(str(tmp_path), ("segmenter", "depth"))
-    assert identity["segmenter"] == str(tmp_path / "segformer") and identity["depth"] == str(tmp_path / "dpt")
-
-
-def test_missing_checkpoints_say_what_to_download(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nvidia/segformer-b5-finetuned-ade-640-640"):
-        zoo.load_segmenter(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="Intel/dpt-hybrid-midas"):
-        zoo.load_depth(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="big-lama"):
-        zoo.load_inpainter(str(tmp_path))
-    with pytest.raises(ValueError, match="paper-random"):
-        zoo.load_segmenter("no-such-preset")
-
-
-def test_model_identity_of_presets():
-    assert zoo.identity("tiny") == {r: "random:tiny:seed=0" for r in ("segmenter", "depth", "inpainter", "refiners")}
-    assert zoo.identity("paper-random", ("segmenter",)) == {"segmenter": "random:b5:seed=0"}
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -75,6 +75,9 @@ class MapSpec:
         "paper (published weights), tiny (small random, offline), paper-random (paper-size architectures, random "
         "weights: benchmarks) or a local models folder"))
     side: int = field(default=512, metadata=_help("maps are side x side pixels (paper: 512, HoliCity's size)"))
+    segmenter_side: int = field(default=0, metadata=_help(
+        "side the segmenter sees (0 = the side its checkpoint was trained at: the paper's OpenMMLab SegFormer 512, "
+        "the Hugging Face one 640)"))
     dilation: int = field(default=0, metadata=_help("pixels the dynamic-object mask is grown by before LaMa"))
     seg_probabilities: bool = field(default=False, metadata=_help(
         "synthetic: also store the refined 4-class probabilities (float16)"))
@@ -84,8 +87,8 @@ class MapSpec:
             raise ValueError(f"unknown strategy {self.strategy!r}; known: {', '.join(STRATEGIES)}")
         if self.side < 1:
             raise ValueError(f"side must be >= 1, got {self.side}")
-        if self.dilation < 0:
-            raise ValueError(f"dilation must be >= 0, got {self.dilation}")
+        if self.dilation < 0 or self.segmenter_side < 0:
+            raise ValueError("dilation and segmenter_side must be >= 0")
 
     @property
     def plan(self) -> Strategy:

@@ -41,7 +41,7 @@ def run_extract(config: ExtractConfig) -> dict:
     spec, run = config.spec, config.run
     manifest = carry_columns(load_input(config.input))
     zoo.check_weights(spec.models, spec.plan.models)
-    identity = zoo.identity(spec.models, spec.plan.models)
+    identity = zoo.identity(spec.models, spec.plan.models, spec.segmenter_side)
     check_config(config.output, config_record(config, identity, manifest.schema), write=False)  # before Ray starts
     cluster = connect(run.ray_address)
     config = replace(config, run=replace(run, device=cluster.device(run.device)))

@@ -169,7 +169,7 @@ class Stage:
         if self.device == "cuda" and run.precision == "bf16":
             torch.backends.cudnn.benchmark = run.cudnn_benchmark  # fixed map sides: autotuning can pay off
             torch.set_float32_matmul_precision("high")  # TF32 for what stays float32 (FFTs aside)
-        models = load_models(self.roles, spec.models, run, models)
+        models = load_models(self.roles, spec, run, models)
         self.models = {role: models[role] for role in self.roles}
 
     @staticmethod
@@ -230,12 +230,12 @@ class Stage:
         return {k: v for k, v in batch.items() if k not in self.drop}
 
 
-def load_models(roles: tuple[str, ...], models: str, run: RunOptions, ready: dict | None = None) -> dict:
+def load_models(roles: tuple[str, ...], spec: MapSpec, run: RunOptions, ready: dict | None = None) -> dict:
     """The prepared model of each role: taken from `ready` when there, else loaded from the registry."""
     ready = ready or {}
     out = {}
     for role in roles:
-        model = ready[role] if role in ready else zoo.load(role, models)
+        model = ready[role] if role in ready else zoo.load(role, spec.models, spec.segmenter_side)
         out[role] = tuple(prepare(m, run) for m in model) if isinstance(model, tuple) else prepare(model, run)
     return out
 

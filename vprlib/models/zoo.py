@@ -3,15 +3,24 @@
 - "tiny": small architectures, seeded random weights; offline, fast on a CPU (tests, the synthetic city demo).
 - "paper-random": the paper's exact architectures (SegFormer-B5, DPT-Hybrid, Big-LaMa, the two refiners) with seeded
   random weights, for GPU benchmarks and parameter counts.
-- "paper": the published weights: SegFormer and DPT from the local Hugging Face cache (never downloaded here),
-  Big-LaMa and the trained refiners from `$VPRLIB_HOME` (default `~/.cache/vprlib`).
-- a directory: `segformer/` and `dpt/` (Hugging Face `save_pretrained` folders), Big-LaMa (LAMA_FILES) and the
-  refiners (`refiner_depth.pt`, `refiner_seg.pt`) in it.
+- "paper": the published weights, from `$VPRLIB_HOME` (default `~/.cache/vprlib`) where the paper's own files are,
+  else from the local Hugging Face cache (never downloaded here): the segmenter is OpenMMLab's SegFormer-B5 512x512
+  ADE20K file (segformer.PAPER_CHECKPOINT, the paper's) or `nvidia/segformer-b5-finetuned-ade-640-640`; depth is
+  MiDaS' `dpt_hybrid-midas-501f0c75.pt` or `Intel/dpt-hybrid-midas`; Big-LaMa is big-lama.zip unpacked
+  (LAMA_FILES); the refiners are the training job's `refiner_depth.pt` / `refiner_seg.pt`.
+- a directory: the same files (`segformer/` and `dpt/` as `save_pretrained` folders, or the released checkpoint
+  files) in it. A directory's `models.json` may name a `base` (a preset or another directory) for the roles whose
+  files it lacks: the refiner training job writes one, so its output folder is a complete `--models` for the
+  synthetic strategy.
+
+Each segmenter runs at the side it was trained at (the file's name, or its Hugging Face processor), unless
+`segmenter_side` says otherwise; depth at its processor's side (384).
 
 Roles (ROLES): segmenter S, depth D, inpainter L, refiners (F_d, F_s). `load(role, models)` builds one, in eval mode
-on the CPU; `identity(models, roles)` says what each would be loaded from (recorded with every maps table);
-`check_weights(models, roles)` fails before any work, naming the file to download and where to put it.
-Nothing is ever downloaded.
+on the CPU; `identity(models, roles)` says exactly what each would be loaded from (a Hugging Face snapshot revision or
+a content hash of each weights file, and the segmenter's side), recorded with every maps table, so outputs made from
+other weights never pass for the same; `check_weights(models, roles)` fails before any work, naming the file to
+download and where to put it. Nothing is ever downloaded.
 
 Retrievers (RETRIEVERS: CosPlace, NetVLAD) share one contract (vprlib.models.retriever); `load_retriever(path)`
 rebuilds whichever family a checkpoint holds.
@@ -19,23 +28,36 @@ rebuilds whichever family a checkpoint holds.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import DPTForDepthEstimation, SegformerForSemanticSegmentation
 
 from vprlib.models.cosplace import CosPlace
-from vprlib.models.dpt import DepthConfig, DepthEstimator, build_dpt
+from vprlib.models.dpt import MIDAS_CHECKPOINT, DepthConfig, DepthEstimator, build_dpt, depth_from_checkpoint
+from vprlib.models.hf_image import processor_settings
 from vprlib.models.lama import LamaInpainter, build_lama, load_lama
 from vprlib.models.netvlad import NetVLAD
 from vprlib.models.refiner import DEPTH_FILE, SEG_FILE, DualEncoderUNet, build_refiners, load_refiner
 from vprlib.models.retriever import Retriever
-from vprlib.models.segformer import Segmenter, SegmenterConfig, build_segformer
+from vprlib.models.segformer import (
+    PAPER_CHECKPOINT,
+    Segmenter,
+    SegmenterConfig,
+    build_segformer,
+    segmenter_from_checkpoint,
+    trained_input_size,
+)
 
 SEGFORMER_ID = "nvidia/segformer-b5-finetuned-ade-640-640"
 DPT_ID = "Intel/dpt-hybrid-midas"
 LAMA_FILES = ("big-lama/models/best.ckpt", "big-lama/best.ckpt", "big-lama.pt")
+BASE_FILE = "models.json"
 SEED = 0
 ROLES = ("segmenter", "depth", "inpainter", "refiners")
 
@@ -46,6 +68,7 @@ RANDOM_PRESETS: dict[str, dict[str, str]] = {
 }
 TINY_SIDE = 64  # the input side of the tiny segmenter and depth estimator
 KNOWN = (*RANDOM_PRESETS, "paper")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a save_pretrained folder's weights
 
 
 def vprlib_home() -> Path:
@@ -63,135 +86,229 @@ def models_dir(models: str) -> Path:
     return path
 
 
-def _hf_source(models: str, sub: str, hub_id: str) -> str:
-    return hub_id if models == "paper" else str(models_dir(models) / sub)
+@dataclass(frozen=True)
+class Source:
+    """Where one role's weights come from: `kind` random (arch), hub (a Hugging Face id in the local cache),
+    folder (a save_pretrained folder), file (a released checkpoint), refiners (a folder with both files)."""
+
+    kind: str
+    where: str
 
 
-def _hf_pretrained(cls, source: str, hub_id: str, sub: str):
-    """from_pretrained on a local folder or the local HF cache only; a clear error if the weights are absent."""
-    try:
-        return cls.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise FileNotFoundError(
-            f"weights for {hub_id} not found at {source!r} (local files only, nothing is downloaded). On a machine "
-            f"with network run `hf download {hub_id} --local-dir <models>/{sub}` (or `huggingface-cli download`) "
-            f"and pass that <models> directory, or fill the Hugging Face cache with it for models='paper'."
-        ) from err
-
-
-def load_segmenter(models: str) -> Segmenter:
-    """The ADE20K segmenter S."""
+def _role_source(role: str, models: str) -> Source:
+    """The source `load(role, models)` reads; FileNotFoundError (saying what to download, where) if absent."""
     if models in RANDOM_PRESETS:
-        config = SegmenterConfig(input_size=TINY_SIDE) if models == "tiny" else SegmenterConfig()
-        return Segmenter(build_segformer(RANDOM_PRESETS[models]["segmenter"], SEED), config).eval()
-    source = _hf_source(models, "segformer", SEGFORMER_ID)
-    return Segmenter(_hf_pretrained(SegformerForSemanticSegmentation, source, SEGFORMER_ID, "segformer")).eval()
-
-
-def load_depth(models: str) -> DepthEstimator:
-    """The relative inverse depth estimator D."""
-    if models in RANDOM_PRESETS:
-        config = DepthConfig(input_size=TINY_SIDE) if models == "tiny" else DepthConfig()
-        return DepthEstimator(build_dpt(RANDOM_PRESETS[models]["depth"], SEED), config).eval()
-    source = _hf_source(models, "dpt", DPT_ID)
-    model = _hf_pretrained(DPTForDepthEstimation, source, DPT_ID, "dpt")
-    return DepthEstimator(model, DepthConfig(input_size=model.config.image_size)).eval()  # dpt-hybrid-midas: 384
-
-
-def lama_path(models: str) -> Path:
-    """The first Big-LaMa checkpoint present under the models directory; FileNotFoundError if none is."""
-    base = models_dir(models)
-    for name in LAMA_FILES:
-        if (base / name).is_file():
-            return base / name
-    raise FileNotFoundError(
-        f"no Big-LaMa checkpoint under {base}: expected one of {list(LAMA_FILES)}. Download big-lama.zip from "
-        f"github.com/advimman/lama (the 'big-lama' model) and unzip it in {base} (giving big-lama/models/best.ckpt), "
-        f"or put the TorchScript big-lama.pt at {base / 'big-lama.pt'}."
-    )
-
-
-def load_inpainter(models: str) -> LamaInpainter:
-    """The Big-LaMa inpainter L."""
-    if models in RANDOM_PRESETS:
-        return build_lama(RANDOM_PRESETS[models]["inpainter"], SEED)
-    return load_lama(lama_path(models))
-
-
-def refiner_paths(models: str) -> tuple[Path, Path]:
-    """The depth and segmentation refiners' state-dict files; FileNotFoundError saying where they come from."""
+        return Source("random", RANDOM_PRESETS[models][role])
     directory = models_dir(models)
-    paths = (directory / DEPTH_FILE, directory / SEG_FILE)
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"refiner weights not found: {', '.join(missing)}. The refiners are not published with the paper; "
-            f"they come from training on ground-truth maps (`jobs/train.py refiner` writes {DEPTH_FILE} and "
-            f"{SEG_FILE}). Put them in {directory} (for 'paper', $VPRLIB_HOME), or use --models tiny / paper-random."
-        )
-    return paths
+    own = _own_source(role, models, directory)
+    if own is not None:
+        return own
+    base = _base(directory)
+    if base is not None:
+        return _role_source(role, base)
+    raise FileNotFoundError(_missing(role, models, directory))
 
 
-def load_refiners(models: str) -> tuple[DualEncoderUNet, DualEncoderUNet]:
-    """(F_d, F_s): seeded random for presets, else the state dicts `refiner_paths` names."""
-    if models in RANDOM_PRESETS:
-        return build_refiners(RANDOM_PRESETS[models]["refiners"], SEED)
-    depth, seg = refiner_paths(models)
-    return load_refiner(depth), load_refiner(seg)
+def _own_source(role: str, models: str, directory: Path) -> Source | None:
+    """The role's source among the directory's own files (or, for "paper", the Hugging Face cache)."""
+    hf = {"segmenter": ("segformer", SEGFORMER_ID, PAPER_CHECKPOINT), "depth": ("dpt", DPT_ID, MIDAS_CHECKPOINT)}
+    if role in hf:
+        sub, hub_id, released = hf[role]
+        if (directory / released).is_file():
+            return Source("file", str(directory / released))
+        if models == "paper":
+            return Source("hub", hub_id) if _in_hf_cache(hub_id) else None
+        return Source("folder", str(directory / sub)) if (directory / sub / "config.json").is_file() else None
+    if role == "inpainter":
+        found = next((directory / name for name in LAMA_FILES if (directory / name).is_file()), None)
+        return Source("file", str(found)) if found else None
+    if role == "refiners":
+        both = all((directory / name).is_file() for name in (DEPTH_FILE, SEG_FILE))
+        return Source("refiners", str(directory)) if both else None
+    raise ValueError(f"unknown model role {role!r}; known: {', '.join(ROLES)}")
 
 
-LOADERS = {"segmenter": load_segmenter, "depth": load_depth, "inpainter": load_inpainter, "refiners": load_refiners}
+def _base(directory: Path) -> str | None:
+    """The `base` a directory's models.json names, resolved against the directory when it is a relative folder."""
+    file = directory / BASE_FILE
+    if not file.is_file():
+        return None
+    base = json.loads(file.read_text()).get("base")
+    if not base or base in RANDOM_PRESETS or base == "paper":
+        return base
+    path = Path(base).expanduser()
+    return str(path if path.is_absolute() else directory / path)
 
 
-def load(role: str, models: str):
-    """The model of `role` for a models string."""
-    if role not in LOADERS:
-        raise ValueError(f"unknown model role {role!r}; known: {', '.join(ROLES)}")
-    return LOADERS[role](models)
-
-
-def _source(role: str, models: str, strict: bool) -> str:
-    """What `load(role, models)` would read (a hub id, a folder or file); with `strict`, FileNotFoundError if absent."""
-    if models in RANDOM_PRESETS:
-        return f"random:{RANDOM_PRESETS[models][role]}:seed={SEED}"
+def _missing(role: str, models: str, directory: Path) -> str:
     if role == "segmenter":
-        return _checked_hf(models, "segformer", SEGFORMER_ID, strict)
+        return (f"weights not found for the segmenter (models={models!r}): put OpenMMLab's {PAPER_CHECKPOINT} (the "
+                f"paper's SegFormer-B5 512x512) in {directory}, or {SEGFORMER_ID} as a save_pretrained folder at "
+                f"{directory / 'segformer'} (`hf download {SEGFORMER_ID} --local-dir {directory / 'segformer'}`)"
+                + (" or in the Hugging Face cache ($HF_HOME; `hf download " + SEGFORMER_ID + "`)"
+                   if models == "paper" else "") + "; or use --models tiny / paper-random")
     if role == "depth":
-        return _checked_hf(models, "dpt", DPT_ID, strict)
-    try:
-        return str(lama_path(models)) if role == "inpainter" else str(refiner_paths(models)[0].parent)
-    except FileNotFoundError:
-        if strict:
-            raise
-        return f"missing:{models_dir(models)}"
+        return (f"weights not found for depth (models={models!r}): put MiDaS' {MIDAS_CHECKPOINT} in {directory}, "
+                f"or {DPT_ID} as a save_pretrained folder at {directory / 'dpt'} (`hf download {DPT_ID} --local-dir "
+                f"{directory / 'dpt'}`)" + (" or in the Hugging Face cache ($HF_HOME; `hf download " + DPT_ID + "`)"
+                                            if models == "paper" else "") + "; or use --models tiny / paper-random")
+    if role == "inpainter":
+        return (f"no Big-LaMa checkpoint under {directory}: expected one of {list(LAMA_FILES)}. Download big-lama.zip "
+                f"from github.com/advimman/lama (the 'big-lama' model) and unzip it in {directory} (giving "
+                f"big-lama/models/best.ckpt), or put the TorchScript big-lama.pt at {directory / 'big-lama.pt'}.")
+    return (f"refiner weights not found: {directory / DEPTH_FILE}, {directory / SEG_FILE}. The refiners are not "
+            f"published with the paper; they come from training on ground-truth maps (`jobs/train.py refiner` writes "
+            f"them). Put them in {directory} (for 'paper', $VPRLIB_HOME), or use --models tiny / paper-random.")
 
 
-def _checked_hf(models: str, sub: str, hub_id: str, strict: bool) -> str:
-    source = _hf_source(models, sub, hub_id)
-    if strict and not _hf_weights_present(models, sub, hub_id):
-        if models == "paper":  # read from the Hugging Face cache, as from_pretrained(local_files_only) does
-            raise FileNotFoundError(
-                f"weights not found for models='paper': {hub_id} not in the Hugging Face cache ($HF_HOME, default "
-                f"~/.cache/huggingface). Fill it on a machine with network (`hf download {hub_id}`) and copy it "
-                f"here, pass --models DIR with segformer/ and dpt/ folders, or use --models tiny / paper-random")
-        raise FileNotFoundError(
-            f"weights not found for models={models!r}: {source}/config.json ({hub_id}). Download them on a machine "
-            f"with network (`hf download {hub_id} --local-dir {source}`), or use --models tiny / paper-random")
-    return source
-
-
-def _hf_weights_present(models: str, sub: str, hub_id: str) -> bool:
-    if models != "paper":
-        return (models_dir(models) / sub / "config.json").is_file()
+def _in_hf_cache(hub_id: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return isinstance(try_to_load_from_cache(hub_id, "config.json"), str)
 
 
-def identity(models: str, roles: tuple[str, ...] = ROLES) -> dict[str, str]:
-    """What each role's model is loaded from (no weights are loaded), for the record kept with maps."""
+def _hf_pretrained(cls, source: str):
+    """from_pretrained on a local folder or the local HF cache only (nothing is downloaded)."""
+    try:
+        return cls.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"weights for {source} could not be read locally: {err}") from err
+
+
+def _processor_or_default(source: str, default: dict) -> dict:
+    """The saved image processor's settings; `default` when a folder has none (a model saved without it)."""
+    try:
+        return processor_settings(source)
+    except OSError:
+        return default
+
+
+def segmenter_input_size(models: str, segmenter_side: int = 0) -> int:
+    """The side the segmenter of `models` runs at: `segmenter_side`, else the one its checkpoint was trained at."""
+    if segmenter_side:
+        return segmenter_side
+    source = _role_source("segmenter", models)
+    if source.kind == "random":
+        return TINY_SIDE if source.where == "tiny" else SegmenterConfig().input_size
+    if source.kind == "file":
+        return trained_input_size(source.where)
+    return _processor_or_default(source.where, {"input_size": SegmenterConfig().input_size})["input_size"]
+
+
+def load_segmenter(models: str, segmenter_side: int = 0) -> Segmenter:
+    """The ADE20K segmenter S, at its training side unless `segmenter_side` is given."""
+    source = _role_source("segmenter", models)
+    side = segmenter_input_size(models, segmenter_side)
+    if source.kind == "random":
+        return Segmenter(build_segformer(source.where, SEED), SegmenterConfig(input_size=side)).eval()
+    if source.kind == "file":
+        return segmenter_from_checkpoint(source.where, input_size=side)
+    settings = _processor_or_default(source.where, {})
+    model = _hf_pretrained(SegformerForSemanticSegmentation, source.where)
+    return Segmenter(model, SegmenterConfig(**{**settings, "input_size": side})).eval()
+
+
+def load_depth(models: str) -> DepthEstimator:
+    """The relative inverse depth estimator D, at its processor's side."""
+    source = _role_source("depth", models)
+    if source.kind == "random":
+        config = DepthConfig(input_size=TINY_SIDE) if source.where == "tiny" else DepthConfig()
+        return DepthEstimator(build_dpt(source.where, SEED), config).eval()
+    if source.kind == "file":
+        return depth_from_checkpoint(source.where)
+    model = _hf_pretrained(DPTForDepthEstimation, source.where)
+    settings = _processor_or_default(source.where, {"input_size": model.config.image_size})
+    return DepthEstimator(model, DepthConfig(**settings)).eval()
+
+
+def lama_path(models: str) -> Path:
+    """The Big-LaMa checkpoint of `models`; FileNotFoundError naming what to download if there is none."""
+    return Path(_role_source("inpainter", models).where)
+
+
+def load_inpainter(models: str) -> LamaInpainter:
+    """The Big-LaMa inpainter L."""
+    source = _role_source("inpainter", models)
+    return build_lama(source.where, SEED) if source.kind == "random" else load_lama(source.where)
+
+
+def refiner_paths(models: str) -> tuple[Path, Path]:
+    """The depth and segmentation refiners' state-dict files; FileNotFoundError saying where they come from."""
+    directory = Path(_role_source("refiners", models).where)
+    return directory / DEPTH_FILE, directory / SEG_FILE
+
+
+def load_refiners(models: str) -> tuple[DualEncoderUNet, DualEncoderUNet]:
+    """(F_d, F_s): seeded random for presets, else the state dicts `refiner_paths` names."""
+    source = _role_source("refiners", models)
+    if source.kind == "random":
+        return build_refiners(source.where, SEED)
+    depth, seg = refiner_paths(models)
+    return load_refiner(depth), load_refiner(seg)
+
+
+def load(role: str, models: str, segmenter_side: int = 0):
+    """The model of `role` for a models string."""
+    if role == "segmenter":
+        return load_segmenter(models, segmenter_side)
+    loaders = {"depth": load_depth, "inpainter": load_inpainter, "refiners": load_refiners}
+    if role not in loaders:
+        raise ValueError(f"unknown model role {role!r}; known: {', '.join(ROLES)}")
+    return loaders[role](models)
+
+
+def identity(models: str, roles: tuple[str, ...] = ROLES, segmenter_side: int = 0) -> dict[str, str]:
+    """Exactly what each role's model is loaded from, for the record kept with maps: the source, a Hugging Face
+    snapshot revision or a content hash of its weights files, and for the segmenter the side it runs at. An absent
+    role is named missing. Loads no weights (hashes files, cached per file and modification time)."""
     _check_models(models)
-    return {role: _source(role, models, strict=False) for role in roles}
+    out = {}
+    for role in roles:
+        try:
+            source = _role_source(role, models)
+        except FileNotFoundError:
+            out[role] = f"missing:{models}"
+            continue
+        out[role] = _describe(source)
+        if role == "segmenter":
+            out[role] += f"@{segmenter_input_size(models, segmenter_side)}px"
+    return out
+
+
+def _describe(source: Source) -> str:
+    if source.kind == "random":
+        return f"random:{source.where}:seed={SEED}"
+    if source.kind == "hub":
+        return f"{source.where}@{_hub_revision(source.where)}"
+    if source.kind == "folder":
+        files = [Path(source.where) / name for name in WEIGHT_FILES if (Path(source.where) / name).is_file()]
+        return f"{source.where} " + " ".join(f"{f.name}:sha256:{_sha256(f)}" for f in files)
+    if source.kind == "refiners":
+        return f"{source.where} " + " ".join(f"{n}:sha256:{_sha256(Path(source.where) / n)}" for n in (DEPTH_FILE,
+                                                                                                         SEG_FILE))
+    return f"{source.where} sha256:{_sha256(Path(source.where))}"
+
+
+def _hub_revision(hub_id: str) -> str:
+    """The snapshot (commit) of a hub id in the local cache, from the folder the cached config lies in."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = Path(try_to_load_from_cache(hub_id, "config.json"))
+    return f"rev:{path.parent.name}"
+
+
+def _sha256(path: Path) -> str:
+    stat = path.stat()
+    return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def check_weights(models: str, roles: tuple[str, ...]) -> None:
@@ -199,7 +316,7 @@ def check_weights(models: str, roles: tuple[str, ...]) -> None:
     presets need none. Cheap: looks for files, loads nothing."""
     _check_models(models)
     for role in roles:
-        _source(role, models, strict=True)
+        _role_source(role, models)
 
 
 def _check_models(models: str) -> None:
