@@ -259,6 +259,13 @@ def test_job_bad_flags_give_one_line_and_exit_2(args):
     assert result.stdout == ""
 
 
+def test_an_invalid_value_says_the_rule():
+    with pytest.raises(ValueError, match=r"places \(must be >= 2: .*got 1\)"):
+        sc.CityConfig(places=1)
+    with pytest.raises(ValueError, match=r"train_visits \(must be in \[1, 16\].*; fov \(must be in \[10, 150\]"):
+        sc.CityConfig(train_visits=20, fov=5)
+
+
 def test_job_writes_city_config_and_summary(tmp_path):
     result = _job("--output", str(tmp_path), "--places", "4", "--side", "16", "--seed", "3", "--workers", "1")
     assert result.returncode == 0, result.stderr

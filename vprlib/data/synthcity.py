@@ -114,21 +114,25 @@ class CityConfig:
     workers: int = 0  # processes; 0 means one per CPU
 
     def __post_init__(self):
-        checks = {
-            "places": self.places >= 2, "side": self.side >= 8, "headings": self.headings >= 1,
-            "eval_fraction": 0.0 < self.eval_fraction < 1.0, "val_fraction": 0.0 <= self.val_fraction < 1.0,
-            "train_visits": self.train_visits >= 1, "query_visits": 1 <= self.query_visits <= 15,
-            "place_spacing": self.place_spacing > 0, "jitter": 0 <= self.jitter <= self.road_width / 4,
-            "fov": 10.0 <= self.fov <= 150.0, "pitch": -60.0 <= self.pitch <= 60.0,
-            "camera_height": 0.5 <= self.camera_height <= 10.0, "workers": self.workers >= 0,
-            "dynamic_density": self.dynamic_density >= 0, "max_distance": self.max_distance > 0,
-            "train_visits+": self.train_visits <= len(TIMES_OF_DAY) * len(SEASONS),
-            "dense_train": 0 <= self.dense_train <= 64, "cell_m": self.cell_m > 0,
-            "heading_bin": 0 < self.heading_bin <= 360,
+        looks = len(TIMES_OF_DAY) * len(SEASONS)
+        rules = {  # field: (holds, the rule as a user reads it)
+            "places": (self.places >= 2, ">= 2: half train/val, half database/query"),
+            "side": (self.side >= 8, ">= 8"), "headings": (self.headings >= 1, ">= 1"),
+            "eval_fraction": (0.0 < self.eval_fraction < 1.0, "in (0, 1)"),
+            "val_fraction": (0.0 <= self.val_fraction < 1.0, "in [0, 1)"),
+            "train_visits": (1 <= self.train_visits <= looks, f"in [1, {looks}]: one appearance each"),
+            "query_visits": (1 <= self.query_visits <= 15, "in [1, 15]"),
+            "place_spacing": (self.place_spacing > 0, "> 0"),
+            "jitter": (0 <= self.jitter <= self.road_width / 4, f"in [0, {self.road_width / 4:g}] (road width / 4)"),
+            "fov": (10.0 <= self.fov <= 150.0, "in [10, 150]"), "pitch": (-60.0 <= self.pitch <= 60.0, "in [-60, 60]"),
+            "camera_height": (0.5 <= self.camera_height <= 10.0, "in [0.5, 10]"),
+            "workers": (self.workers >= 0, ">= 0"), "dynamic_density": (self.dynamic_density >= 0, ">= 0"),
+            "max_distance": (self.max_distance > 0, "> 0"), "dense_train": (0 <= self.dense_train <= 64, "in [0, 64]"),
+            "cell_m": (self.cell_m > 0, "> 0"), "heading_bin": (0 < self.heading_bin <= 360, "in (0, 360]"),
         }
-        bad = [name.rstrip("+") for name, ok in checks.items() if not ok]
+        bad = [f"{name} (must be {rule}, got {getattr(self, name)})" for name, (ok, rule) in rules.items() if not ok]
         if bad:
-            raise ValueError(f"CityConfig: invalid value for {', '.join(bad)}")
+            raise ValueError(f"CityConfig: invalid value for {'; '.join(bad)}")
 
     @property
     def pitch_m(self) -> float:
