@@ -127,6 +127,12 @@ def prepare(config: TrainConfig) -> Prepared:
                         spec["seg_classes"]]).encoding)})
 
 
+def retriever_checkpoint(model, config: TrainConfig, map_spec: dict) -> dict:
+    """What best.pt holds for a retriever: `Retriever.checkpoint` plus the spec of its training maps and the side it
+    saw them at, so the index job embeds maps as the retriever learned them."""
+    return model.checkpoint(map_spec=map_spec, input_side=config.side or map_spec["side"])
+
+
 class _Net(nn.Module):
     """CosPlace and its group classifiers in one module, so DDP wraps them together."""
 
@@ -157,7 +163,7 @@ def train_func(payload: dict) -> None:
                 "optimizer": optimizer.state_dict(), "head_optimizers": [h.state_dict() for h in head_optimizers]}
 
     def best() -> dict:
-        return inner.model.checkpoint(map_spec=payload["map_spec"])
+        return retriever_checkpoint(inner.model, config, payload["map_spec"])
 
     def validate() -> dict:
         metrics = None
@@ -191,6 +197,7 @@ def train_func(payload: dict) -> None:
             head_optimizers[position].step()
             losses.append(loss.item())
             images += len(batch["label"])
+        run.trained()
         metrics = validate()
         loss = float(np.mean(losses)) if losses else None
         run.report(epoch, {"loss": loss, "group": payload["groups"][position], **metrics}, snapshot(), best,
