@@ -180,7 +180,7 @@ class WorkerRun:
             torch.set_num_threads(max(1, int(self.config.cpus_per_worker)))
         self.history: list[dict] = []
         self.best: float | None = None
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = self._trained_at = time.perf_counter()
 
     @property
     def batch_size(self) -> int:
@@ -233,7 +233,11 @@ class WorkerRun:
         return box[0]
 
     def start_epoch(self) -> None:
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = self._trained_at = time.perf_counter()
+
+    def trained(self) -> None:
+        """Mark the end of an epoch's training steps: images/s counts the time until here, not validation."""
+        self._trained_at = time.perf_counter()
 
     def report(self, epoch: int, metrics: dict, state: dict, best_checkpoint, score: float | None, images: int = 0,
                lr: float | None = None) -> bool:
@@ -243,7 +247,8 @@ class WorkerRun:
         import ray.train
 
         seconds = time.perf_counter() - self._epoch_start
-        row = {"epoch": epoch, **metrics, "lr": lr, "images_per_s": images / seconds if images else None,
+        training = self._trained_at - self._epoch_start
+        row = {"epoch": epoch, **metrics, "lr": lr, "images_per_s": images / training if images and training else None,
                "wall_s": seconds}
         from vprlib.train import FAMILIES
 
