@@ -1,0 +1,103 @@
+"""Descriptors of maps with a trained retriever: the checkpoint's record, and a Ray Data actor that embeds batches.
+
+A retriever checkpoint (best.pt of the training job) holds the family, config and weights (vprlib.models.retriever),
+the map specification of its training maps and the side it saw them at (`input_side`). `RetrieverRecord` reads
+what the index and locate jobs need from it without building the network; `Embedder` is the callable class a Ray
+Data actor pool runs: decoded maps in, unit-norm float32 descriptors out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vprlib.data.manifest import url_to_fs
+from vprlib.spec import spec_mismatch
+
+
+class ModelError(ValueError):
+    """A checkpoint that is no retriever, or one built for other maps than those given."""
+
+
+@dataclass(frozen=True)
+class RetrieverRecord:
+    """What a retriever checkpoint says about itself."""
+
+    path: str
+    sha256: str
+    family: str
+    config: dict
+    map_spec: dict
+    input_side: int
+    descriptor_size: int
+
+    def identity(self) -> dict:
+        """The retriever's identity, recorded with an index: what it is and exactly which weights."""
+        return {"path": self.path, "sha256": self.sha256, "family": self.family, "config": self.config,
+                "input_side": self.input_side, "descriptor_size": self.descriptor_size}
+
+    def check_maps(self, maps_spec: dict, what: str) -> None:
+        """Refuse maps of another kind than the retriever was trained on, in one line."""
+        diff = spec_mismatch(self.map_spec, maps_spec)
+        if diff:
+            raise ModelError(f"{what} holds other maps than the retriever {self.path} was trained on ({diff})")
+
+
+def read_checkpoint(path: str) -> tuple[dict, bytes]:
+    """A checkpoint's contents (plain containers only) and its bytes (local or s3://)."""
+    fs, fs_path = url_to_fs(path)
+    if not fs.exists(fs_path):
+        raise ModelError(f"--model {path}: no such file")
+    with fs.open(fs_path, "rb") as f:
+        data = f.read()
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), data
+    except Exception as exc:  # a file that is no torch checkpoint, or one with pickled objects
+        raise ModelError(f"--model {path}: not a retriever checkpoint ({type(exc).__name__})") from None
+
+
+def retriever_record(path: str) -> RetrieverRecord:
+    """The record of a retriever checkpoint written by the training job; ModelError in one line otherwise."""
+    from vprlib.models.zoo import RETRIEVERS
+
+    checkpoint, data = read_checkpoint(path)
+    family = checkpoint.get("family") if isinstance(checkpoint, dict) else None
+    if family not in RETRIEVERS or "map_spec" not in checkpoint:
+        raise ModelError(f"--model {path}: not a retriever checkpoint of the training job (best.pt or last.pt of "
+                         f"jobs/train.py cosplace|netvlad)")
+    model = RETRIEVERS[family].from_checkpoint(checkpoint)
+    spec = checkpoint["map_spec"]
+    return RetrieverRecord(path=path, sha256=hashlib.sha256(data).hexdigest(), family=family,
+                           config=checkpoint["config"], map_spec=spec,
+                           input_side=int(checkpoint.get("input_side") or spec["side"]),
+                           descriptor_size=model.descriptor_size)
+
+
+def load_model(path: str):
+    """The retriever a checkpoint holds, in eval mode on the CPU."""
+    from vprlib.models.zoo import RETRIEVERS
+
+    checkpoint, _ = read_checkpoint(path)
+    return RETRIEVERS[checkpoint["family"]].from_checkpoint(checkpoint)
+
+
+class Embedder:
+    """Ray Data actor: loads the retriever once; maps a batch of decoded maps (`depth` B,H,W float32, `seg` B,H,W
+    uint8, resized to the retriever's side) to `vector` (B, D) float32 unit-norm, passing `image_id` through."""
+
+    def __init__(self, checkpoint: str, device: str = "cpu", precision: str = "bf16"):
+        self.device = torch.device(device)
+        self.model = load_model(checkpoint).to(self.device)
+        self.bf16 = precision == "bf16" and self.device.type == "cuda"
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict) -> dict:
+        depth = torch.from_numpy(np.array(batch["depth"], dtype=np.float32)).to(self.device)  # a writable copy
+        seg = torch.from_numpy(np.array(batch["seg"], dtype=np.uint8)).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            vectors = self.model.embed(depth, seg)
+        return {"image_id": batch["image_id"], "vector": vectors.float().cpu().numpy()}
