@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 import threading
 import time
 import warnings
@@ -413,9 +414,10 @@ class FusedChain(Stage):
         transient = {"image"} | {key for name in spec.plan.stages for key in STAGES[name].produces}
         super().__init__(spec, run, models, emit=spec.outputs, drop=tuple(sorted(transient - set(spec.outputs))))
         self.stages = [STAGES[name](spec, run, self.models) for name in spec.plan.stages]
-        # Printed by each actor (Ray forwards it to the driver): how much of a job's start-up is model loading.
+        # Printed by each actor (Ray forwards it to the driver): how much of a job's start-up is model loading. On
+        # stderr, so a command printing its results (JSON) on stdout keeps them clean.
         print(f"extract: {spec.strategy} chain ({spec.models}) ready on {self.device} in "
-              f"{time.perf_counter() - start:.1f} s", flush=True)
+              f"{time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
     def forward(self, state):
         for stage in self.stages:

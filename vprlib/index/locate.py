@@ -1,0 +1,139 @@
+"""Locating photos: each photo goes through the extraction chain and the retriever the index was built with, and the
+index's nearest images say where it was taken.
+
+Everything runs in this process (no Ray cluster needed): the photos are decoded and resized as the extraction job
+does, the strategy's models (from the index's map specification) make their maps, the retriever embeds them, and the
+shards are searched. The position estimate is the similarity-weighted mean of the top-k places that lie within
+`cluster_m` of the best match: the best match decides the neighbourhood, its agreeing neighbours refine it, and a
+far-away runner-up (another street that looks alike) does not pull the estimate between two places.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vprlib.cluster import DEVICES
+from vprlib.extract.config import RunOptions
+from vprlib.extract.decode import DecodeError, load_image
+from vprlib.index.embed import ModelError, load_model, retriever_record
+from vprlib.index.search import Index
+from vprlib.metrics import haversine_m
+from vprlib.models import zoo
+from vprlib.spec import MapSpec, spec_mismatch
+from vprlib.train.data import resize_maps
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class LocateConfig:
+    index: str = field(metadata=_help("the index folder (jobs/index.py output)"))
+    photos: tuple[str, ...] = ()
+    top_k: int = field(default=5, metadata=_help("places returned per photo"))
+    cluster_m: float = field(default=25.0, metadata=_help(
+        "the estimate averages the top-k places within this many metres of the best match"))
+    models: str = field(default="", metadata=_help(
+        "extraction models ('' = the index's); must be what the index's maps were made with"))
+    device: str = field(default="auto", metadata=_help("auto (cuda when present), cpu or cuda"))
+    json: bool = field(default=False, metadata=_help("print JSON instead of a table"))
+
+    def __post_init__(self):
+        if self.top_k < 1 or self.cluster_m < 0:
+            raise ValueError("top_k must be >= 1 and cluster_m >= 0")
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; known: {', '.join(DEVICES)}")
+
+
+class LocateError(ValueError):
+    """A photo that cannot be read, or an index this call cannot use."""
+
+
+def check_index(index: Index, models: str) -> tuple[MapSpec, str]:
+    """The index's map spec and retriever, after checking that this call would make the same maps (the same
+    extraction models, with the same weights) and use the same retriever weights."""
+    recorded = index.manifest["map_spec"]
+    spec = MapSpec.from_record(recorded)
+    if not spec.plan.stages:
+        raise LocateError(f"{index.root} indexes {spec.strategy} maps, which a photo cannot be turned into: index "
+                          f"maps made by jobs/extract.py")
+    if models and models != spec.models:
+        raise LocateError(f"--models {models} is not what {index.root}'s maps were made with ({spec.models})")
+    now = spec.record(zoo.identity(spec.models, spec.plan.models, spec.segmenter_side))
+    diff = spec_mismatch(recorded, now, ("models_identity",))
+    if diff:
+        raise LocateError(f"the extraction models changed since {index.root} was built ({diff})")
+    model = index.manifest["model"]
+    try:
+        record = retriever_record(model["path"])
+    except ModelError as exc:
+        raise LocateError(f"{index.root}'s retriever: {exc}") from None
+    if record.sha256 != model["sha256"]:
+        raise LocateError(f"the retriever {model['path']} changed since {index.root} was built (sha256 differs)")
+    return spec, model["path"]
+
+
+def photo_maps(photos: tuple[str, ...], spec: MapSpec, device: str) -> dict[str, np.ndarray]:
+    """Maps of the photos by the strategy's chain (one batch): decoded as the extraction job decodes them."""
+    from vprlib.extract.stages import FusedChain
+
+    images = []
+    for photo in photos:
+        try:
+            images.append(load_image(photo, spec.side))
+        except DecodeError as exc:
+            raise LocateError(f"cannot read the photo: {exc}") from None
+    run = dataclasses.replace(RunOptions(), device=device, batch_size=max(1, len(photos)))
+    return FusedChain(spec, run).compute({"image": np.stack(images)})
+
+
+def estimate(lat: np.ndarray, lon: np.ndarray, scores: np.ndarray, cluster_m: float) -> tuple[float, float]:
+    """Similarity-weighted mean position of the ranked places within `cluster_m` of the first."""
+    near = haversine_m(lat[0], lon[0], lat, lon) <= cluster_m
+    weights = np.clip(scores[near], 1e-6, None)
+    return float(np.average(lat[near], weights=weights)), float(np.average(lon[near], weights=weights))
+
+
+def locate(config: LocateConfig) -> list[dict]:
+    """For each photo: the top-k places (image id, lat, lon, heading, similarity) and the position estimate."""
+    index = Index(config.index)
+    spec, model_path = check_index(index, config.models)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    maps = photo_maps(config.photos, spec, device)
+    record = retriever_record(model_path)
+    resized = resize_maps({"depth": maps["depth"], "seg": maps["seg"]}, record.input_side)
+    model = load_model(model_path).to(device)
+    with torch.inference_mode():
+        vectors = model.embed(torch.from_numpy(np.array(resized["depth"])).to(device),
+                              torch.from_numpy(np.array(resized["seg"])).to(device)).float().cpu().numpy()
+    scores, rows = index.search(vectors, config.top_k)
+    table = index.rows
+    lat, lon = table["lat"].to_numpy(), table["lon"].to_numpy()
+    heading = table["heading"].to_numpy(zero_copy_only=False) if "heading" in table.column_names else None
+    ids = table["image_id"].to_pylist()
+    results = []
+    for photo, found, score in zip(config.photos, rows, scores, strict=True):
+        found, score = found[found >= 0], score[found >= 0]
+        places = [{"rank": rank + 1, "image_id": ids[r], "lat": float(lat[r]), "lon": float(lon[r]),
+                   "heading": None if heading is None else float(heading[r]), "similarity": float(s)}
+                  for rank, (r, s) in enumerate(zip(found, score, strict=True))]
+        at = estimate(lat[found], lon[found], score, config.cluster_m) if len(found) else (None, None)
+        results.append({"photo": photo, "estimate": {"lat": at[0], "lon": at[1]}, "places": places})
+    return results
+
+
+def format_table(results: list[dict]) -> str:
+    lines = []
+    for result in results:
+        at = result["estimate"]
+        lines.append(f"{result['photo']}: estimated at {at['lat']:.6f}, {at['lon']:.6f}")
+        for place in result["places"]:
+            heading = "" if place["heading"] is None else f", heading {place['heading']:.0f}"
+            lines.append(f"  {place['rank']}. {place['image_id']}  {place['lat']:.6f}, {place['lon']:.6f}{heading}, "
+                         f"similarity {place['similarity']:.3f}")
+    return "\n".join(lines)
