@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vprlib.cluster import Need, check_gpus_per_process, connect
+from vprlib.cluster import Need, connect
 from vprlib.data.manifest import url_to_fs
 from vprlib.train.config import TrainConfig
 
@@ -55,8 +55,9 @@ class Prepared:
 
 
 # ----------------------------------------------------------------------------------------------- the driver
-def run_training(config: TrainConfig) -> dict:
-    """Train (or resume training) one model; return the summary."""
+def run_training(config: TrainConfig, callbacks: tuple = ()) -> dict:
+    """Train (or resume training) one model; return the summary. `callbacks`: Ray Train callbacks (a sweep's
+    TuneReportCallback)."""
     from vprlib.train import FAMILIES
 
     family = FAMILIES[config.family]
@@ -65,7 +66,6 @@ def run_training(config: TrainConfig) -> dict:
     gpus = config.gpus_per_worker
     if gpus < 0:
         gpus = 1.0 if cluster.device("auto") == "cuda" else 0.0
-    check_gpus_per_process("cuda" if gpus > 0 else "cpu", gpus if gpus > 0 else 1, "--gpus-per-worker")
     cluster.check(Need("training workers", config.workers, config.cpus_per_worker, gpus, "--workers",
                        "--cpus-per-worker", "--gpus-per-worker"))
     from ray.data import DataContext
@@ -74,7 +74,7 @@ def run_training(config: TrainConfig) -> dict:
     prepared = family.prepare(config)
     _write_json(config.output, CONFIG, config.to_dict())
     _write_json(config.output, MODEL, {"family": config.family, **family.architecture(config), **prepared.model})
-    trainer = _trainer(config, family.train_func, prepared, gpus)
+    trainer = _trainer(config, family.train_func, prepared, gpus, callbacks)
     start = time.perf_counter()
     trainer.fit()
     summary = summarise(config, time.perf_counter() - start)
@@ -82,14 +82,14 @@ def run_training(config: TrainConfig) -> dict:
     return summary
 
 
-def _trainer(config: TrainConfig, train_func, prepared: Prepared, gpus: float):
+def _trainer(config: TrainConfig, train_func, prepared: Prepared, gpus: float, callbacks: tuple = ()):
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
     scaling = ScalingConfig(num_workers=config.workers, use_gpu=gpus > 0, resources_per_worker=resources)
     run = RunConfig(name="train", storage_path=_storage(config.output), failure_config=FailureConfig(max_failures=2),
-                    checkpoint_config=CheckpointConfig(num_to_keep=2))
+                    checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks))
     return TorchTrainer(train_func, train_loop_config={"config": config.to_dict(), **prepared.payload},
                         scaling_config=scaling, run_config=run, datasets=prepared.datasets,
                         dataset_config=DataConfig(datasets_to_split=prepared.split))
