@@ -96,7 +96,7 @@ def ray_job(args, maps: str, workers: int, plain: float) -> None:
     output = os.path.join(args.work_dir, f"ray-{workers}")
     shutil.rmtree(output, ignore_errors=True)
     gpus = 1.0 / workers if args.device == "cuda" else 0.0
-    cpus = max(1.0, args.threads / workers) if args.device == "cpu" else 1.0
+    cpus = args.threads / workers if args.device == "cpu" else 1.0
     config = train_config("cosplace", maps, output, workers=workers, cpus_per_worker=cpus, gpus_per_worker=gpus,
                           **options(args))
     run_training(config)
@@ -116,7 +116,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2, help="the second job's workers (the first has 1)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads, all workers together")
+    parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="CPU threads of the plain loop and of all workers together (default: the CPUs but one, "
+                        "which the job keeps for its Ray Data tasks)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     parser.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "vprlib-train-bench"))
@@ -128,7 +130,7 @@ def main() -> None:
     plain = plain_loop(args, maps)
     import ray
 
-    ray.init(num_cpus=args.threads, include_dashboard=False, logging_level="ERROR")
+    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="ERROR")
     for workers in sorted({1, args.workers}):
         ray_job(args, maps, workers, plain)
 

@@ -66,8 +66,9 @@ def run_training(config: TrainConfig, callbacks: tuple = ()) -> dict:
     gpus = config.gpus_per_worker
     if gpus < 0:
         gpus = 1.0 if cluster.device("auto") == "cuda" else 0.0
+    # One CPU stays free for the Ray Data tasks that feed the workers: without it the job would wait forever.
     cluster.check(Need("training workers", config.workers, config.cpus_per_worker, gpus, "--workers",
-                       "--cpus-per-worker", "--gpus-per-worker"))
+                       "--cpus-per-worker", "--gpus-per-worker", spare_cpus=1))
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False  # the workers print a line per epoch instead
