@@ -389,9 +389,10 @@ def decode_batch(batch: dict[str, np.ndarray], columns: tuple[str, ...] = KEY_CO
     return out
 
 
-def maps_dataset(path: str, split: str | None = None, columns: tuple[str, ...] = KEY_COLUMNS):
+def maps_dataset(path: str, split: str | None = None, columns: tuple[str, ...] = KEY_COLUMNS, num_cpus: float = 1.0):
     """The table's ok rows (of `split`, or all) as a Ray Dataset of decoded maps: `depth` float32 (H, W), `seg`
-    uint8 (H, W) and `columns` (ids, lat/lon, heading...), for Ray Train and the index job."""
+    uint8 (H, W) and `columns` (ids, lat/lon, heading...), for Ray Train and the index job. `num_cpus`: what each of
+    its read and decode tasks reserves."""
     import ray
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
@@ -400,7 +401,8 @@ def maps_dataset(path: str, split: str | None = None, columns: tuple[str, ...] =
         raise MapSpecError(f"no maps in {path}: no part-<hex>.parquet files")
     fs, _ = url_to_fs(parts[0])
     wanted = ["status", "depth", "seg", "map_height", "map_width", *columns] + (["split"] if split else [])
-    ds = ray.data.read_parquet([url_to_fs(p)[1] for p in parts], filesystem=PyFileSystem(FSSpecHandler(fs)))
+    ds = ray.data.read_parquet([url_to_fs(p)[1] for p in parts], filesystem=PyFileSystem(FSSpecHandler(fs)),
+                               ray_remote_args={"num_cpus": num_cpus})
     ds = ds.select_columns(list(dict.fromkeys(wanted)))
 
     def keep(batch: pa.Table) -> pa.Table:
@@ -409,4 +411,5 @@ def maps_dataset(path: str, split: str | None = None, columns: tuple[str, ...] =
             mask = pc.and_(mask, pc.equal(batch["split"], split))
         return batch.filter(mask)
 
-    return ds.map_batches(keep, batch_format="pyarrow").map_batches(decode_batch, fn_kwargs={"columns": columns})
+    return (ds.map_batches(keep, batch_format="pyarrow", num_cpus=num_cpus)
+            .map_batches(decode_batch, fn_kwargs={"columns": columns}, num_cpus=num_cpus))

@@ -18,7 +18,15 @@ from vprlib.models.cosplace import CosPlace, CosPlaceConfig, LargeMarginCosineLo
 from vprlib.models.encodings import EncodingConfig
 from vprlib.spec import SEG_CLASSES, spec_mismatch
 from vprlib.train.config import TrainConfig
-from vprlib.train.data import TrainDataError, cached, metric_xy, spec_of, split_rows, training_dataset
+from vprlib.train.data import (
+    DATA_TASK_CPUS,
+    TrainDataError,
+    cached,
+    metric_xy,
+    spec_of,
+    split_rows,
+    training_dataset,
+)
 from vprlib.train.loop import Prepared, WorkerRun
 from vprlib.train.validate import CAPTURE_COLUMNS, POSITION_COLUMNS, capture_codes, embed_batches, other_capture_recall
 
@@ -59,7 +67,7 @@ def validation_dataset(config: TrainConfig, val_path: str, columns: tuple[str, .
     ds = training_dataset(val_path, config.val_split, config.side, columns=columns)
     capture = next((c for c in CAPTURE_COLUMNS if c in columns), None)
     if capture:
-        ds = ds.map_batches(capture_codes, fn_kwargs={"column": capture})
+        ds = ds.map_batches(capture_codes, fn_kwargs={"column": capture}, num_cpus=DATA_TASK_CPUS)
     return cached(ds, val_path, config.val_split, config.side)
 
 
@@ -115,8 +123,8 @@ def prepare(config: TrainConfig) -> Prepared:
     classes = [int(pc.max(labels.filter(pc.equal(labels["group"], g))["label"]).as_py()) + 1 for g in groups]
     train = cached(training_dataset(config.maps, config.train_split, config.side, columns=("image_id",)),
                    config.maps, config.train_split, config.side)
-    datasets = {f"group{g}": train.map_batches(attach_labels, fn_kwargs={"labels": labels, "group": g})
-                for g in groups}
+    datasets = {f"group{g}": train.map_batches(attach_labels, fn_kwargs={"labels": labels, "group": g},
+                                               num_cpus=DATA_TASK_CPUS) for g in groups}
     datasets["val"] = validation_dataset(config, val_path, val_columns)
     print(f"train: cosplace on {labels.num_rows} images of {sum(classes)} classes in {len(groups)} groups "
           f"(classes per group {classes})", flush=True)

@@ -62,12 +62,17 @@ def resize_maps(batch: dict, side: int) -> dict:
     return out
 
 
+# CPUs a Ray Data task feeding the training workers reserves. Those tasks are light (read, decode, resize, label) and
+# run while the workers hold their CPUs (and a sweep's trials a sliver each): half a CPU keeps them schedulable.
+DATA_TASK_CPUS = 0.5
+
+
 def training_dataset(path: str, split: str, side: int, columns: tuple[str, ...] = KEY_COLUMNS, keep=None):
     """The decoded maps of one split as a Ray Dataset, resized to `side`; `keep(batch) -> bool mask` filters rows."""
-    ds = maps_dataset(path, split=split, columns=columns)
+    ds = maps_dataset(path, split=split, columns=columns, num_cpus=DATA_TASK_CPUS)
     if keep is not None:
-        ds = ds.map_batches(lambda batch: {k: v[keep(batch)] for k, v in batch.items()})
-    return ds.map_batches(resize_maps, fn_kwargs={"side": side})
+        ds = ds.map_batches(lambda batch: {k: v[keep(batch)] for k, v in batch.items()}, num_cpus=DATA_TASK_CPUS)
+    return ds.map_batches(resize_maps, fn_kwargs={"side": side}, num_cpus=DATA_TASK_CPUS)
 
 
 CACHE_SHARE = 0.25  # decoded maps are kept in the object store when they take at most this share of it

@@ -38,7 +38,7 @@ from vprlib.models.netvlad import NetVLAD, NetVLADConfig, init_clusters, load_im
 from vprlib.spec import SEG_CLASSES
 from vprlib.train.config import TrainConfig
 from vprlib.train.cosplace import retriever_inputs, validation_dataset
-from vprlib.train.data import TrainDataError, cached, metric_xy, split_rows, training_dataset
+from vprlib.train.data import DATA_TASK_CPUS, TrainDataError, cached, metric_xy, split_rows, training_dataset
 from vprlib.train.loop import Prepared, WorkerRun, say
 from vprlib.train.validate import embed_batches, other_capture_recall
 
@@ -180,9 +180,10 @@ def prepare(config: TrainConfig) -> Prepared:
     num_classes = SEG_CLASSES[spec["seg_classes"]]
     encoding = model_config(config, num_classes).encoding
     pool = cached(training_dataset(config.maps, config.train_split, config.side, columns=("image_id",))
-                  .map_batches(attach_index, fn_kwargs={"ids": rows["image_id"]}),
+                  .map_batches(attach_index, fn_kwargs={"ids": rows["image_id"]}, num_cpus=DATA_TASK_CPUS),
                   config.maps, config.train_split, config.side)
-    datasets = {"queries": pool.map_batches(keep_queries, fn_kwargs={"is_query": is_query}), "pool": pool,
+    queries = pool.map_batches(keep_queries, fn_kwargs={"is_query": is_query}, num_cpus=DATA_TASK_CPUS)
+    datasets = {"queries": queries, "pool": pool,
                 "val": validation_dataset(config, val_path, val_columns)}
     weights = (f"ImageNet weights from {o.imagenet} (first convolution adapted to {encoding.in_channels} channels, "
                f"conv5 trained)" if o.imagenet else "random weights (no --imagenet)")
