@@ -109,9 +109,9 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     mode = resolve_mode(config, queries)
     index = Index(config.index)
     warn_overlap(queries, index.rows)
+    positives = ground_truth(config, queries, index.rows, mode)
     vectors = embed_queries(config, queries, record)
     scores, rows = index.search(vectors, config.k)
-    positives = manifest_positives(queries, index.rows, mode=mode, radius_m=config.radius_m)
     frame = metric_frame(queries, index.rows)
     results = results_table(queries, index.rows, scores, rows, positives, frame)
     curve = recall_at_n(rows, positives, range(1, config.k + 1))
@@ -181,6 +181,15 @@ def warn_overlap(queries: pa.Table, database: pa.Table) -> None:
     if shared:
         print(f"evaluate: warning: {shared} query image(s) are in the index too and will find themselves",
               flush=True)
+
+
+def ground_truth(config: EvaluateConfig, queries: pa.Table, database: pa.Table, mode: str) -> list:
+    """Each query row's positives among the index's rows (None: no ground truth); refused when no row has any."""
+    positives = manifest_positives(queries, database, mode=mode, radius_m=config.radius_m)
+    if all(p is None for p in positives):
+        raise ValueError(f"--queries {config.queries}: no row of split {config.query_split!r} has ground truth in "
+                         f"{mode} mode")
+    return positives
 
 
 def embed_queries(config: EvaluateConfig, queries: pa.Table, record: RetrieverRecord) -> np.ndarray:

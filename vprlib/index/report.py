@@ -16,6 +16,7 @@ import io
 import math
 import posixpath
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -25,6 +26,9 @@ from PIL import Image, ImageOps
 from vprlib.data.manifest import one_line, url_to_fs
 from vprlib.maps import decode_depth, decode_seg, read_maps
 from vprlib.spec import IGNORE_LABEL, REFINED_CLASSES
+
+if TYPE_CHECKING:
+    from vprlib.index.evaluate import EvaluateConfig
 
 THUMB = 176  # pixels of every tile's longer side
 MAX_LEGEND = 8  # classes named under a segmentation map (the largest first)
@@ -322,7 +326,7 @@ def _ns(summary: dict) -> tuple[int, ...]:
     return tuple(sorted(int(key.split("@")[1]) for key in summary if key.startswith("recall@")))
 
 
-def write_report(config, summary: dict, results: pa.Table, queries: pa.Table, database: pa.Table,
+def write_report(config: EvaluateConfig, summary: dict, results: pa.Table, queries: pa.Table, database: pa.Table,
                  map_spec: dict) -> str:
     """Render the report of an evaluation and write it as report.html in the output folder; its path."""
     picked = pick_sample(results, config.report_queries, config.seed)
