@@ -125,11 +125,17 @@ def manifest_positives(
         return landmark_positives(_landmarks(queries, "queries"), _landmarks(database, "database"))
     if mode != "gps":
         raise ValueError(f"unknown mode {mode!r}; known: {list(MODES)}")
-    columns = next((c for c in METRIC_FRAMES if _has_frame(queries, database, *c)), ("lat", "lon"))
+    columns = metric_frame(queries, database) or ("lat", "lon")
     points = [np.stack([t[c].to_numpy(zero_copy_only=False) for c in columns], axis=1) for t in (queries, database)]
     if columns == ("lat", "lon"):
         return gps_positives(*points, radius_m=radius_m)
     return metric_positives(*points, radius_m=radius_m)
+
+
+def metric_frame(queries: pa.Table, database: pa.Table) -> tuple[str, str] | None:
+    """The (east, north) columns of the metric frame GPS mode measures in (one both tables have with no gaps, one
+    UTM zone), or None: haversine on lat/lon."""
+    return next((c for c in METRIC_FRAMES if _has_frame(queries, database, *c)), None)
 
 
 def _landmarks(table: pa.Table, name: str) -> list:

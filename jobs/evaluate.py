@@ -1,0 +1,45 @@
+"""Evaluate an index on query photos' maps: Recall@N (GPS, landmark or positives), per-query results, HTML report.
+
+    python jobs/evaluate.py --index out/index --queries out/maps --output out/eval --report
+    python jobs/evaluate.py --index out/gld-index --queries out/gld-maps --output out/gld-eval --landmarks
+
+Queries are the `query` rows of --queries (--query-split). Right within --radius-m metres (GPS mode, default), of the
+same landmark (--landmarks), or listed in the rows' `positives` (chosen when the queries carry them). Writes
+results.parquet and summary.json (and report.html with --report) in --output. Exit status 2 on bad arguments or input
+(one line on stderr).
+"""
+
+import dataclasses
+import sys
+
+from vprlib.cli import OneLineParser, add_flags
+from vprlib.index.evaluate import EvaluateConfig
+
+EXCLUSIVE = ("radius_m", "landmarks")  # GPS mode or landmark mode
+
+
+def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
+    parser = OneLineParser(prog="evaluate.py", description=__doc__.split("\n")[0])
+    add_flags(parser, EvaluateConfig, skip=EXCLUSIVE)
+    others = tuple(f.name for f in dataclasses.fields(EvaluateConfig) if f.name not in EXCLUSIVE)
+    add_flags(parser.add_mutually_exclusive_group(), EvaluateConfig, skip=others)
+    try:
+        return EvaluateConfig(**vars(parser.parse_args(argv)))
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    from vprlib.index.evaluate import run_evaluate
+
+    try:
+        run_evaluate(config)
+    except (ValueError, FileNotFoundError) as exc:  # other maps, another retriever, no rows, not an index
+        print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
