@@ -190,7 +190,10 @@ def results_table(grid, sweep: SweepConfig) -> pa.Table:
         scored = [e for e in epochs if e.get(SCORE) is not None and not math.isnan(e[SCORE])]
         best = max(scored, key=lambda e: e[SCORE]) if scored else {}
         last = epochs[-1]["epoch"] if epochs else 0
-        rows.append({"trial": trial_id, **{k: settings.get(k) for k in ("backbone", "lr", "descriptor_size", "input")},
+        effective = with_options(sweep.base, **settings)
+        values = {"lr": effective.lr, **{k: getattr(effective.options, k, None) for k in ("backbone", "descriptor_size",
+                                                                                         "input")}}
+        rows.append({"trial": trial_id, **values,
                      **{f"recall@{n}": best.get(f"recall@{n}") for n in (1, 5, 10)},
                      "best_epoch": best.get("epoch"), "epochs_run": last,
                      "stopped_early": result.error is None and last < sweep.base.epochs,
@@ -207,6 +210,8 @@ def write_results(sweep: SweepConfig, table: pa.Table, seconds: float) -> None:
         pq.write_table(table, f)
     rows = sorted(table.to_pylist(), key=lambda r: -(r[SCORE] if r[SCORE] is not None else -1))
     print(format_results(rows, sweep, seconds), flush=True)
+    output = sweep.base.output
+    print(f"tune: trials in {posixpath.join(output, 'trials')}; best: {posixpath.join(output, 'best.pt')}", flush=True)
     if not rows or rows[0][SCORE] is None:
         return
     best = rows[0]
@@ -226,10 +231,10 @@ def format_results(rows: list[dict], sweep: SweepConfig, seconds: float) -> str:
     full = len(rows) * sweep.base.epochs
     lines = [f"tune: {len(rows)} trials, {epochs} trial-epochs of {full} had every trial run to the end "
              f"({sweep.scheduler}); {seconds:.0f} s"]
-    lines.append(f"{'trial':<10} {'backbone':<10} {'lr':>9} {'size':>5} {'input':<9} {'R@1':>6} {'R@5':>6} "
+    lines.append(f"{'backbone':<10} {'lr':>9} {'size':>5} {'input':<9} {'R@1':>6} {'R@5':>6} "
                  f"{'R@10':>6} {'epochs':>6} stopped")
     for r in rows:
-        lines.append(f"{r['trial']:<10} {str(r['backbone'] or '-'):<10} {_num(r['lr']):>9} "
+        lines.append(f"{str(r['backbone'] or '-'):<10} {_num(r['lr']):>9} "
                      f"{str(r['descriptor_size'] or '-'):>5} {str(r['input'] or '-'):<9} {_num(r['recall@1']):>6} "
                      f"{_num(r['recall@5']):>6} {_num(r['recall@10']):>6} {r['epochs_run']:>6} "
                      f"{'early' if r['stopped_early'] else ('error' if r['error'] else 'no')}")

@@ -1,0 +1,102 @@
+"""Sweeps on Ray Tune over the training job: a small ASHA sweep end to end, resume, Ctrl-C, and bad input."""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
+from vprlib.models.zoo import load_retriever
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("tune_job", ROOT / "jobs" / "tune.py")
+tune_job = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(tune_job)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--backbones", "resnet18,alexnet"], "unknown backbone(s) ['alexnet']"),
+    (["--lrs", "1e-4"], "the search space holds one trial"),
+    (["--lr-range", "1e-3"], "--lr-range must be low:high"),
+    (["--lr-range", "1e-3:1e-5", "--samples", "2"], "0 < low < high"),
+    (["--model", "netvlad", "--backbones", "resnet18,resnet50"], "NetVLAD has one backbone"),
+])
+def test_bad_search_spaces_are_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        tune_job.parse_args(["--maps", "m", "--output", "o", *argv] + ([] if "--model" in argv else
+                                                                        ["--model", "cosplace"]))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and message in err, err
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("dense")
+    generate_city(CityConfig(places=8, side=24, dense_train=6, workers=1), str(root))
+    return str(root / GT_MAPS)
+
+
+def _sweep(maps: str, output: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "jobs" / "tune.py"), "--model", "cosplace", "--maps", maps, "--output",
+            str(output), "--backbone", "resnet18", "--lrs", "1e-5,1e-3", "--descriptor-sizes", "16,32",
+            "--max-epochs", "3", "--batch-size", "8", "--min-images-per-class", "6", "--groups", "2",
+            "--ray-address", "local"]
+
+
+def _alive_training_processes() -> list[str]:
+    import psutil
+
+    names = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        text = " ".join(process.info["cmdline"] or []) + " " + (process.info["name"] or "")
+        if "RayTrainWorker" in text or "TrainController" in text:
+            names.append(text.strip()[:80])
+    return names
+
+
+@pytest.mark.slow
+def test_asha_sweep_end_to_end_then_resume(city, tmp_path):
+    """Four trials under ASHA: at least one stopped early; the results table, best config and best checkpoint; no
+    training process left; rerun: the finished sweep is resumed, no trial trained again."""
+    output = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run(_sweep(city, output), env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = pq.read_table(output / "results.parquet").to_pylist()
+    assert len(results) == 4 and {(r["lr"], r["descriptor_size"]) for r in results} == {
+        (1e-5, 16), (1e-5, 32), (1e-3, 16), (1e-3, 32)}
+    assert any(r["stopped_early"] for r in results) and all(r["error"] is None for r in results)
+    assert sum(r["epochs_run"] for r in results) < 4 * 3  # what ASHA saved
+    best = max(results, key=lambda r: r["recall@1"])
+    assert (output / "best_config.json").is_file() and load_retriever(output / "best.pt").descriptor_size == best[
+        "descriptor_size"]
+    assert "trial-epochs of 12" in first.stdout and _alive_training_processes() == []
+    stamps = {p: p.stat().st_mtime for p in output.glob("trials/*/metrics.parquet")}
+    second = subprocess.run(_sweep(city, output), env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and "resuming the sweep" in second.stdout + second.stderr
+    assert {p: p.stat().st_mtime for p in output.glob("trials/*/metrics.parquet")} == stamps
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_no_training_process_and_the_sweep_resumes(city, tmp_path):
+    output = tmp_path / "interrupted"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    sweep = subprocess.Popen(_sweep(city, output), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(output.glob("trials/*/metrics.parquet")):
+        time.sleep(1)
+    assert list(output.glob("trials/*/metrics.parquet")), "no trial reported before the deadline"
+    sweep.send_signal(signal.SIGINT)
+    sweep.wait(timeout=180)
+    time.sleep(5)
+    assert _alive_training_processes() == []
+    resumed = subprocess.run(_sweep(city, output), env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming the sweep" in resumed.stdout + resumed.stderr
+    assert len(pq.read_table(output / "results.parquet")) == 4
