@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 4's GPU benchmark in one call on the device machine (H100/H200, no internet, no Ray installed there).
+# The GPU benchmarks in one call on the device machine (H100/H200, no internet, no Ray installed there): the
+# extraction job (first: the figure that matters most), then CosPlace training under Ray Train against a plain loop.
 # Here, first: ../shared/tools/device-wheels.sh   (builds .whl/: Ray's wheels, kept out of git)
 # There (the `run` tool, carry [".whl"], timeout_s about 560): bash benchmarks/device_run.sh [benchmark flags]
 # Prints every phase as it ends and, last, the RESULT lines again; the whole log is left in $OUT/bench.log.
@@ -20,7 +21,17 @@ timeout 90 python3 benchmarks/graph_breaks.py --models paper-random --device cud
 python3 benchmarks/extract_throughput.py --device cuda --models paper-random --side 512 --strategy inpaint \
   --images 3072 --loop-images 48 --gpu-only eager --gpu-only-images 128 --min-job-s 60 \
   --variants fused+compile,fused+compile,fused+compile+mt,fused \
-  --work-dir /tmp/bench --timeout-s "${BENCH_TIMEOUT_S:-440}" "$@" 2>&1 \
+  --work-dir /tmp/bench --timeout-s "${BENCH_TIMEOUT_S:-380}" "$@" 2>&1 \
   | grep -v -e "constructor arguments" -e "logging_progress.py:1[89]" >> "$log"
+# CosPlace ResNet-50 at 512x512, bf16: the Ray Train job (1 worker, 1 GPU) against a plain loop on the same maps,
+# with the GPU's utilisation sampled every half second meanwhile (mean of the samples over 0%: while it works).
+nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 > "$out/train-util.csv" &
+sampler=$!
+timeout "${TRAIN_TIMEOUT_S:-130}" python3 benchmarks/train_throughput.py --device cuda --backbone resnet50 --side 512 \
+  --places 16 --dense-train 8 --batch-size 32 --epochs 3 --workers 1 --threads 8 --work-dir /tmp/train-bench 2>&1 \
+  | grep -e RESULT -e Error >> "$log"
+kill "$sampler" 2>/dev/null
+awk '$1 > 0 {s += $1; n++} END {if (n) printf "RESULT GPU utilisation during the training benchmark: %.0f%% (%d busy samples)\n", s / n, n}' \
+  "$out/train-util.csv" >> "$log"
 echo "=== summary"
 grep -e RESULT -e "break" -e "ready on" -e "TIMEOUT" -e "Error" -e "^torch" "$log" | cut -c1-400
