@@ -6,7 +6,9 @@
 - "paper": the published weights: SegFormer and DPT from the local Hugging Face cache (never downloaded here),
   Big-LaMa and the trained refiners from `$VPRLIB_HOME` (default `~/.cache/vprlib`).
 - a directory: `segformer/` and `dpt/` (Hugging Face `save_pretrained` folders), Big-LaMa (LAMA_FILES) and the
-  refiners (`refiner_depth.pt`, `refiner_seg.pt`) in it.
+  refiners (`refiner_depth.pt`, `refiner_seg.pt`) in it. A directory with `models.json` ({"base": a preset or
+  another directory, relative to this one allowed}) is an overlay: each role whose files it lacks comes from its
+  base (the refiner training writes one: trained refiners over the segmenter and depth estimator they learnt from).
 
 Roles (ROLES): segmenter S, depth D, inpainter L, refiners (F_d, F_s). `load(role, models)` builds one, in eval mode
 on the CPU; `identity(models, roles)` says what each would be loaded from (recorded with every maps table);
@@ -19,7 +21,10 @@ rebuilds whichever family a checkpoint holds.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -46,6 +51,7 @@ RANDOM_PRESETS: dict[str, dict[str, str]] = {
 }
 TINY_SIDE = 64  # the input side of the tiny segmenter and depth estimator
 KNOWN = (*RANDOM_PRESETS, "paper")
+OVERLAY_FILE = "models.json"  # in a models directory: {"base": models the roles it lacks come from}
 
 
 def vprlib_home() -> Path:
@@ -61,6 +67,54 @@ def models_dir(models: str) -> Path:
     if models in RANDOM_PRESETS or not path.is_dir():
         raise ValueError(f"unknown models {models!r}: use one of {list(KNOWN)} or an existing directory")
     return path
+
+
+def overlay_base(directory: Path) -> str | None:
+    """The base a models directory's `models.json` names (a preset, or a directory: relative to this one allowed);
+    None when it has none."""
+    file = directory / OVERLAY_FILE
+    if not file.is_file():
+        return None
+    try:
+        base = json.loads(file.read_text())["base"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{file}: expected {{\"base\": <preset or models directory>}}") from None
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{file}: \"base\" must name a preset ({', '.join(KNOWN)}) or a models directory")
+    if base in KNOWN:
+        return base
+    path = Path(base).expanduser()
+    return str(path) if path.is_absolute() else os.path.normpath(directory / path)
+
+
+def _has_role(role: str, directory: Path) -> bool:
+    """Whether a models directory holds `role`'s files itself (one refiner of the two counts: the other is then
+    reported missing, not taken from the base)."""
+    if role == "segmenter":
+        return (directory / "segformer" / "config.json").is_file()
+    if role == "depth":
+        return (directory / "dpt" / "config.json").is_file()
+    if role == "inpainter":
+        return any((directory / name).is_file() for name in LAMA_FILES)
+    return any((directory / name).is_file() for name in (DEPTH_FILE, SEG_FILE))
+
+
+def provider(role: str, models: str, _seen: tuple[str, ...] = ()) -> str:
+    """The models string `role` is loaded from: `models` itself, or, for a directory with `models.json` lacking the
+    role's files, its base's provider (overlays may stack; a cycle is a ValueError)."""
+    if models in KNOWN:
+        return models
+    directory = models_dir(models)
+    base = overlay_base(directory)
+    if base is None or _has_role(role, directory):
+        return models
+    key = str(directory.resolve())
+    if key in _seen:
+        raise ValueError(f"{directory / OVERLAY_FILE}: its bases lead back to {directory}")
+    try:
+        return provider(role, base, (*_seen, key))
+    except ValueError as exc:
+        raise ValueError(f"{directory / OVERLAY_FILE} names base {base!r}: {exc}") from None
 
 
 def _hf_source(models: str, sub: str, hub_id: str) -> str:
@@ -81,6 +135,7 @@ def _hf_pretrained(cls, source: str, hub_id: str, sub: str):
 
 def load_segmenter(models: str) -> Segmenter:
     """The ADE20K segmenter S."""
+    models = provider("segmenter", models)
     if models in RANDOM_PRESETS:
         config = SegmenterConfig(input_size=TINY_SIDE) if models == "tiny" else SegmenterConfig()
         return Segmenter(build_segformer(RANDOM_PRESETS[models]["segmenter"], SEED), config).eval()
@@ -90,6 +145,7 @@ def load_segmenter(models: str) -> Segmenter:
 
 def load_depth(models: str) -> DepthEstimator:
     """The relative inverse depth estimator D."""
+    models = provider("depth", models)
     if models in RANDOM_PRESETS:
         config = DepthConfig(input_size=TINY_SIDE) if models == "tiny" else DepthConfig()
         return DepthEstimator(build_dpt(RANDOM_PRESETS[models]["depth"], SEED), config).eval()
@@ -113,6 +169,7 @@ def lama_path(models: str) -> Path:
 
 def load_inpainter(models: str) -> LamaInpainter:
     """The Big-LaMa inpainter L."""
+    models = provider("inpainter", models)
     if models in RANDOM_PRESETS:
         return build_lama(RANDOM_PRESETS[models]["inpainter"], SEED)
     return load_lama(lama_path(models))
@@ -123,6 +180,13 @@ def refiner_paths(models: str) -> tuple[Path, Path]:
     directory = models_dir(models)
     paths = (directory / DEPTH_FILE, directory / SEG_FILE)
     missing = [str(p) for p in paths if not p.is_file()]
+    if len(missing) == 1:
+        have, lack = (DEPTH_FILE, SEG_FILE) if paths[0].is_file() else (SEG_FILE, DEPTH_FILE)
+        raise FileNotFoundError(
+            f"refiner weights not found: {missing[0]}. {directory} holds {have} but not {lack} (a refiner training "
+            f"with --target {'depth' if have == DEPTH_FILE else 'seg'}): the synthetic strategy needs both; train "
+            f"the other (`jobs/train.py refiner --target {'seg' if have == DEPTH_FILE else 'depth'}`) and put its "
+            f"{lack} beside it, or train with --target both.")
     if missing:
         raise FileNotFoundError(
             f"refiner weights not found: {', '.join(missing)}. The refiners are not published with the paper; "
@@ -134,6 +198,7 @@ def refiner_paths(models: str) -> tuple[Path, Path]:
 
 def load_refiners(models: str) -> tuple[DualEncoderUNet, DualEncoderUNet]:
     """(F_d, F_s): seeded random for presets, else the state dicts `refiner_paths` names."""
+    models = provider("refiners", models)
     if models in RANDOM_PRESETS:
         return build_refiners(RANDOM_PRESETS[models]["refiners"], SEED)
     depth, seg = refiner_paths(models)
@@ -152,6 +217,7 @@ def load(role: str, models: str):
 
 def _source(role: str, models: str, strict: bool) -> str:
     """What `load(role, models)` would read (a hub id, a folder or file); with `strict`, FileNotFoundError if absent."""
+    models = provider(role, models)
     if models in RANDOM_PRESETS:
         return f"random:{RANDOM_PRESETS[models][role]}:seed={SEED}"
     if role == "segmenter":
@@ -159,11 +225,31 @@ def _source(role: str, models: str, strict: bool) -> str:
     if role == "depth":
         return _checked_hf(models, "dpt", DPT_ID, strict)
     try:
-        return str(lama_path(models)) if role == "inpainter" else str(refiner_paths(models)[0].parent)
+        if role == "inpainter":
+            return str(lama_path(models))
+        paths = refiner_paths(models)
+        if models != "paper" and overlay_base(models_dir(models)) is not None:  # trained into an overlay: which ones
+            return "; ".join(f"{p} sha256:{file_digest(str(p), *_stamp(p))}" for p in paths)
+        return str(paths[0].parent)
     except FileNotFoundError:
         if strict:
             raise
         return f"missing:{models_dir(models)}"
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
+
+
+@lru_cache(maxsize=64)
+def file_digest(path: str, mtime_ns: int = 0, size: int = 0) -> str:
+    """The first 16 hex digits of a file's SHA-256 (cached per path, modification time and size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def _checked_hf(models: str, sub: str, hub_id: str, strict: bool) -> str:
