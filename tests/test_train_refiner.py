@@ -101,6 +101,20 @@ def test_refiners_learn_a_fixed_batch():
         assert losses[-1] < 0.7 * losses[0], (target, losses)
 
 
+def test_progress_keeps_each_refiners_best_and_stops_early():
+    progress = trainer.Progress(("depth", "seg"), early_stop=2)
+    assert progress.update("depth", 0.5, 0) and progress.update("seg", 1.4, 0) and progress.score() == 1.9
+    assert not progress.update("depth", 0.6, 1) and progress.update("seg", 1.2, 1)
+    assert progress.score() == pytest.approx(1.7) and progress.active() == ["depth", "seg"]
+    assert not progress.update("depth", float("nan"), 2) and not progress.update("seg", 1.3, 2)
+    assert progress.active() == ["seg"] and progress.epoch == {"depth": 0, "seg": 1}  # depth: 2 epochs no better
+    assert not progress.update("seg", None, 3) and progress.active() == []  # the run stops
+    restored = trainer.Progress(("depth", "seg"), early_stop=2)
+    restored.load_state_dict(progress.state_dict())
+    assert restored.active() == [] and restored.score() == progress.score()
+    assert trainer.Progress(("depth",), early_stop=0).active() == ["depth"]  # 0: never stop
+
+
 # ----------------------------------------------------------------------------------------------- models folder
 def _trained_folder(folder: Path, base: str = "tiny", seg: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -241,6 +255,29 @@ def test_trained_folder_runs_in_the_synthetic_extraction(trained, none_maps, cit
             expected_seg = seg_refiner(*inputs)[0].argmax(0).numpy()
         np.testing.assert_allclose(decode_depth(row), expected_depth, atol=1e-4)
         assert (decode_seg(row) == expected_seg).mean() > 0.99
+
+
+@pytest.mark.slow
+def test_rows_are_paired_with_their_own_ground_truth(ray_session, city, none_maps, tmp_path, monkeypatch):
+    """Each input row meets the ground truth of its own image_id, in the split it was asked for (here with the pairs
+    written to the output, as when they do not fit in the object store; the training fixture keeps them there)."""
+    from vprlib.maps import decode_depth
+
+    gt = os.path.join(city, GT_MAPS)
+    monkeypatch.setattr(trainer, "CACHE_SHARE", 0.0)
+    ids = {split: trainer.common_ids(none_maps, split, gt, "--maps") for split in ("train", "val")}
+    datasets = trainer.paired_datasets([(none_maps, s, ids[s]) for s in ("train", "val")], gt, SIDE, str(tmp_path))
+    assert any((tmp_path / "_pairs").iterdir())
+    by_input = {decode_depth(r).tobytes(): r["image_id"] for r in read_maps(none_maps).to_pylist()}
+    truth = {r["image_id"]: decode_depth(r) for r in read_maps(gt).to_pylist()}
+    for split, dataset in zip(("train", "val"), datasets, strict=True):
+        rows = dataset.take_all()
+        assert len(rows) == len(ids[split]) == {"train": 48, "val": 16}[split]
+        assert set(rows[0]) == {"depth", "seg", "gt_depth", "gt_seg"}
+        seen = [by_input[np.ascontiguousarray(row["depth"], "<f4").tobytes()] for row in rows]
+        assert sorted(seen) == sorted(ids[split].to_pylist())
+        for image_id, row in zip(seen, rows, strict=True):
+            np.testing.assert_array_equal(row["gt_depth"], truth[image_id])
 
 
 def _table_like(source: str, output: Path, rows: pa.Table, **spec_changes) -> str:

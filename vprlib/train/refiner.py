@@ -29,10 +29,13 @@ refiner's own best state, as `refiner_depth.pt` / `refiner_seg.pt` do (bare stat
 folder a models folder for `jobs/extract.py --strategy synthetic --models DIR`: the segmenter and depth estimator come
 from the base, the refiners from the folder (vprlib.models.zoo).
 
-Pairing: the two tables' rows are matched by image_id with a Ray Data hash shuffle (`groupby(image_id).map_groups`)
-over the encoded rows of the common ids: each row's bytes move once, memory and work spread over the cluster, and
-nothing is assumed about the two tables' row order. (`Dataset.join` does the same but needs polars, which is not a
-dependency.) Only the ids of both tables are read on the driver, for the checks.
+Pairing: the two tables' rows are matched by image_id with a Ray Data shuffle (`groupby(image_id).map_groups`, on
+the task-based sort shuffle rather than the default one's aggregator actors) over the encoded rows of the common ids:
+each row's bytes move once, memory and work are spread over the cluster, and nothing is assumed about the two
+tables' row order. (`Dataset.join` shuffles the same way but needs polars, which is not a dependency.) Only the ids
+of both tables are read on the driver, for the checks. The shuffle runs once, before the workers start: its decoded
+result stays in the object store when small (data.CACHE_SHARE), else the encoded pairs are written to
+`DIR/_pairs/` and decoded from there each epoch.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ from vprlib.models.encodings import label_channel
 from vprlib.models.refiner import DEPTH_FILE, REFINER_ARCHS, SEG_FILE, DualEncoderUNet, RefinerConfig
 from vprlib.spec import ADE20K_NUM_CLASSES, IGNORE_LABEL, REFINED_CLASSES, spec_mismatch
 from vprlib.train.config import TrainConfig
-from vprlib.train.data import TrainDataError, cached, resize_maps, spec_of, split_rows
+from vprlib.train.data import CACHE_SHARE, TrainDataError, resize_maps, spec_of, split_rows
 from vprlib.train.loop import Prepared, WorkerRun, _save, say
 
 SCORE, SCORE_SIGN = "val_loss", -1
@@ -62,7 +65,8 @@ MODELS_FILE = "models.json"  # vprlib.models.zoo.OVERLAY_FILE
 FILES = {"depth": DEPTH_FILE, "seg": SEG_FILE}
 VAL_LOSS = {"depth": "depth_l1", "seg": "val_ce"}  # each refiner's validation loss: plateau, early stop, best state
 MAP_COLUMNS = ("image_id", "status", "depth", "seg", "map_height", "map_width")
-ROWS_PER_PARTITION = 128  # rows per hash partition of the pairing shuffle
+ROWS_PER_PARTITION = 128  # rows per partition of the pairing shuffle
+PAIRS_DIR = "_pairs"  # in the output: the paired encoded rows, when they are too many to keep in the object store
 NUM_REFINED = len(REFINED_CLASSES)
 
 # ADE20K (0-based) -> refined4, for the unrefined input's reference mIoU only (the refiners learn their own mapping):
@@ -184,10 +188,8 @@ def prepare(config: TrainConfig) -> Prepared:
     train_ids = common_ids(config.maps, config.train_split, config.targets, "--maps")
     val_ids = common_ids(val_path, config.val_split, config.targets, "--val-maps")
     side = config.side or int(spec["side"])
-    train = cached(paired_dataset(config.maps, config.train_split, config.targets, train_ids, side),
-                   config.maps, config.train_split, side)
-    val = cached(paired_dataset(val_path, config.val_split, config.targets, val_ids, side),
-                 val_path, config.val_split, side)
+    train, val = paired_datasets([(config.maps, config.train_split, train_ids), (val_path, config.val_split, val_ids)],
+                                 config.targets, side, config.output)
     print(f"train: refiner ({config.options.target}, {config.options.arch}) on {len(train_ids)} images, validated "
           f"on {len(val_ids)}, at {side} px", flush=True)
     base = spec["models"]
@@ -244,16 +246,19 @@ def common_ids(path: str, split: str, targets: str, what: str) -> pa.Array:
     return pc.unique(common)
 
 
-def _encoded_rows(batch: pa.Table, ids: pa.Array, role: int, split: str | None) -> pa.Table:
-    """A read batch's ok rows of the wanted ids (and split), tagged with `role` (0 input, 1 target)."""
+TARGET = -1  # `source` of a ground-truth row in the pairing shuffle; inputs carry their source's index
+
+
+def _encoded_rows(batch: pa.Table, ids: pa.Array, source: int, split: str | None) -> pa.Table:
+    """A read batch's ok rows of the wanted ids (and split), tagged with their `source`."""
     keep = pc.and_(pc.equal(batch["status"], OK), pc.is_in(batch["image_id"], value_set=ids))
     if split is not None:
         keep = pc.and_(keep, pc.equal(batch["split"], split))
     rows = batch.filter(keep).select(["image_id", "depth", "seg", "map_height", "map_width"])
-    return rows.append_column("role", pa.array(np.full(rows.num_rows, role, np.int8)))
+    return rows.append_column("source", pa.array(np.full(rows.num_rows, source, np.int8)))
 
 
-def _read(path: str, ids: pa.Array, role: int, split: str | None):
+def _read(path: str, ids: pa.Array, source: int, split: str | None):
     import ray
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
@@ -265,29 +270,31 @@ def _read(path: str, ids: pa.Array, role: int, split: str | None):
     ds = ray.data.read_parquet([url_to_fs(p)[1] for p in parts], filesystem=PyFileSystem(FSSpecHandler(fs)))
     ds = ds.select_columns(columns)  # pushed down into the Parquet reads
     return ds.map_batches(_encoded_rows, batch_format="pyarrow",
-                          fn_kwargs={"ids": ids, "role": role, "split": split})
+                          fn_kwargs={"ids": ids, "source": source, "split": split})
+
+
+MAP_TYPES = {"depth": pa.binary(), "seg": pa.binary(), "map_height": pa.int32(), "map_width": pa.int32()}
 
 
 def pair_group(group: pa.Table) -> pa.Table:
-    """One image_id's rows (an input and a target) -> one row with the input's maps and the target's (gt_*)."""
-    roles = group["role"].to_numpy()
-    names = ["depth", "seg", "map_height", "map_width"]
-    out = {"image_id": pa.array([], pa.string())}
-    if (roles == 0).any() and (roles == 1).any():
-        x, y = group.slice(int(np.argmax(roles == 0)), 1), group.slice(int(np.argmax(roles == 1)), 1)
-        out = {"image_id": x["image_id"].combine_chunks()}
-        out.update({n: x[n].combine_chunks() for n in names})
-        out.update({f"gt_{n}": y[n].combine_chunks() for n in names})
-        return pa.table(out)
-    types = {"depth": pa.binary(), "seg": pa.binary(), "map_height": pa.int32(), "map_width": pa.int32()}
-    out.update({n: pa.array([], types[n]) for n in names})
-    out.update({f"gt_{n}": pa.array([], types[n]) for n in names})
+    """One image_id's rows -> a row per input row (a training or validation source) with its maps and the ground
+    truth's (gt_*); none when the id has no ground-truth row."""
+    sources = group["source"].to_numpy()
+    inputs = np.flatnonzero(sources != TARGET)
+    if not (sources == TARGET).any():
+        inputs = inputs[:0]
+    target = group.slice(int(np.argmax(sources == TARGET)), 1)
+    rows = group.take(pa.array(inputs, pa.int64()))
+    out = {"image_id": rows["image_id"].combine_chunks(), "source": rows["source"].combine_chunks()}
+    out.update({n: rows[n].combine_chunks().cast(t) for n, t in MAP_TYPES.items()})
+    out.update({f"gt_{n}": pa.array([target[n][0].as_py()] * len(inputs), t) for n, t in MAP_TYPES.items()})
     return pa.table(out)
 
 
 def decode_pair(batch: dict, side: int) -> dict:
     """Paired encoded rows -> `depth` float32, `seg` uint8 (the input, resized: bilinear depth, nearest labels) and
-    `gt_depth`, `gt_seg` (nearest: no valid depth is blended with a 0, no label with another), all B,side,side."""
+    `gt_depth`, `gt_seg` (nearest: no valid depth is blended with a 0, no label with another), all B,side,side, and
+    their `source`."""
     def decoded(prefix: str) -> tuple[np.ndarray, np.ndarray]:
         rows = [{"depth": d, "seg": s, "map_height": h, "map_width": w} for d, s, h, w in zip(
             batch[prefix + "depth"], batch[prefix + "seg"], batch[prefix + "map_height"], batch[prefix + "map_width"],
@@ -304,22 +311,86 @@ def decode_pair(batch: dict, side: int) -> dict:
         gt_seg = F.interpolate(torch.from_numpy(gt_seg)[:, None].float(), size=(side, side),
                                mode="nearest")[:, 0].numpy().astype(np.uint8)
     return {"depth": x["depth"].astype(np.float32), "seg": x["seg"], "gt_depth": gt_depth.astype(np.float32),
-            "gt_seg": gt_seg}
+            "gt_seg": gt_seg, "source": np.asarray(batch["source"], np.int8)}
 
 
-def paired_dataset(path: str, split: str, targets: str, ids: pa.Array, side: int):
-    """The rows of `split` of `path` whose ids are in `ids`, each with its ground truth from `targets`, decoded and
-    resized: depth, seg, gt_depth, gt_seg (only tensors: what the workers iterate)."""
+def pick_source(batch, source: int, drop: bool = True):
+    """The batch's rows of one source, by default without the `source` column (the workers get only their maps)."""
+    if isinstance(batch, pa.Table):
+        rows = batch.filter(pc.equal(batch["source"], source))
+        return rows.drop_columns(["source"]) if drop else rows
+    keep = batch["source"] == source
+    return {k: v[keep] for k, v in batch.items() if k != "source" or not drop}
+
+
+def paired_datasets(sources: list[tuple[str, str, pa.Array]], targets: str, side: int, output: str) -> list:
+    """Per (path, split, ids) source, its rows of those ids each with its ground truth from `targets`, decoded and
+    resized: depth, seg, gt_depth, gt_seg (only tensors: what the workers iterate). One pairing shuffle for all
+    sources runs here, once: its decoded result is kept in the object store when it takes at most data.CACHE_SHARE
+    of it, else the encoded pairs are written under `output`/_pairs and decoded from there every epoch."""
+    import ray
     from ray.data.context import ShuffleStrategy
 
-    partitions = max(1, min(200, math.ceil(len(ids) / ROWS_PER_PARTITION)))
-    both = _read(path, ids, 0, split).union(_read(targets, ids, 1, None))
+    everything = pc.unique(pa.concat_arrays([ids for _, _, ids in sources]))
+    rows = sum(len(ids) for _, _, ids in sources)
+    reads = [_read(path, ids, i, split) for i, (path, split, ids) in enumerate(sources)]
+    both = reads[0].union(*reads[1:], _read(targets, everything, TARGET, None))
     both.context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED  # tasks, not aggregator actors
+    partitions = max(1, min(200, math.ceil(rows / ROWS_PER_PARTITION)))
     pairs = both.groupby("image_id", num_partitions=partitions).map_groups(pair_group, batch_format="pyarrow")
-    return pairs.map_batches(decode_pair, fn_kwargs={"side": side})
+    need = rows * side * side * 2 * (4 + 1 + 8)  # input and target: float32 depth, uint8 labels, slack
+    if need <= CACHE_SHARE * ray.available_resources().get("object_store_memory", 0):
+        decoded = pairs.map_batches(decode_pair, fn_kwargs={"side": side}).materialize()
+        return [decoded.map_batches(pick_source, fn_kwargs={"source": i}) for i in range(len(sources))]
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    from vprlib.data.manifest import url_to_fs
+
+    fs, root = url_to_fs(output)
+    folder = posixpath.join(root, PAIRS_DIR)
+    if fs.exists(folder):
+        fs.rm(folder, recursive=True)
+    filesystem = PyFileSystem(FSSpecHandler(fs))
+    pairs.write_parquet(folder, filesystem=filesystem)
+    encoded = ray.data.read_parquet(folder, filesystem=filesystem)
+    return [encoded.map_batches(pick_source, batch_format="pyarrow", fn_kwargs={"source": i, "drop": False})
+            .map_batches(decode_pair, fn_kwargs={"side": side}).map_batches(pick_source, fn_kwargs={"source": i})
+            for i in range(len(sources))]
 
 
 # ----------------------------------------------------------------------------------------------- the workers
+class Progress:
+    """Per refiner: its best validation loss, that epoch, and epochs since; which refiners still train (early
+    stopping after `early_stop` epochs without a better loss; 0 = never) and the run's score."""
+
+    def __init__(self, targets: tuple[str, ...], early_stop: int):
+        self.early_stop = early_stop
+        self.best: dict[str, float | None] = dict.fromkeys(targets)
+        self.epoch: dict[str, int | None] = dict.fromkeys(targets)
+        self.stalled = dict.fromkeys(targets, 0)
+
+    def update(self, target: str, loss: float | None, epoch: int) -> bool:
+        """Record a validation loss; whether it is the refiner's best so far (None or NaN never is)."""
+        if loss is None or math.isnan(loss) or (self.best[target] is not None and loss >= self.best[target]):
+            self.stalled[target] += 1
+            return False
+        self.best[target], self.epoch[target], self.stalled[target] = loss, epoch, 0
+        return True
+
+    def active(self) -> list[str]:
+        return [t for t, n in self.stalled.items() if not self.early_stop or n < self.early_stop]
+
+    def score(self) -> float | None:
+        """The sum of every refiner's best loss so far: it falls exactly when one of them improves."""
+        return None if any(v is None for v in self.best.values()) else sum(self.best.values())
+
+    def state_dict(self) -> dict:
+        return {"best": dict(self.best), "epoch": dict(self.epoch), "stalled": dict(self.stalled)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.epoch, self.stalled = dict(state["best"]), dict(state["epoch"]), dict(state["stalled"])
+
+
 def _cpu_state(module: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
@@ -359,20 +430,18 @@ def train_func(payload: dict) -> None:
     optimizers = {t: torch.optim.Adam(inner[t].parameters(), lr=config.lr) for t in targets}
     schedulers = {t: torch.optim.lr_scheduler.ReduceLROnPlateau(optimizers[t], mode="min", factor=0.1,
                                                                 patience=o.plateau_patience) for t in targets}
-    best = {t: {"loss": None, "epoch": None, "state": None} for t in targets}
-    stalled = {t: 0 for t in targets}
+    progress = Progress(targets, o.early_stop)
+    best_states: dict[str, dict | None] = dict.fromkeys(targets)
 
     def snapshot() -> dict:
         return {"nets": {t: inner[t].state_dict() for t in targets},
                 "optimizers": {t: optimizers[t].state_dict() for t in targets},
                 "schedulers": {t: schedulers[t].state_dict() for t in targets},
-                "refiner_best": best, "stalled": stalled}
+                "progress": progress.state_dict(), "best_states": best_states}
 
     def best_checkpoint() -> dict:
-        return {"family": "refiner", "arch": o.arch, "target": o.target,
-                "refiners": {t: best[t]["state"] for t in targets},
-                "best_epoch": {t: best[t]["epoch"] for t in targets},
-                "best_loss": {t: best[t]["loss"] for t in targets},
+        return {"family": "refiner", "arch": o.arch, "target": o.target, "refiners": dict(best_states),
+                "best_epoch": dict(progress.epoch), "best_loss": dict(progress.best),
                 "map_spec": payload["map_spec"], "target_spec": payload["target_spec"]}
 
     def evaluate(reference: bool) -> dict:
@@ -385,21 +454,16 @@ def train_func(payload: dict) -> None:
         """Plateau, early-stop and best-state bookkeeping from the shared metrics, then the harness's report."""
         for t in targets:
             loss = metrics.get(VAL_LOSS[t])
-            if loss is None or math.isnan(loss):
-                stalled[t] += 1
-                continue
-            schedulers[t].step(loss)
-            if best[t]["loss"] is None or loss < best[t]["loss"]:
-                best[t] = {"loss": loss, "epoch": epoch, "state": _cpu_state(inner[t])}
-                stalled[t] = 0
+            if loss is not None and not math.isnan(loss):
+                schedulers[t].step(loss)
+            if progress.update(t, loss, epoch):
+                best_states[t] = _cpu_state(inner[t])
                 if run.rank == 0:
-                    _save(config.output, FILES[t], best[t]["state"])
-            else:
-                stalled[t] += 1
+                    _save(config.output, FILES[t], best_states[t])
         if epoch == 0 and run.rank == 0:  # after the refiner files: a models folder never lacks them
             write_models_file(config.output, payload["base"])
         lrs = {f"lr_{t}": optimizers[t].param_groups[0]["lr"] for t in targets}
-        score = sum(best[t]["loss"] for t in targets) if all(best[t]["loss"] is not None for t in targets) else None
+        score = progress.score()
         row = {"loss": sum(train_losses.values()) if train_losses else None,
                **{f"loss_{t}": train_losses.get(t) for t in targets}, **metrics, SCORE: score, **lrs}
         run.report(epoch, row, snapshot(), best_checkpoint, score, images=images, lr=lrs[f"lr_{targets[0]}"])
@@ -410,15 +474,15 @@ def train_func(payload: dict) -> None:
             inner[t].load_state_dict(state["nets"][t])
             optimizers[t].load_state_dict(state["optimizers"][t])
             schedulers[t].load_state_dict(state["schedulers"][t])
-        best.update(state["refiner_best"])
-        stalled.update(state["stalled"])
+        progress.load_state_dict(state["progress"])
+        best_states.update(state["best_states"])
     else:
         if run.rank == 0:
             start_output(config.output)
         run.start_epoch()
         record(0, evaluate(reference=True), {}, 0)
     for epoch in range((state or {"epoch": 0})["epoch"] + 1, config.epochs + 1):
-        active = [t for t in targets if not o.early_stop or stalled[t] < o.early_stop]
+        active = progress.active()
         if not active:
             if run.rank == 0:
                 say(f"train: early stop after epoch {epoch - 1}: no refiner improved for {o.early_stop} epochs")
