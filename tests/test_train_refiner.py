@@ -147,6 +147,8 @@ def test_models_folder_takes_what_it_lacks_from_its_base(tmp_path):
     (stacked / "models.json").write_text(json.dumps({"base": "../refiners"}))
     assert zoo.identity(str(stacked), ("segmenter",))["segmenter"] == "random:tiny:seed=0"
     assert str(folder / DEPTH_FILE) in zoo.identity(str(stacked), ("refiners",))["refiners"]
+    loaded = zoo.load_refiners(str(stacked))[1].state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in seg.state_dict().items())
 
 
 def test_models_folder_errors(tmp_path):
