@@ -224,7 +224,7 @@ def test_training_writes_metrics_checkpoints_and_a_models_folder(trained):
     for name, net in (("depth", depth), ("seg", seg)):
         assert all(torch.equal(v, best["refiners"][name][k]) for k, v in net.state_dict().items())
         assert net.config == refiner_config("tiny", name)
-    assert json.loads((trained / "models.json").read_text()) == {"base": "tiny"}
+    assert json.loads((trained / zoo.OVERLAY_FILE).read_text()) == {"base": "tiny"}
     record = json.loads((trained / "model.json").read_text())
     assert record["family"] == "refiner" and record["arch"] == "tiny" and record["map_spec"]["strategy"] == "none"
     assert json.loads((trained / "config.json").read_text())["options"]["target"] == "both"
