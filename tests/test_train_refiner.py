@@ -79,7 +79,17 @@ def test_miou_and_dynamic_left():
     assert torch.allclose(trainer.fit_scale_shift(x, 0.3 * x + 0.02, mask), 0.3 * x + 0.02, atol=1e-6)
 
 
-def test_refiners_learn_a_fixed_batch():
+@pytest.fixture
+def one_thread():
+    """Tiny tensors on one thread: OpenMP threads spinning against other processes' on 2 busy cores can make a
+    sub-second loop take a minute."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_refiners_learn_a_fixed_batch(one_thread):
     """A few Adam steps at the paper's learning rate on one batch lower both losses."""
     torch.manual_seed(0)
     depth, seg = torch.rand(4, SIDE, SIDE), torch.randint(0, 150, (4, SIDE, SIDE), dtype=torch.uint8)
