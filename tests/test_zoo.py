@@ -85,7 +85,7 @@ def test_a_folder_with_a_base_takes_the_roles_it_lacks_from_it(tmp_path):
     (tmp_path / "models.json").write_text(json.dumps({"base": "tiny"}))
     identity = zoo.identity(str(tmp_path), ALL)
     assert identity["segmenter"] == "random:tiny:seed=0@64px" and identity["depth"] == "random:tiny:seed=0"
-    assert identity["refiners"].startswith(f"{tmp_path} {DEPTH_FILE}:sha256:")
+    assert identity["refiners"].startswith(f"{tmp_path / DEPTH_FILE}:sha256:")
     loaded, _ = zoo.load_refiners(str(tmp_path))
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), depth.state_dict().values(),
                                                  strict=True))

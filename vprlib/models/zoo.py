@@ -57,7 +57,7 @@ from vprlib.models.segformer import (
 SEGFORMER_ID = "nvidia/segformer-b5-finetuned-ade-640-640"
 DPT_ID = "Intel/dpt-hybrid-midas"
 LAMA_FILES = ("big-lama/models/best.ckpt", "big-lama/best.ckpt", "big-lama.pt")
-BASE_FILE = "models.json"
+OVERLAY_FILE = "models.json"  # in a models directory: {"base": what the roles it lacks are loaded from}
 SEED = 0
 ROLES = ("segmenter", "depth", "inpainter", "refiners")
 
@@ -95,8 +95,10 @@ class Source:
     where: str
 
 
-def _role_source(role: str, models: str) -> Source:
-    """The source `load(role, models)` reads; FileNotFoundError (saying what to download, where) if absent."""
+def _role_source(role: str, models: str, _seen: tuple[str, ...] = ()) -> Source:
+    """The source `load(role, models)` reads; FileNotFoundError (saying what to download, where) if absent. A
+    directory's own files win; the roles it lacks come from its `models.json` base (bases may stack; a cycle, or a
+    base that does not exist, is a ValueError naming the file)."""
     if models in RANDOM_PRESETS:
         return Source("random", RANDOM_PRESETS[models][role])
     directory = models_dir(models)
@@ -104,9 +106,15 @@ def _role_source(role: str, models: str) -> Source:
     if own is not None:
         return own
     base = _base(directory)
-    if base is not None:
-        return _role_source(role, base)
-    raise FileNotFoundError(_missing(role, models, directory))
+    if base is None:
+        raise FileNotFoundError(_missing(role, models, directory))
+    key = str(directory.resolve())
+    if key in _seen:
+        raise ValueError(f"{directory / OVERLAY_FILE}: its bases lead back to {directory}")
+    try:
+        return _role_source(role, base, (*_seen, key))
+    except ValueError as exc:
+        raise ValueError(f"{directory / OVERLAY_FILE} names base {base!r}: {exc}") from None
 
 
 def _own_source(role: str, models: str, directory: Path) -> Source | None:
@@ -123,21 +131,34 @@ def _own_source(role: str, models: str, directory: Path) -> Source | None:
         found = next((directory / name for name in LAMA_FILES if (directory / name).is_file()), None)
         return Source("file", str(found)) if found else None
     if role == "refiners":
-        both = all((directory / name).is_file() for name in (DEPTH_FILE, SEG_FILE))
-        return Source("refiners", str(directory)) if both else None
+        present = [(directory / name).is_file() for name in (DEPTH_FILE, SEG_FILE)]
+        if all(present):
+            return Source("refiners", str(directory))
+        if any(present):  # one of the two: the other is missing here, not to be taken from a base
+            have, lack = (DEPTH_FILE, SEG_FILE) if present[0] else (SEG_FILE, DEPTH_FILE)
+            raise FileNotFoundError(
+                f"refiner weights not found: {directory / lack}. {directory} holds {have} but not {lack} (a refiner "
+                f"training with --target {'depth' if present[0] else 'seg'}): the synthetic strategy needs both; "
+                f"train the other and put its {lack} beside it, or train with --target both.")
+        return None
     raise ValueError(f"unknown model role {role!r}; known: {', '.join(ROLES)}")
 
 
 def _base(directory: Path) -> str | None:
-    """The `base` a directory's models.json names, resolved against the directory when it is a relative folder."""
-    file = directory / BASE_FILE
+    """The `base` a directory's models.json names (a preset, or a folder: relative to the directory allowed)."""
+    file = directory / OVERLAY_FILE
     if not file.is_file():
         return None
-    base = json.loads(file.read_text()).get("base")
-    if not base or base in RANDOM_PRESETS or base == "paper":
+    try:
+        base = json.loads(file.read_text())["base"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{file}: expected {{\"base\": <preset or models directory>}}") from None
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{file}: \"base\" must name a preset ({', '.join(KNOWN)}) or a models directory")
+    if base in KNOWN:
         return base
     path = Path(base).expanduser()
-    return str(path if path.is_absolute() else directory / path)
+    return str(path) if path.is_absolute() else os.path.normpath(directory / path)
 
 
 def _missing(role: str, models: str, directory: Path) -> str:
@@ -284,8 +305,8 @@ def _describe(source: Source) -> str:
         files = [Path(source.where) / name for name in WEIGHT_FILES if (Path(source.where) / name).is_file()]
         return f"{source.where} " + " ".join(f"{f.name}:sha256:{_sha256(f)}" for f in files)
     if source.kind == "refiners":
-        return f"{source.where} " + " ".join(f"{n}:sha256:{_sha256(Path(source.where) / n)}" for n in (DEPTH_FILE,
-                                                                                                         SEG_FILE))
+        files = [Path(source.where) / name for name in (DEPTH_FILE, SEG_FILE)]
+        return " ".join(f"{f}:sha256:{_sha256(f)}" for f in files)
     return f"{source.where} sha256:{_sha256(Path(source.where))}"
 
 

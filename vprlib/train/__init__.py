@@ -6,10 +6,10 @@ provides `prepare(config)` (driver-side checks and datasets), `train_func(payloa
 is better).
 """
 
-from vprlib.train import cosplace, netvlad
+from vprlib.train import cosplace, netvlad, refiner
 from vprlib.train.config import TrainConfig, train_config
 from vprlib.train.loop import run_training
 
-FAMILIES = {"cosplace": cosplace, "netvlad": netvlad}
+FAMILIES = {"refiner": refiner, "cosplace": cosplace, "netvlad": netvlad}
 
 __all__ = ["FAMILIES", "TrainConfig", "run_training", "train_config"]

@@ -181,7 +181,7 @@ class WorkerRun:
             torch.set_num_threads(max(1, int(self.config.cpus_per_worker)))
         self.history: list[dict] = []
         self.best: float | None = None
-        self._epoch_start = self._trained_at = time.perf_counter()
+        self._epoch_start, self._trained_at = time.perf_counter(), None
 
     @property
     def batch_size(self) -> int:
@@ -234,7 +234,7 @@ class WorkerRun:
         return box[0]
 
     def start_epoch(self) -> None:
-        self._epoch_start = self._trained_at = time.perf_counter()
+        self._epoch_start, self._trained_at = time.perf_counter(), None
 
     def trained(self) -> None:
         """Mark the end of an epoch's training steps: images/s counts the time until here, not validation."""
@@ -248,7 +248,7 @@ class WorkerRun:
         import ray.train
 
         seconds = time.perf_counter() - self._epoch_start
-        training = self._trained_at - self._epoch_start
+        training = (self._trained_at or time.perf_counter()) - self._epoch_start  # unmarked: the whole epoch
         row = {"epoch": epoch, **metrics, "lr": lr, "images_per_s": images / training if images and training else None,
                "wall_s": seconds}
         from vprlib.train import FAMILIES
@@ -264,9 +264,9 @@ class WorkerRun:
         state = {**state, "epoch": epoch, "history": self.history, "best": self.best}
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, os.path.join(folder, LAST))
-            _save(self.config.output, LAST, state)
+            save_file(self.config.output, LAST, state)
             if improved:
-                _save(self.config.output, BEST, best_checkpoint())
+                save_file(self.config.output, BEST, best_checkpoint())
             self._write_metrics()
             ray.train.report(_plain(row), checkpoint=ray.train.Checkpoint.from_directory(folder))
         say("train: " + ", ".join(f"{k} {_cell(v)}" for k, v in row.items()) + (" *" if improved else ""))
@@ -299,7 +299,7 @@ def _cell(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _save(output: str, name: str, value) -> None:
+def save_file(output: str, name: str, value) -> None:
     """torch.save to the output (local or s3://), whole or not at all: a temporary name, then a rename."""
     buffer = io.BytesIO()
     torch.save(value, buffer)

@@ -340,6 +340,7 @@ def train_func(payload: dict) -> None:
         del cache, cache_desc
         scheduler.step()
         loss_sum, steps, triplets, skipped, images = _sums(run, [loss_sum, steps, triplets, skipped, images])
+        run.trained()
         metrics = validate()
         run.report(epoch, {"loss": loss_sum / steps if steps else None, **metrics, "triplets": int(triplets),
                            "skipped": int(skipped), "cache": len(cache_index), "cache_s": cache_s},
