@@ -476,7 +476,7 @@ def test_device_auto_follows_the_cluster():
 def test_missing_weights_fail_before_any_work(tmp_path, monkeypatch):
     zoo.check_weights("tiny", ("segmenter", "inpainter", "depth"))
     zoo.check_weights("paper-random", ("segmenter", "depth", "refiners"))
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path}/segformer/config.json"):
+    with pytest.raises(FileNotFoundError, match=f"save_pretrained folder at {tmp_path}/segformer"):
         zoo.check_weights(str(tmp_path), ("segmenter", "depth"))
     with pytest.raises(FileNotFoundError, match="refiner weights not found"):
         zoo.check_weights(str(tmp_path), ("refiners",))

@@ -162,17 +162,15 @@ def _base(directory: Path) -> str | None:
 
 
 def _missing(role: str, models: str, directory: Path) -> str:
-    if role == "segmenter":
-        return (f"weights not found for the segmenter (models={models!r}): put OpenMMLab's {PAPER_CHECKPOINT} (the "
-                f"paper's SegFormer-B5 512x512) in {directory}, or {SEGFORMER_ID} as a save_pretrained folder at "
-                f"{directory / 'segformer'} (`hf download {SEGFORMER_ID} --local-dir {directory / 'segformer'}`)"
-                + (" or in the Hugging Face cache ($HF_HOME; `hf download " + SEGFORMER_ID + "`)"
-                   if models == "paper" else "") + "; or use --models tiny / paper-random")
-    if role == "depth":
-        return (f"weights not found for depth (models={models!r}): put MiDaS' {MIDAS_CHECKPOINT} in {directory}, "
-                f"or {DPT_ID} as a save_pretrained folder at {directory / 'dpt'} (`hf download {DPT_ID} --local-dir "
-                f"{directory / 'dpt'}`)" + (" or in the Hugging Face cache ($HF_HOME; `hf download " + DPT_ID + "`)"
-                                            if models == "paper" else "") + "; or use --models tiny / paper-random")
+    if role in ("segmenter", "depth"):
+        released, hub_id, sub = ((PAPER_CHECKPOINT, SEGFORMER_ID, "segformer") if role == "segmenter"
+                                 else (MIDAS_CHECKPOINT, DPT_ID, "dpt"))
+        where = (f"{hub_id} is not in the Hugging Face cache ($HF_HOME, default ~/.cache/huggingface; fill it with "
+                 f"`hf download {hub_id}` on a machine with network)" if models == "paper" else
+                 f"nor is {hub_id} a save_pretrained folder at {directory / sub} (`hf download {hub_id} --local-dir "
+                 f"{directory / sub}`)")
+        return (f"weights not found for the {role} (models={models!r}): the paper's {released} is not in "
+                f"{directory}, and {where}; or use --models tiny / paper-random")
     if role == "inpainter":
         return (f"no Big-LaMa checkpoint under {directory}: expected one of {list(LAMA_FILES)}. Download big-lama.zip "
                 f"from github.com/advimman/lama (the 'big-lama' model) and unzip it in {directory} (giving "

@@ -182,8 +182,8 @@ def prepare(config: TrainConfig) -> Prepared:
     pool = cached(training_dataset(config.maps, config.train_split, config.side, columns=("image_id",))
                   .map_batches(attach_index, fn_kwargs={"ids": rows["image_id"]}, num_cpus=DATA_TASK_CPUS),
                   config.maps, config.train_split, config.side)
-    queries = pool.map_batches(keep_queries, fn_kwargs={"is_query": is_query}, num_cpus=DATA_TASK_CPUS)
-    datasets = {"queries": queries, "pool": pool,
+    query_maps = pool.map_batches(keep_queries, fn_kwargs={"is_query": is_query}, num_cpus=DATA_TASK_CPUS)
+    datasets = {"queries": query_maps, "pool": pool,
                 "val": validation_dataset(config, val_path, val_columns)}
     weights = (f"ImageNet weights from {o.imagenet} (first convolution adapted to {encoding.in_channels} channels, "
                f"conv5 trained)" if o.imagenet else "random weights (no --imagenet)")
