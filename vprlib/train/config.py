@@ -183,7 +183,7 @@ FAMILY_DEFAULTS = {
     "netvlad": {"epochs": 50, "lr": 1e-4, "batch_size": 4},  # NetVLAD: SGD 1e-4, 50 epochs (paper), 4 triplets
     # The demo extractors: AdamW, warm-up then cosine; sized to train on a 2-core CPU (jobs/train_demo.py).
     "demo-segmenter": {"epochs": 50, "lr": 2e-3, "batch_size": 16},
-    "demo-depth": {"epochs": 40, "lr": 1e-3, "batch_size": 16},
+    "demo-depth": {"epochs": 40, "lr": 5e-4, "batch_size": 16},
     "demo-inpainter": {"epochs": 40, "lr": 2e-3, "batch_size": 16},
 }
 

@@ -1,9 +1,11 @@
 """The demo depth estimator: a small DPT-Hybrid (dpt.DPT_ARCHS["demo"]) trained on a synthetic city's photos to the
 inverse of their observed depth (`obs_depth`, with the dynamic objects; sky, depth 0, is inverse depth 0: the
-farthest), with MiDaS' scale-and-shift-invariant loss (Ranftl et al., TPAMI 2022): per image, the prediction is
-aligned to the target by least squares, then the squared error plus a multi-scale gradient-matching term. So, like
-MiDaS' DPT, it predicts inverse depth up to scale and shift, and `normalize_depth` of its output approaches the
-min-max normalised ground truth. Validation: the metrics of `depth_metrics`, chosen by `rmse`."""
+farthest), with MiDaS' scale-and-shift-invariant loss (Ranftl et al., TPAMI 2022, eq. 5-7 and 11): prediction and
+target are each normalised per image by their median and mean absolute deviation, then the mean absolute difference
+plus a multi-scale gradient-matching term. So, like MiDaS' DPT, it predicts inverse depth up to scale and shift, and
+`normalize_depth` of its output approaches the min-max normalised ground truth. The normalisation keeps the sign
+(unlike a least-squares fit, which may turn the prediction upside down): the output grows with inverse depth, as
+DPT's final ReLU needs. Validation: the metrics of `depth_metrics`, chosen by `rmse`."""
 
 from __future__ import annotations
 
@@ -28,8 +30,11 @@ def architecture(config: TrainConfig) -> dict:
 
 
 def build(config: TrainConfig) -> DepthEstimator:
+    """The estimator, its head's last bias at 1 so the ReLU after it starts open (a closed one passes no gradient)."""
     arch = config.options.arch
-    return DepthEstimator(build_dpt(arch, config.seed), DepthConfig(input_size=dpt_architecture(arch).image_size))
+    model = build_dpt(arch, config.seed)
+    torch.nn.init.constant_(model.head.head[-2].bias, 1.0)
+    return DepthEstimator(model, DepthConfig(input_size=dpt_architecture(arch).image_size))
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -59,11 +64,19 @@ def align(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (scale[:, None, None] * prediction.double() + shift[:, None, None]).to(prediction.dtype)
 
 
+def normalise(depth: torch.Tensor) -> torch.Tensor:
+    """MiDaS' scale-and-shift normalisation of B,H,W maps: minus the median, over the mean absolute deviation."""
+    flat = depth.flatten(1)
+    shift = flat.median(dim=1, keepdim=True).values
+    scale = (flat - shift).abs().mean(dim=1, keepdim=True).clamp(min=1e-6)
+    return ((flat - shift) / scale).view_as(depth)
+
+
 def ssi_loss(prediction: torch.Tensor, target: torch.Tensor, gradient_weight: float) -> torch.Tensor:
-    """MiDaS' scale-and-shift-invariant loss: mean squared error after `align`, plus `gradient_weight` times the mean
-    absolute gradient of the residual at GRADIENT_SCALES scales."""
-    residual = align(prediction, target) - target
-    loss = residual.pow(2).mean()
+    """MiDaS' scale-and-shift-invariant loss: mean absolute difference of the `normalise`d maps, plus
+    `gradient_weight` times the mean absolute gradient of that difference at GRADIENT_SCALES scales."""
+    residual = normalise(prediction) - normalise(target)
+    loss = residual.abs().mean()
     for scale in range(GRADIENT_SCALES):
         r = residual[:, :: 2**scale, :: 2**scale]
         loss = loss + gradient_weight * ((r[:, :, 1:] - r[:, :, :-1]).abs().mean()
@@ -72,9 +85,7 @@ def ssi_loss(prediction: torch.Tensor, target: torch.Tensor, gradient_weight: fl
 
 
 def loss(model, batch: dict, generator: torch.Generator, context=None) -> torch.Tensor:
-    target = inverse_depth(batch["depth"])
-    target = target / target.flatten(1).amax(1).clamp(min=1e-6)[:, None, None]  # every image weighs the same
-    return ssi_loss(model(photos(batch["image"])), target, gradient_weight=0.5)
+    return ssi_loss(model(photos(batch["image"])), inverse_depth(batch["depth"]), gradient_weight=0.5)
 
 
 def depth_metrics(prediction: torch.Tensor, metres: torch.Tensor) -> dict[str, np.ndarray]:
