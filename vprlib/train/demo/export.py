@@ -35,6 +35,7 @@ def export_weights(runs: dict[str, str], folder: str, provenance: dict | None = 
                  for k, v in record["state_dict"].items()}
         name = f"{role}.safetensors"
         save_file(state, str(folder / name), metadata={"role": role, "arch": record["arch"]})
+        (folder / name).chmod(0o644)  # safetensors writes 0600; package data is read by every user
         roles[role] = zoo.small_entry(role, record["family"], record["arch"], int(record.get("input_size", 0)), name)
     _write(folder, roles, {role: (provenance or {}).get(role, {}) for role in roles})
     return folder

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from vprlib.data.manifest import url_to_fs
 from vprlib.models import zoo
@@ -79,6 +79,8 @@ def role_config(config: DemoConfig, role: str):
 
 def train_demo(config: DemoConfig) -> dict:
     """Train (or resume) each role, export, install if asked, measure if asked; return the figures (or {})."""
+    # Local paths made absolute: the training workers run in a folder of Ray's, not in this one.
+    config = replace(config, city=_absolute(config.city), output=_absolute(config.output))
     if config.evaluate_only:
         return measure(config, config.models or _default_models(config))
     roles = config.role_list
@@ -113,6 +115,10 @@ def _default_models(config: DemoConfig) -> str:
     fs, root = url_to_fs(config.output)
     weights = posixpath.join(root, WEIGHTS)
     return weights if fs.exists(posixpath.join(weights, zoo.SMALL_FILE)) else zoo.DEMO
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
 
 
 def _city_config(city: str) -> dict:
