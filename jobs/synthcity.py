@@ -1,6 +1,7 @@
 """Generate the embedded synthetic city (docs/DESIGN.md, "Layouts") in the manifest layout.
 
     python jobs/synthcity.py --output DIR [--places N] [--side 128] [--seed 0] [--dense-train 0] [--workers 0]
+        [--static-rgb]
 
 Writes DIR/rgb/*.png, DIR/gt/*.npz, DIR/manifest.parquet, DIR/summary.json and the resolved DIR/config.json.
 """
@@ -29,10 +30,13 @@ def parse_args(argv=None) -> tuple[str, CityConfig]:
                         "heading bins), so that CosPlace's grouping keeps classes of that many images; 0 = "
                         f"{defaults.train_visits} visits like the other places (default %(default)s)")
     parser.add_argument("--workers", type=int, default=defaults.workers, help="processes, 0 = one per CPU")
+    parser.add_argument("--static-rgb", action="store_true",
+                        help="also write rgb_static/<id>.png, each capture without its dynamic objects (the demo "
+                        "inpainter's targets: jobs/train_demo.py); the other outputs are unchanged")
     args = parser.parse_args(argv)
     try:
         config = CityConfig(places=args.places, side=args.side, seed=args.seed, dense_train=args.dense_train,
-                            workers=args.workers)
+                            workers=args.workers, static_rgb=args.static_rgb)
     except ValueError as exc:
         parser.error(str(exc))
     return args.output, dataclasses.replace(config, workers=resolve_workers(config))

@@ -112,6 +112,8 @@ class CityConfig:
     origin_lat: float = 51.5072  # the city's origin (local 0, 0): central London, like HoliCity
     origin_lon: float = -0.1276
     workers: int = 0  # processes; 0 means one per CPU
+    static_rgb: bool = False  # also write rgb_static/<id>.png: each capture without its dynamic objects (inpainting
+    # targets); the other outputs stay as they are
 
     def __post_init__(self):
         looks = len(TIMES_OF_DAY) * len(SEASONS)
@@ -687,9 +689,11 @@ def _labels(city: City, prims: Primitives, points: np.ndarray, prim: np.ndarray)
 
 
 def render(city: City, camera: Camera, appearance: Appearance = Appearance(), dynamic: Primitives | None = None,
-           side: int = 128, noise_seed: int = 0) -> dict[str, np.ndarray]:
+           side: int = 128, noise_seed: int = 0, static_rgb: bool = False) -> dict[str, np.ndarray]:
     """Render one capture in memory: rgb (H,W,3 uint8), depth/obs_depth (float32 metres, sky 0), seg (uint8
-    HoliCity classes, static), obs_seg (uint8 ADE20K ids, with dynamic objects), dynamic (bool)."""
+    HoliCity classes, static), obs_seg (uint8 ADE20K ids, with dynamic objects), dynamic (bool); with `static_rgb`
+    also rgb_static, the same capture without the dynamic objects (same appearance and noise: equal to `rgb` on
+    every pixel no dynamic object covers)."""
     rays = camera.rays(side, side)
     d = [np.ascontiguousarray(rays[..., i]) for i in range(3)]
     with np.errstate(divide="ignore"):
@@ -702,11 +706,16 @@ def render(city: City, camera: Camera, appearance: Appearance = Appearance(), dy
     origin = np.asarray(camera.position)
     points_s = origin + np.where(np.isfinite(t_s), t_s, 0.0)[..., None] * rays
     points_o = origin + np.where(np.isfinite(t_o), t_o, 0.0)[..., None] * rays
-    label_s, _ = _labels(city, prims, points_s, prim_s)
+    label_s, paint_s = _labels(city, prims, points_s, prim_s)
     label_o, paint = _labels(city, prims, points_o, prim_o)
     rng = np.random.default_rng(noise_seed)
     rgb = _shade(prims, rays, t_o, prim_o, points_o, label_o, paint, appearance, rng)
+    static = {}
+    if static_rgb:  # the same noise stream: the image render(dynamic=None) gives
+        static["rgb_static"] = _shade(prims, rays, t_s, prim_s, points_s, label_s, paint_s, appearance,
+                                      np.random.default_rng(noise_seed))
     return {
+        **static,
         "rgb": rgb,
         "depth": np.where(label_s == LABEL["sky"], 0.0, t_s).astype(np.float32),
         "seg": HOLICITY_OF_LABEL[label_s].astype(np.uint8),
@@ -785,12 +794,14 @@ def _captures(city: City, visit: Visit):
             heading = math.floor(heading / visit.heading_jitter) * visit.heading_jitter + turns.uniform(
                 0, visit.heading_jitter)
         camera = Camera(visit.position, heading, config.pitch, config.fov)
-        maps = render(city, camera, visit.appearance, dynamic, config.side, noise_seed=config.seed * 1_000_003 + index)
+        maps = render(city, camera, visit.appearance, dynamic, config.side, noise_seed=config.seed * 1_000_003 + index,
+                      static_rgb=config.static_rgb)
         yield f"{index:06d}", heading, maps
 
 
 _WORKER_CITY: City | None = None
 GT_MAPS = "gt_maps"  # the folder of the city's ground-truth maps table
+STATIC_RGB = "rgb_static"  # the folder of the captures without dynamic objects (CityConfig.static_rgb)
 VISITS_PER_PART = 16  # visits per worker task, and per part file of the ground-truth maps (128 rows at 8 headings)
 
 
@@ -812,7 +823,9 @@ def _write_visits(part: int, visits: list[Visit], output: str,
     rows, counts, depth, seg = [], np.zeros(5 + 256, np.int64), [], []
     for visit in visits:
         for image_id, heading, maps in _captures(city, visit):
-            Image.fromarray(maps.pop("rgb")).save(os.path.join(output, "rgb", f"{image_id}.png"), compress_level=1)
+            for folder in ("rgb", STATIC_RGB) if city.config.static_rgb else ("rgb",):
+                Image.fromarray(maps.pop(folder)).save(os.path.join(output, folder, f"{image_id}.png"),
+                                                       compress_level=1)
             write_npz(os.path.join(output, "gt", f"{image_id}.npz"), maps)
             counts += np.concatenate([np.bincount(maps["seg"].ravel(), minlength=5),
                                       np.bincount(maps["obs_seg"].ravel(), minlength=256)])
@@ -837,7 +850,8 @@ def _write_gt_part(city: City, rows: list[dict], depth: np.ndarray, seg: np.ndar
     table = carry_columns(manifest)
     for name, values in encode_batch(batch, spec, "{}").items():
         table = table.append_column(name, pa.array(values))
-    fixed = {k: v for k, v in dataclasses.asdict(city.config).items() if k != "workers"}  # not what is drawn
+    # The part is named by what is drawn: neither the processes nor the extra static RGB change these maps.
+    fixed = {k: v for k, v in dataclasses.asdict(city.config).items() if k not in ("workers", "static_rgb")}
     name = hashlib.sha256(f"{json.dumps(fixed, sort_keys=True)}:{part}".encode())
     write_part(table, os.path.join(output, GT_MAPS), output_schema(carry_columns(_manifest(city, [])).schema, spec),
                name=f"part-{name.hexdigest()[:32]}.parquet")
@@ -873,9 +887,10 @@ def resolve_workers(config: CityConfig) -> int:
 
 
 def generate_city(config: CityConfig, output: str) -> pa.Table:
-    """Render every capture of the city into `output` (rgb/, gt/, manifest.parquet, summary.json) and return the
-    manifest. Outputs depend only on the config (not on `workers`): same config, same bytes."""
-    for folder in ("rgb", "gt", GT_MAPS):
+    """Render every capture of the city into `output` (rgb/, gt/, manifest.parquet, summary.json; rgb_static/ with
+    `config.static_rgb`) and return the manifest. Outputs depend only on the config (not on `workers`): same config,
+    same bytes."""
+    for folder in ("rgb", "gt", GT_MAPS) + ((STATIC_RGB,) if config.static_rgb else ()):
         os.makedirs(os.path.join(output, folder), exist_ok=True)
     city = build_city(config)
     visits = plan_visits(city)

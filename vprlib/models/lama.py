@@ -38,10 +38,12 @@ class LamaConfig:
     bf16: bool = True  # bf16 autocast on CUDA for the eager generator; FFTs run in float32
 
 
-# Architectures by name: big-lama (the published model) and a tiny one for tests.
+# Architectures by name: big-lama (the published model), a tiny one for tests, and "demo" (0.7M), the one trained on
+# the synthetic city (vprlib.train.demo).
 LAMA_ARCHS: dict[str, LamaConfig] = {
     "big-lama": LamaConfig(),
     "tiny": LamaConfig(ngf=8, n_downsampling=3, n_blocks=2),
+    "demo": LamaConfig(ngf=16, n_downsampling=3, n_blocks=3),
 }
 
 

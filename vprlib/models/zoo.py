@@ -3,6 +3,10 @@
 - "tiny": small architectures, seeded random weights; offline, fast on a CPU (tests, the synthetic city demo).
 - "paper-random": the paper's exact architectures (SegFormer-B5, DPT-Hybrid, Big-LaMa, the two refiners) with seeded
   random weights, for GPU benchmarks and parameter counts.
+- "demo": the paper's segmenter, depth estimator and inpainter in small configurations, trained on the synthetic
+  city (vprlib.train.demo, jobs/train_demo.py) and shipped in this package (`DEMO_DIR`: fp16 safetensors and
+  `architectures.json`); offline, fast on a CPU, and they really segment, estimate depth and inpaint the city's
+  photos. No demo refiners yet: asking for them is an error saying so.
 - "paper": the published weights, from `$VPRLIB_HOME` (default `~/.cache/vprlib`) where the paper's own files are,
   else from the local Hugging Face cache (never downloaded here): the segmenter is OpenMMLab's SegFormer-B5 512x512
   ADE20K file (segformer.PAPER_CHECKPOINT, the paper's) or `nvidia/segformer-b5-finetuned-ade-640-640`; depth is
@@ -11,7 +15,8 @@
 - a directory: the same files (`segformer/` and `dpt/` as `save_pretrained` folders, or the released checkpoint
   files) in it. A directory's `models.json` may name a `base` (a preset or another directory) for the roles whose
   files it lacks: the refiner training job writes one, so its output folder is a complete `--models` for the
-  synthetic strategy.
+  synthetic strategy. A directory's `architectures.json` lists small models trained here (the demo's: role ->
+  architecture and safetensors file), so `jobs/train_demo.py`'s export folder is a `--models` too.
 
 Each segmenter runs at the side it was trained at (the file's name, or its Hugging Face processor), unless
 `segmenter_side` says otherwise; depth at its processor's side (384).
@@ -28,6 +33,7 @@ rebuilds whichever family a checkpoint holds.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -39,14 +45,22 @@ import torch
 from transformers import DPTForDepthEstimation, SegformerForSemanticSegmentation
 
 from vprlib.models.cosplace import CosPlace
-from vprlib.models.dpt import MIDAS_CHECKPOINT, DepthConfig, DepthEstimator, build_dpt, depth_from_checkpoint
+from vprlib.models.dpt import (
+    DPT_ARCHS,
+    MIDAS_CHECKPOINT,
+    DepthConfig,
+    DepthEstimator,
+    build_dpt,
+    depth_from_checkpoint,
+)
 from vprlib.models.hf_image import processor_settings
-from vprlib.models.lama import LamaInpainter, build_lama, load_lama
+from vprlib.models.lama import LAMA_ARCHS, LamaInpainter, build_lama, load_lama
 from vprlib.models.netvlad import NetVLAD
 from vprlib.models.refiner import DEPTH_FILE, SEG_FILE, DualEncoderUNet, build_refiners, load_refiner
 from vprlib.models.retriever import Retriever
 from vprlib.models.segformer import (
     PAPER_CHECKPOINT,
+    SEGFORMER_ARCHS,
     Segmenter,
     SegmenterConfig,
     build_segformer,
@@ -67,7 +81,11 @@ RANDOM_PRESETS: dict[str, dict[str, str]] = {
     "paper-random": {"segmenter": "b5", "depth": "hybrid", "inpainter": "big-lama", "refiners": "paper"},
 }
 TINY_SIDE = 64  # the input side of the tiny segmenter and depth estimator
-KNOWN = (*RANDOM_PRESETS, "paper")
+DEMO = "demo"
+DEMO_DIR = Path(__file__).with_name("demo")  # the demo preset's shipped weights (package data)
+SMALL_FILE = "architectures.json"  # a folder's small models trained here: role -> architecture, weights file
+SMALL_ROLES = ("segmenter", "depth", "inpainter")
+KNOWN = (*RANDOM_PRESETS, DEMO, "paper")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a save_pretrained folder's weights
 
 
@@ -80,6 +98,8 @@ def models_dir(models: str) -> Path:
     """The directory holding the weights for "paper" or a user directory; ValueError for anything else."""
     if models == "paper":
         return vprlib_home()
+    if models == DEMO:
+        return DEMO_DIR
     path = Path(models).expanduser()
     if models in RANDOM_PRESETS or not path.is_dir():
         raise ValueError(f"unknown models {models!r}: use one of {list(KNOWN)} or an existing directory")
@@ -89,7 +109,8 @@ def models_dir(models: str) -> Path:
 @dataclass(frozen=True)
 class Source:
     """Where one role's weights come from: `kind` random (arch), hub (a Hugging Face id in the local cache),
-    folder (a save_pretrained folder), file (a released checkpoint), refiners (a folder with both files)."""
+    folder (a save_pretrained folder), file (a released checkpoint), refiners (a folder with both files), small (a
+    safetensors file its folder's architectures.json describes)."""
 
     kind: str
     where: str
@@ -119,6 +140,9 @@ def _role_source(role: str, models: str, _seen: tuple[str, ...] = ()) -> Source:
 
 def _own_source(role: str, models: str, directory: Path) -> Source | None:
     """The role's source among the directory's own files (or, for "paper", the Hugging Face cache)."""
+    entry = small_entries(directory).get(role) if role in SMALL_ROLES else None
+    if entry is not None and (directory / entry["weights"]).is_file():
+        return Source("small", str(directory / entry["weights"]))
     hf = {"segmenter": ("segformer", SEGFORMER_ID, PAPER_CHECKPOINT), "depth": ("dpt", DPT_ID, MIDAS_CHECKPOINT)}
     if role in hf:
         sub, hub_id, released = hf[role]
@@ -162,6 +186,12 @@ def _base(directory: Path) -> str | None:
 
 
 def _missing(role: str, models: str, directory: Path) -> str:
+    if models == DEMO:
+        if role == "refiners":
+            return ("the demo preset has no refiners yet (it ships the segmenter, depth estimator and inpainter): "
+                    "use --strategy inpaint or none with --models demo, or --models tiny for the synthetic strategy")
+        return (f"the demo preset's {role} weights are missing from {directory} (package data): reinstall vprlib, "
+                f"or train and install them: jobs/train_demo.py --city DIR --output DIR --install")
     if role in ("segmenter", "depth"):
         released, hub_id, sub = ((PAPER_CHECKPOINT, SEGFORMER_ID, "segformer") if role == "segmenter"
                                  else (MIDAS_CHECKPOINT, DPT_ID, "dpt"))
@@ -209,6 +239,8 @@ def segmenter_input_size(models: str, segmenter_side: int = 0) -> int:
     source = _role_source("segmenter", models)
     if source.kind == "random":
         return TINY_SIDE if source.where == "tiny" else SegmenterConfig().input_size
+    if source.kind == "small":
+        return int(small_entries(Path(source.where).parent)["segmenter"]["input_size"])
     if source.kind == "file":
         return trained_input_size(source.where)
     return _processor_or_default(source.where, {"input_size": SegmenterConfig().input_size})["input_size"]
@@ -220,6 +252,8 @@ def load_segmenter(models: str, segmenter_side: int = 0) -> Segmenter:
     side = segmenter_input_size(models, segmenter_side)
     if source.kind == "random":
         return Segmenter(build_segformer(source.where, SEED), SegmenterConfig(input_size=side)).eval()
+    if source.kind == "small":
+        return load_small("segmenter", source.where, side)
     if source.kind == "file":
         return segmenter_from_checkpoint(source.where, input_size=side)
     settings = _processor_or_default(source.where, {})
@@ -233,6 +267,8 @@ def load_depth(models: str) -> DepthEstimator:
     if source.kind == "random":
         config = DepthConfig(input_size=TINY_SIDE) if source.where == "tiny" else DepthConfig()
         return DepthEstimator(build_dpt(source.where, SEED), config).eval()
+    if source.kind == "small":
+        return load_small("depth", source.where)
     if source.kind == "file":
         return depth_from_checkpoint(source.where)
     model = _hf_pretrained(DPTForDepthEstimation, source.where)
@@ -248,6 +284,8 @@ def lama_path(models: str) -> Path:
 def load_inpainter(models: str) -> LamaInpainter:
     """The Big-LaMa inpainter L."""
     source = _role_source("inpainter", models)
+    if source.kind == "small":
+        return load_small("inpainter", source.where)
     return build_lama(source.where, SEED) if source.kind == "random" else load_lama(source.where)
 
 
@@ -302,6 +340,9 @@ def _describe(source: Source) -> str:
     if source.kind == "folder":
         files = [Path(source.where) / name for name in WEIGHT_FILES if (Path(source.where) / name).is_file()]
         return f"{source.where} " + " ".join(f"{f.name}:sha256:{_sha256(f)}" for f in files)
+    if source.kind == "small":  # by content, wherever the package or folder lies
+        path = Path(source.where)
+        return f"{path.name}:{_small_arch(path)}:sha256:{_sha256(path)}"
     if source.kind == "refiners":
         files = [Path(source.where) / name for name in (DEPTH_FILE, SEG_FILE)]
         return " ".join(f"{f}:sha256:{_sha256(f)}" for f in files)
@@ -341,6 +382,54 @@ def check_weights(models: str, roles: tuple[str, ...]) -> None:
 def _check_models(models: str) -> None:
     if models not in RANDOM_PRESETS:
         models_dir(models)  # ValueError for an unknown preset or a folder that does not exist
+
+
+# ----------------------------------------------------------------------------------------------- small models
+# role -> (the family's architecture table, its entry as plain JSON, the model for inference at a side)
+SMALL_FAMILIES = {
+    "segmenter": ("segformer", lambda arch: SEGFORMER_ARCHS[arch],
+                  lambda arch, side: Segmenter(build_segformer(arch, SEED), SegmenterConfig(input_size=side))),
+    "depth": ("dpt", lambda arch: DPT_ARCHS[arch],
+              lambda arch, side: DepthEstimator(build_dpt(arch, SEED), DepthConfig(input_size=side))),
+    "inpainter": ("lama", lambda arch: dataclasses.asdict(LAMA_ARCHS[arch]), lambda arch, side: build_lama(arch, SEED)),
+}
+
+
+def small_entries(directory: Path) -> dict[str, dict]:
+    """role -> {family, arch, params, input_size, weights} from a folder's architectures.json ({} without one)."""
+    file = Path(directory) / SMALL_FILE
+    return json.loads(file.read_text())["roles"] if file.is_file() else {}
+
+
+def _small_arch(path: Path) -> str:
+    """The architecture name a folder's architectures.json gives its weights file `path`."""
+    return next(e["arch"] for e in small_entries(path.parent).values() if e["weights"] == path.name)
+
+
+def small_entry(role: str, family: str, arch: str, input_size: int, weights: str) -> dict:
+    """A role's entry in architectures.json: the architecture by name and in full (what it was trained as)."""
+    return {"family": family, "arch": arch, "params": json.loads(json.dumps(SMALL_FAMILIES[role][1](arch))),
+            "input_size": input_size, "weights": weights}
+
+
+def load_small(role: str, path: str, side: int = 0):
+    """The model a folder's architectures.json describes, with the weights of `path` (safetensors, any float
+    precision, loaded strictly into float32), in eval mode on the CPU. ValueError when the architecture table now
+    holds another network under the recorded name."""
+    from safetensors.torch import load_file
+
+    entry = small_entries(Path(path).parent)[role]
+    family, params, build = SMALL_FAMILIES[role]
+    try:
+        current = json.loads(json.dumps(params(entry["arch"])))
+    except KeyError:
+        current = None
+    if entry["family"] != family or current != entry["params"]:
+        raise ValueError(f"{path}: trained as the {entry['family']} architecture {entry['arch']!r} with "
+                         f"{entry['params']}, which vprlib's table no longer holds")
+    model = build(entry["arch"], side or int(entry["input_size"]))
+    model.load_state_dict(load_file(path), strict=True)
+    return model.eval()
 
 
 RETRIEVERS: dict[str, type[Retriever]] = {cls.family: cls for cls in (CosPlace, NetVLAD)}

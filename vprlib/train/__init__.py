@@ -8,8 +8,12 @@ is better).
 
 from vprlib.train import cosplace, netvlad, refiner
 from vprlib.train.config import TrainConfig, train_config
+from vprlib.train.demo import depth as demo_depth
+from vprlib.train.demo import inpainter as demo_inpainter
+from vprlib.train.demo import segmenter as demo_segmenter
 from vprlib.train.loop import run_training
 
-FAMILIES = {"refiner": refiner, "cosplace": cosplace, "netvlad": netvlad}
+FAMILIES = {"refiner": refiner, "cosplace": cosplace, "netvlad": netvlad, "demo-segmenter": demo_segmenter,
+            "demo-depth": demo_depth, "demo-inpainter": demo_inpainter}
 
 __all__ = ["FAMILIES", "TrainConfig", "run_training", "train_config"]

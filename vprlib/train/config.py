@@ -11,8 +11,11 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from vprlib.models.cosplace import BACKBONES
+from vprlib.models.dpt import DPT_ARCHS
 from vprlib.models.encodings import MODALITIES, SEG_ENCODINGS
+from vprlib.models.lama import LAMA_ARCHS
 from vprlib.models.refiner import REFINER_ARCHS
+from vprlib.models.segformer import SEGFORMER_ARCHS
 
 
 def _help(text: str) -> dict:
@@ -110,12 +113,78 @@ class NetVLADOptions(RetrieverOptions):
             raise ValueError(f"positive_m ({self.positive_m}) must be below negative_m ({self.negative_m})")
 
 
-OPTIONS = {"refiner": RefinerOptions, "cosplace": CosPlaceOptions, "netvlad": NetVLADOptions}
+DEMO_THREADS_HELP = ("torch threads per worker on a CPU (0 = --cpus-per-worker; the demo families hold their captures "
+                     "in memory before training, so the CPU the harness keeps free for data tasks may be used)")
+
+
+def _check_arch(arch: str, known: dict, what: str) -> None:
+    if arch not in known:
+        raise ValueError(f"unknown {what} arch {arch!r}; known: {', '.join(known)}")
+
+
+@dataclass(frozen=True)
+class DemoSegmenterOptions:
+    """The demo segmenter (vprlib.train.demo.segmenter): a small SegFormer trained on a synthetic city's photos to
+    their observed ADE20K labels, dynamic objects included. --maps is the city's folder (jobs/synthcity.py)."""
+
+    arch: str = field(default="demo", metadata=_help(f"SegFormer size: {', '.join(SEGFORMER_ARCHS)}"))
+    input_size: int = field(default=128, metadata=_help("side the segmenter sees (the city's: 128)"))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
+
+    threads: int = field(default=0, metadata=_help(DEMO_THREADS_HELP))
+
+    def __post_init__(self):
+        _check_arch(self.arch, SEGFORMER_ARCHS, "SegFormer")
+
+
+@dataclass(frozen=True)
+class DemoDepthOptions:
+    """The demo depth estimator (vprlib.train.demo.depth): a small DPT-Hybrid trained on a synthetic city's photos
+    to their inverse observed depth with MiDaS' scale-and-shift-invariant loss. --maps is the city's folder."""
+
+    arch: str = field(default="demo", metadata=_help(
+        f"DPT size: {', '.join(DPT_ARCHS)} (each sees photos at its own side: demo 128, tiny 64)"))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
+
+    threads: int = field(default=0, metadata=_help(DEMO_THREADS_HELP))
+
+    def __post_init__(self):
+        _check_arch(self.arch, DPT_ARCHS, "DPT")
+
+
+@dataclass(frozen=True)
+class DemoInpainterOptions:
+    """The demo inpainter (vprlib.train.demo.inpainter): a small Big-LaMa generator trained on a synthetic city to
+    fill its dynamic objects with the static scene. --maps is a city generated with --static-rgb."""
+
+    arch: str = field(default="demo", metadata=_help(f"LaMa size: {', '.join(LAMA_ARCHS)}"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    max_dilation: int = field(default=2, metadata=_help(
+        "the training hole is the dynamic mask grown by 0 to this many pixels (drawn per batch)"))
+    boxes: int = field(default=2, metadata=_help("up to this many random rectangles added to each training hole"))
+    outside_weight: float = field(default=0.1, metadata=_help(
+        "weight of the L1 loss outside the hole (the generator's output there is discarded when blended)"))
+
+    threads: int = field(default=0, metadata=_help(DEMO_THREADS_HELP))
+
+    def __post_init__(self):
+        _check_arch(self.arch, LAMA_ARCHS, "LaMa")
+        if self.max_dilation < 0 or self.boxes < 0 or self.outside_weight < 0:
+            raise ValueError("max_dilation, boxes and outside_weight must be >= 0")
+
+
+OPTIONS = {"refiner": RefinerOptions, "cosplace": CosPlaceOptions, "netvlad": NetVLADOptions,
+           "demo-segmenter": DemoSegmenterOptions, "demo-depth": DemoDepthOptions,
+           "demo-inpainter": DemoInpainterOptions}
 # Per family: epochs, learning rate, batch size (images; NetVLAD: triplets), from each family's recipe.
 FAMILY_DEFAULTS = {
     "refiner": {"epochs": 30, "lr": 1e-3, "batch_size": 8},  # paper III-A: Adam 1e-3
     "cosplace": {"epochs": 50, "lr": 1e-5, "batch_size": 32},  # CosPlace: Adam 1e-5, 50 epochs, batch 32
     "netvlad": {"epochs": 50, "lr": 1e-4, "batch_size": 4},  # NetVLAD: SGD 1e-4, 50 epochs (paper), 4 triplets
+    # The demo extractors: AdamW, warm-up then cosine; sized to train on a 2-core CPU (jobs/train_demo.py).
+    "demo-segmenter": {"epochs": 50, "lr": 2e-3, "batch_size": 16},
+    "demo-depth": {"epochs": 40, "lr": 5e-4, "batch_size": 16},
+    "demo-inpainter": {"epochs": 40, "lr": 2e-3, "batch_size": 16},
 }
 
 
