@@ -47,8 +47,6 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     table = generate_city(config, output)
     seconds = time.perf_counter() - start
-    with open(os.path.join(output, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=1)
     with open(os.path.join(output, "summary.json")) as f:
         summary = json.load(f)
     print(f"synthetic city in {output}: {summary['captures']} captures of {summary['places']} places "

@@ -160,7 +160,12 @@ def test_train_demo_job_on_a_tiny_city_writes_loadable_safetensors(tmp_path, cap
     sc.generate_city(sc.CityConfig(places=8, side=32, workers=1, static_rgb=True), str(city))
     args = ["--city", str(city), "--output", str(output), "--arch", "tiny", "--input-size", "32", "--epochs", "1",
             "--batch-size", "8", "--ray-address", "local"]
-    assert job.main(args) == 0
+    try:
+        assert job.main(args) == 0
+    finally:
+        import ray
+
+        ray.shutdown()  # the job ran in this process: leave no Ray behind for the next test module
     weights = output / "weights"
     entries = json.loads((weights / zoo.SMALL_FILE).read_text())
     assert set(entries["roles"]) == set(ROLES) and {e["arch"] for e in entries["roles"].values()} == {"tiny"}

@@ -887,9 +887,9 @@ def resolve_workers(config: CityConfig) -> int:
 
 
 def generate_city(config: CityConfig, output: str) -> pa.Table:
-    """Render every capture of the city into `output` (rgb/, gt/, manifest.parquet, summary.json; rgb_static/ with
-    `config.static_rgb`) and return the manifest. Outputs depend only on the config (not on `workers`): same config,
-    same bytes."""
+    """Render every capture of the city into `output` (rgb/, gt/, gt_maps/, manifest.parquet, summary.json,
+    config.json; rgb_static/ with `config.static_rgb`) and return the manifest. Outputs depend only on the config
+    (not on `workers`): same config, same bytes."""
     for folder in ("rgb", "gt", GT_MAPS) + ((STATIC_RGB,) if config.static_rgb else ()):
         os.makedirs(os.path.join(output, folder), exist_ok=True)
     city = build_city(config)
@@ -908,6 +908,8 @@ def generate_city(config: CityConfig, output: str) -> pa.Table:
     write_spec(os.path.join(output, GT_MAPS), gt_spec(config).record({}))
     with open(os.path.join(output, "summary.json"), "w") as f:
         json.dump(summarize(table, counts), f, indent=1, sort_keys=True)
+    with open(os.path.join(output, "config.json"), "w") as f:  # what the city is (workers change no output)
+        json.dump({k: v for k, v in dataclasses.asdict(config).items() if k != "workers"}, f, indent=1)
     return table
 
 
