@@ -44,8 +44,10 @@ class RefinerConfig:
 
 PAPER_DEPTH = RefinerConfig(out_channels=1)
 PAPER_SEG = RefinerConfig(out_channels=len(REFINED_CLASSES))
-# Architectures by name (out_channels set per refiner): the paper's, and a small one for tests and CPU runs.
-REFINER_ARCHS = {"tiny": RefinerConfig(base_width=8, levels=3), "paper": RefinerConfig()}
+# Architectures by name (out_channels set per refiner): the paper's, a small one for tests, and the demo preset's
+# (trained on the synthetic city on a CPU: jobs/demo_models.sh).
+REFINER_ARCHS = {"tiny": RefinerConfig(base_width=8, levels=3), "demo": RefinerConfig(base_width=16, levels=4),
+                 "paper": RefinerConfig()}
 
 
 class DoubleConv(nn.Sequential):

@@ -85,6 +85,8 @@ DEMO = "demo"
 DEMO_DIR = Path(__file__).with_name("demo")  # the demo preset's shipped weights (package data)
 SMALL_FILE = "architectures.json"  # a folder's small models trained here: role -> architecture, weights file
 SMALL_ROLES = ("segmenter", "depth", "inpainter")
+# The demo preset's retrievers, one per strategy: CosPlace trained on maps the demo models extract (jobs/demo.py).
+DEMO_RETRIEVERS = {"inpaint": "cosplace-inpaint.pt", "synthetic": "cosplace-synthetic.pt"}
 KNOWN = (*RANDOM_PRESETS, DEMO, "paper")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a save_pretrained folder's weights
 
@@ -92,6 +94,17 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a save_pretrained f
 def vprlib_home() -> Path:
     """Where "paper" weights that are not on the Hugging Face hub live (Big-LaMa, trained refiners)."""
     return Path(os.environ.get("VPRLIB_HOME", Path.home() / ".cache" / "vprlib")).expanduser()
+
+
+def demo_retriever(strategy: str) -> Path:
+    """The shipped demo retriever of a strategy's maps; FileNotFoundError saying how it is made if absent."""
+    if strategy not in DEMO_RETRIEVERS:
+        raise ValueError(f"the demo has retrievers for {', '.join(DEMO_RETRIEVERS)} maps only, not {strategy!r}")
+    path = DEMO_DIR / DEMO_RETRIEVERS[strategy]
+    if not path.is_file():
+        raise FileNotFoundError(f"the demo retriever {path} is missing (package data): reinstall vprlib, or make it "
+                                f"with `make demo-models`")
+    return path
 
 
 def models_dir(models: str) -> Path:
@@ -343,9 +356,10 @@ def _describe(source: Source) -> str:
     if source.kind == "small":  # by content, wherever the package or folder lies
         path = Path(source.where)
         return f"{path.name}:{_small_arch(path)}:sha256:{_sha256(path)}"
-    if source.kind == "refiners":
+    if source.kind == "refiners":  # the demo preset's by content alone (wherever the package lies), a folder's by path
         files = [Path(source.where) / name for name in (DEPTH_FILE, SEG_FILE)]
-        return " ".join(f"{f}:sha256:{_sha256(f)}" for f in files)
+        shipped = Path(source.where).resolve() == DEMO_DIR.resolve()
+        return " ".join(f"{f.name if shipped else f}:sha256:{_sha256(f)}" for f in files)
     return f"{source.where} sha256:{_sha256(Path(source.where))}"
 
 

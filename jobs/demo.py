@@ -1,0 +1,134 @@
+"""The method end to end on the synthetic city with the shipped demo models: maps, index, Recall@N, located photos.
+
+    python jobs/demo.py --output out
+
+Makes the city the demo retrievers were trained on (jobs/demo_models.sh: jobs/synthcity.py --dense-train 6; they
+learnt from its west half), then for each strategy (--strategies) extracts the maps of the east half's captures
+with the `demo` models, indexes the database captures with the strategy's shipped demo retriever, evaluates the query
+captures (Recall@1/5/10 within 25 m, and an HTML report), and locates a few query photos as a user would
+(jobs/locate.py), printing where each was taken against where the system says. Every step resumes: a second run
+only re-evaluates. Exit status 2 on bad arguments or missing demo weights (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+from vprlib.cli import OneLineParser, add_flags
+
+DENSE_TRAIN = 6  # the city of jobs/demo_models.sh (its --dense-train): the same city, so the same east half
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """The demo's settings (the shipped demo retrievers were trained on maps of this city's kind and side)."""
+
+    output: str = field(default="out", metadata=_help("folder for the city, maps, indexes and evaluations"))
+    strategies: str = field(default="inpaint,synthetic", metadata=_help(
+        "strategies run, comma-separated (each needs its shipped demo retriever)"))
+    locate: int = field(default=3, metadata=_help("query photos located at the end (0: none)"))
+    actors: int = field(default=1, metadata=_help("actors per model pool in the extraction"))
+    ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
+
+    @property
+    def strategy_list(self) -> tuple[str, ...]:
+        from vprlib.models import zoo
+
+        strategies = tuple(s.strip() for s in self.strategies.split(",") if s.strip())
+        unknown = [s for s in strategies if s not in zoo.DEMO_RETRIEVERS]
+        if unknown or not strategies:
+            raise ValueError(f"--strategies {self.strategies!r}: the demo has retrievers for "
+                             f"{', '.join(zoo.DEMO_RETRIEVERS)} only")
+        return strategies
+
+
+def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres (haversine)."""
+    p1, p2, dp, dl = map(math.radians, (lat1, lat2, lat2 - lat1, lon2 - lon1))
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * 6_371_008.8 * math.asin(math.sqrt(a))
+
+
+def run_demo(config: DemoConfig) -> dict:
+    """Run every step; return {strategy: evaluation summary}."""
+    from vprlib.data.manifest import read_manifest, write_manifest
+    from vprlib.data.synthcity import CityConfig, generate_city
+    from vprlib.extract.config import extract_config
+    from vprlib.extract.pipeline import run_extract
+    from vprlib.index.build import IndexConfig, run_index
+    from vprlib.index.embed import retriever_record
+    from vprlib.index.evaluate import EvaluateConfig, run_evaluate
+    from vprlib.index.locate import LocateConfig, locate
+    from vprlib.models import zoo
+
+    strategies = config.strategy_list
+    retrievers = {s: zoo.demo_retriever(s) for s in strategies}  # FileNotFoundError before any work
+    out = os.path.abspath(config.output)
+    city = os.path.join(out, "city")
+    held_out = os.path.join(out, "held-out.parquet")  # the east half: database and query captures
+    if not os.path.exists(held_out):
+        print(f"demo: making the synthetic city in {city}", flush=True)
+        manifest = generate_city(CityConfig(dense_train=DENSE_TRAIN), city)
+        keep = [split in ("database", "query") for split in manifest["split"].to_pylist()]
+        write_manifest(read_manifest(os.path.join(city, "manifest.parquet")).filter(keep), held_out)
+    summaries = {}
+    for strategy in strategies:
+        side = retriever_record(str(retrievers[strategy])).map_spec["side"]
+        maps, index, evaluation = (os.path.join(out, f"{what}-{strategy}") for what in ("maps", "index", "eval"))
+        run_extract(extract_config(input=held_out, output=maps, strategy=strategy, models=zoo.DEMO, side=side,
+                                   actors=config.actors, ray_address=config.ray_address))
+        run_index(IndexConfig(maps=maps, model=str(retrievers[strategy]), output=index,
+                              ray_address=config.ray_address))
+        summaries[strategy] = run_evaluate(EvaluateConfig(index=index, queries=maps, output=evaluation, report=True,
+                                                          ray_address=config.ray_address))
+    print(recall_table(summaries), flush=True)
+    if config.locate:
+        best = max(strategies, key=lambda s: summaries[s]["recall@1"])
+        queries = read_manifest(held_out)
+        queries = queries.filter(queries["split"].to_numpy(zero_copy_only=False) == "query").to_pylist()
+        picked = queries[:: max(1, len(queries) // config.locate)][: config.locate]
+        photos = tuple(row["uri"] for row in picked)
+        results = locate(LocateConfig(index=os.path.join(out, f"index-{best}"), photos=photos, top_k=3))
+        print(f"\ndemo: {len(picked)} query photos located with the {best} index", flush=True)
+        for row, result in zip(picked, results, strict=True):
+            at = result["estimate"]
+            error = distance_m(row["lat"], row["lon"], at["lat"], at["lon"])
+            print(f"  {os.path.basename(row['uri'])}: taken at {row['lat']:.6f}, {row['lon']:.6f}; located at "
+                  f"{at['lat']:.6f}, {at['lon']:.6f} ({error:.0f} m off)", flush=True)
+    for strategy in strategies:
+        print(f"demo: report of {strategy}: {os.path.join(out, f'eval-{strategy}', 'report.html')}", flush=True)
+    return summaries
+
+
+def recall_table(summaries: dict) -> str:
+    keys = [k for k in next(iter(summaries.values())) if k.startswith("recall@")]
+    lines = ["", f"{'strategy':<12}" + "".join(f"{k:>11}" for k in keys)]
+    lines += [f"{s:<12}" + "".join(f"{summary[k]:>11.1%}" for k in keys) for s, summary in summaries.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = OneLineParser(prog="demo.py", description=__doc__.split("\n")[0])
+    add_flags(parser, DemoConfig)
+    config = DemoConfig(**vars(parser.parse_args(argv)))
+    try:
+        config.strategy_list  # noqa: B018 (checks --strategies)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        run_demo(config)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
