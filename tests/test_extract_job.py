@@ -89,6 +89,7 @@ def _job(city: str, output: str) -> list[str]:
             "--decode-batch-size", "2", "--rows-per-file", "4", "--ray-address", "local", "--cpus-per-actor", "0.5"]
 
 
+@pytest.mark.long
 def test_resume_after_kill(city, tmp_path):
     output = tmp_path / "maps"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
@@ -150,6 +151,7 @@ def test_failure_fraction_sets_exit_code_and_rerun_is_a_no_op(ray_session, city,
     assert sorted(os.listdir(tmp_path / "maps")) == parts  # nothing left to do, nothing rewritten
 
 
+@pytest.mark.long
 def test_compiled_job_matches_eager_and_fills_the_compile_cache(ray_session, city, tmp_path):
     """--compile in the Ray actors (every model torch.compiled; on this CPU too): the maps eager gives, and the
     compiled graphs land in --compile-cache, where the next job's actors find them (benchmarks/RESULTS.md)."""

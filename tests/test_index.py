@@ -65,17 +65,24 @@ def _config(maps: str, model: str, output: Path, **kwargs) -> IndexConfig:
                        cpus_per_actor=0.5, **kwargs)
 
 
-def test_index_shards_and_exact_merged_search(city, tmp_path):
+@pytest.fixture(scope="module")
+def built(city, tmp_path_factory) -> tuple[Path, dict]:
+    """The city's database indexed by a random retriever: the index folder and the job's summary."""
     _, maps = city
-    model = _retriever(tmp_path / "model.pt", maps)
-    summary = run_index(_config(maps, model, tmp_path / "index"))
-    manifest = read_manifest(str(tmp_path / "index"))
+    folder = tmp_path_factory.mktemp("built")
+    model = _retriever(folder / "model.pt", maps)
+    return folder / "index", run_index(_config(maps, model, folder / "index"))
+
+
+def test_index_shards_and_exact_merged_search(built, tmp_path):
+    index_dir, summary = built
+    manifest = read_manifest(str(index_dir))
     assert summary["shards"] == len(manifest["shards"]) > 1 and summary["embedded"] == summary["rows"]
-    table = read_embeddings(str(tmp_path / "index"))
+    table = read_embeddings(str(index_dir))
     assert set(table["split"].to_pylist()) == {"database"} and table.num_rows == manifest["rows"]
     vectors = np.stack(table["vector"].to_numpy(zero_copy_only=False))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    index = Index(str(tmp_path / "index"))
+    index = Index(str(index_dir))
     queries = vectors[::7] + 0.05
     scores, rows = index.search(queries, 5)
     brute = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :5]  # the same rows, in shard order
@@ -147,14 +154,25 @@ def _job(*argv: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
 
 
-def test_locate_photos_and_refuse_what_does_not_fit(city, tmp_path):
-    root, maps = city
-    model = _retriever(tmp_path / "model.pt", maps)
+def _in_process(capsys, *argv: str) -> subprocess.CompletedProcess:
+    """The job's main in this process (it needs no cluster): what the command prints, without a process start."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("locate_job", ROOT / "jobs" / "locate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    code = job.main(list(argv))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, out.out, out.err)
+
+
+def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path, capsys):
+    root, _ = city
     index = tmp_path / "index"
-    run_index(_config(maps, model, index))
+    shutil.copytree(built[0], index)  # changed below
     query = next(r for r in pq.read_table(os.path.join(root, "manifest.parquet")).to_pylist() if r["split"] == "query")
     photo = os.path.join(root, query["uri"])
-    result = _job("--index", str(index), photo, "--top-k", "3", "--json")
+    result = _job("--index", str(index), photo, "--top-k", "3", "--json")  # the command, as a user runs it
     assert result.returncode == 0, result.stderr[-2000:]
     located = json.loads(result.stdout)
     assert len(located) == 1 and len(located[0]["places"]) == 3
@@ -163,12 +181,12 @@ def test_locate_photos_and_refuse_what_does_not_fit(city, tmp_path):
     assert abs(estimate["lat"] - best["lat"]) < 1e-3 and abs(estimate["lon"] - best["lon"]) < 1e-3
     assert [p["similarity"] for p in located[0]["places"]] == sorted((p["similarity"] for p in located[0]["places"]),
                                                                      reverse=True)
-    table = _job("--index", str(index), photo)
+    table = _in_process(capsys, "--index", str(index), photo)
     assert table.returncode == 0 and "estimated at" in table.stdout
-    broken = _job("--index", str(index), str(tmp_path / "model.pt"))
+    broken = _in_process(capsys, "--index", str(index), str(built[0].parent / "model.pt"))
     assert broken.returncode == 2 and broken.stderr.startswith("locate: error: cannot read the photo")
     manifest = read_manifest(str(index))
     manifest["map_spec"]["models_identity"]["segmenter"] = "other weights"
     (index / "index.json").write_text(json.dumps(manifest))
-    changed = _job("--index", str(index), photo)
+    changed = _in_process(capsys, "--index", str(index), photo)
     assert changed.returncode == 2 and "the extraction models changed" in changed.stderr

@@ -43,8 +43,11 @@ def _file_hashes(root: str) -> dict[str, str]:
 def test_same_config_gives_identical_bytes(cities):
     _, first, second = cities
     hashes = _file_hashes(first)
-    # rgb + gt per capture of 18 visits, manifest.parquet, summary.json, the ground-truth maps' parts and spec
-    assert len(hashes) == 2 * SMALL.headings * 18 + 2 + math.ceil(18 / sc.VISITS_PER_PART) + 1
+    # rgb + gt per capture of 18 visits, manifest.parquet, summary.json, config.json, the ground-truth maps' parts
+    # and spec
+    assert len(hashes) == 2 * SMALL.headings * 18 + 3 + math.ceil(18 / sc.VISITS_PER_PART) + 1
+    with open(os.path.join(first, "config.json")) as f:
+        assert json.load(f)["places"] == SMALL.places
     assert hashes == _file_hashes(second) | {k: v for k, v in hashes.items() if k.startswith(sc.GT_MAPS + "/part-")}
     # the ground-truth maps differ only in where the photos are (absolute uris)
     assert read_maps(os.path.join(first, sc.GT_MAPS)).drop_columns(["uri"]).equals(

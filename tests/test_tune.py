@@ -43,10 +43,10 @@ def city(tmp_path_factory) -> str:
 
 
 def _sweep(maps: str, output: Path) -> list[str]:
-    """Two trials of at most 2 epochs, one learning rate sane and one far too large; validated on the database
-    images (12 places: Recall@1 far from 1, so the trials differ and ASHA has something to stop)."""
+    """Four trials of at most 2 epochs; validated on the database images (12 places: Recall@1 far from 1, so
+    trials differ and ASHA has something to stop)."""
     return [sys.executable, str(ROOT / "jobs" / "tune.py"), "--model", "cosplace", "--maps", maps, "--output",
-            str(output), "--backbone", "resnet18", "--lrs", "1e-4,0.3", "--descriptor-sizes", "16",
+            str(output), "--backbone", "resnet18", "--lrs", "1e-4,0.3", "--descriptor-sizes", "16,32",
             "--max-epochs", "2", "--batch-size", "8", "--min-images-per-class", "6", "--groups", "2",
             "--val-split", "database", "--concurrent-trials", "1", "--ray-address", "local"]
 
@@ -62,20 +62,29 @@ def _alive_training_processes() -> list[str]:
     return names
 
 
-@pytest.mark.slow
+def _started(output: Path) -> int:
+    return len(list(output.glob("trials/*/metrics.parquet")))
+
+
+@pytest.mark.long
 def test_sweep_stops_cleanly_on_ctrl_c_resumes_and_asha_stops_trials(city, tmp_path):
     """Ctrl-C once a trial has finished: no training process is left. The same command then resumes the sweep,
     keeps the finished trial (not trained again) and runs the rest under ASHA, which stops some early; the results
     table, best config and best checkpoint follow."""
     output = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    sweep = subprocess.Popen(_sweep(city, output), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 400
-    while time.time() < deadline and len(list(output.glob("trials/*/metrics.parquet"))) < 2:
-        time.sleep(0.5)
-    assert len(list(output.glob("trials/*/metrics.parquet"))) == 2, "no second trial before the deadline"
-    sweep.send_signal(signal.SIGINT)
-    sweep.wait(timeout=180)
+    sweep = subprocess.Popen(_sweep(city, output), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and sweep.poll() is None and _started(output) < 2:
+            time.sleep(1)
+        assert _started(output) >= 2, "no second trial before the deadline"
+        sweep.send_signal(signal.SIGINT)
+        sweep.wait(timeout=180)
+    finally:  # a failed test leaves no sweep running into the next tests
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
     time.sleep(3)
     assert _alive_training_processes() == []
     first = min(output.glob("trials/*/metrics.parquet"), key=lambda p: p.stat().st_mtime)
@@ -84,9 +93,10 @@ def test_sweep_stops_cleanly_on_ctrl_c_resumes_and_asha_stops_trials(city, tmp_p
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming the sweep" in resumed.stdout + resumed.stderr and first.stat().st_mtime == stamp
     results = pq.read_table(output / "results.parquet").to_pylist()
-    assert len(results) == 2 and {(r["lr"], r["descriptor_size"]) for r in results} == {(1e-4, 16), (0.3, 16)}
+    assert len(results) == 4 and {(r["lr"], r["descriptor_size"]) for r in results} == {
+        (1e-4, 16), (1e-4, 32), (0.3, 16), (0.3, 32)}
     assert all(r["error"] is None for r in results) and any(r["stopped_early"] for r in results)
-    assert sum(r["epochs_run"] for r in results) < 2 * 2 and "trial-epochs of 4" in resumed.stdout
+    assert sum(r["epochs_run"] for r in results) < 4 * 2 and "trial-epochs of 8" in resumed.stdout
     best = max(results, key=lambda r: r["recall@1"])
     assert (output / "best_config.json").is_file()
     assert load_retriever(output / "best.pt").descriptor_size == best["descriptor_size"]

@@ -123,7 +123,7 @@ def connect(address: str = "", bootstrap_config: str = BOOTSTRAP_CONFIG, **init_
 
 def _started_here() -> bool:
     """Whether this process started the Ray cluster it is connected to: a local Ray's GCS server is its child."""
-    import psutil  # a dependency of ray[default]
+    import psutil
 
     return any(child.name() == "gcs_server" for child in psutil.Process().children(recursive=True))
 

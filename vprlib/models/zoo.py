@@ -200,9 +200,6 @@ def _base(directory: Path) -> str | None:
 
 def _missing(role: str, models: str, directory: Path) -> str:
     if models == DEMO:
-        if role == "refiners":
-            return ("the demo preset has no refiners yet (it ships the segmenter, depth estimator and inpainter): "
-                    "use --strategy inpaint or none with --models demo, or --models tiny for the synthetic strategy")
         return (f"the demo preset's {role} weights are missing from {directory} (package data): reinstall vprlib, "
                 f"or train and install them: jobs/train_demo.py --city DIR --output DIR --install")
     if role in ("segmenter", "depth"):
