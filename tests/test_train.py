@@ -59,7 +59,7 @@ def one_worker(ray_session, city, tmp_path_factory) -> tuple[Path, dict]:
 def test_cosplace_writes_checkpoints_metrics_and_its_record(one_worker):
     output, summary = one_worker
     metrics = read_metrics(str(output)).to_pylist()
-    assert [row["epoch"] for row in metrics] == [0, 1, 2]  # 0: the untrained network
+    assert [row["epoch"] for row in metrics] == [0, 1, 2, 3]  # 0: the untrained network
     assert metrics[0]["loss"] is None and all(row["loss"] > 0 for row in metrics[1:])
     assert all(0.0 <= row["recall@1"] <= row["recall@5"] <= row["recall@10"] <= 1.0 for row in metrics)
     assert [row["group"] for row in metrics[1:]] == [0, 1]  # groups trained in turn
@@ -108,7 +108,7 @@ def test_resume_after_kill(city, tmp_path):
     """A run killed mid-way continues from its last checkpoint when the same command runs again, and says so."""
     output = tmp_path / "killed"
     argv = _job("cosplace", "--maps", os.path.join(city, GT_MAPS), "--output", str(output), "--backbone", "resnet18",
-                "--descriptor-size", "32", "--batch-size", "16", "--epochs", "2", "--min-images-per-class", "8",
+                "--descriptor-size", "32", "--batch-size", "16", "--epochs", "3", "--min-images-per-class", "8",
                 "--groups", "2", "--ray-address", "local")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -119,11 +119,11 @@ def test_resume_after_kill(city, tmp_path):
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
     done = _epochs(output)
-    assert done == 2, "the kill did not come mid-way"
+    assert 2 <= done < 4, "the kill did not come mid-way"
     second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stderr[-2000:]
     assert f"resuming from epoch {done - 1}" in second.stdout + second.stderr
-    assert [row["epoch"] for row in read_metrics(str(output)).to_pylist()] == [0, 1, 2]
+    assert [row["epoch"] for row in read_metrics(str(output)).to_pylist()] == [0, 1, 2, 3]
 
 
 def _epochs(output: Path) -> int:
