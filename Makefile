@@ -24,7 +24,7 @@ demo-models: $(STAMP)
 	PY=$(VENV)/bin/python WORK=$(OUT)/demo-models bash jobs/demo_models.sh
 
 # `make test` (CI) leaves out the tests marked long: a Ctrl-C'd and resumed sweep, training and extraction killed
-# and resumed, the compiled extraction, DDP on two workers (about 9 minutes together on 2 cores). `make test-all`
+# and resumed, the compiled extraction, DDP on two workers (about 11 minutes together on 2 cores). `make test-all`
 # runs every test.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
