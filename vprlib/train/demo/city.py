@@ -148,3 +148,13 @@ def in_order(data: dict[str, torch.Tensor], batch_size: int):
 def photos(images: torch.Tensor) -> torch.Tensor:
     """uint8 B,H,W,3 -> float B,3,H,W in [0,1] (what the extraction stages hand the models)."""
     return images.permute(0, 3, 1, 2).float().div(255.0)
+
+
+def prepare_city(config, keys: tuple[str, ...], what: str, architecture: dict, need_static: bool = False):
+    """A demo family's `prepare`: its train and val captures of the city as datasets, said in one line."""
+    from vprlib.train.loop import Prepared
+
+    datasets = {name: city_dataset(config.maps, split, keys, config.side, need_static=need_static)
+                for name, split in (("train", config.train_split), ("val", config.val_split))}
+    print(f"train: demo {what} on the {config.train_split} captures of {config.maps}", flush=True)
+    return Prepared(datasets=datasets, split=[], payload={"architecture": architecture}, model={"city": config.maps})

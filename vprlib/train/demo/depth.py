@@ -14,7 +14,7 @@ import torch
 
 from vprlib.models.dpt import DepthConfig, DepthEstimator, build_dpt, dpt_architecture, normalize_depth
 from vprlib.train.config import TrainConfig
-from vprlib.train.demo.city import city_dataset, in_order, photos
+from vprlib.train.demo.city import in_order, photos, prepare_city
 from vprlib.train.demo.loop import Family, train_loop
 from vprlib.train.loop import Prepared
 
@@ -38,12 +38,8 @@ def build(config: TrainConfig) -> DepthEstimator:
 
 
 def prepare(config: TrainConfig) -> Prepared:
-    datasets = {"train": city_dataset(config.maps, config.train_split, KEYS, config.side),
-                "val": city_dataset(config.maps, config.val_split, KEYS, config.side)}
-    print(f"train: demo depth ({config.options.arch} at {architecture(config)['input_size']} px) on the "
-          f"{config.train_split} captures of {config.maps}", flush=True)
-    return Prepared(datasets=datasets, split=[], payload={"architecture": architecture(config)},
-                    model={"city": config.maps})
+    arch = architecture(config)
+    return prepare_city(config, KEYS, f"depth ({config.options.arch} at {arch['input_size']} px)", arch)
 
 
 def inverse_depth(metres: torch.Tensor) -> torch.Tensor:

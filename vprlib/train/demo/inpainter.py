@@ -13,7 +13,7 @@ import torch
 from vprlib.models.dynamic import dilate_mask
 from vprlib.models.lama import LAMA_ARCHS, LamaGenerator, LamaInpainter, LamaNet
 from vprlib.train.config import TrainConfig
-from vprlib.train.demo.city import city_dataset, in_order, photos
+from vprlib.train.demo.city import in_order, photos, prepare_city
 from vprlib.train.demo.loop import Family, train_loop
 from vprlib.train.loop import Prepared
 
@@ -33,12 +33,7 @@ def build(config: TrainConfig) -> LamaInpainter:
 
 
 def prepare(config: TrainConfig) -> Prepared:
-    datasets = {"train": city_dataset(config.maps, config.train_split, KEYS, config.side, need_static=True),
-                "val": city_dataset(config.maps, config.val_split, KEYS, config.side, need_static=True)}
-    print(f"train: demo inpainter ({config.options.arch}) on the {config.train_split} captures of {config.maps}",
-          flush=True)
-    return Prepared(datasets=datasets, split=[], payload={"architecture": architecture(config)},
-                    model={"city": config.maps})
+    return prepare_city(config, KEYS, f"inpainter ({config.options.arch})", architecture(config), need_static=True)
 
 
 def random_boxes(shape: tuple[int, int, int], count: int, generator: torch.Generator) -> torch.Tensor:

@@ -16,7 +16,7 @@ from vprlib.data.synthcity import ADE_NAMES
 from vprlib.models.segformer import Segmenter, SegmenterConfig, build_segformer
 from vprlib.spec import ADE20K_NUM_CLASSES
 from vprlib.train.config import TrainConfig
-from vprlib.train.demo.city import city_dataset, in_order, photos
+from vprlib.train.demo.city import in_order, photos, prepare_city
 from vprlib.train.demo.loop import Family, train_loop
 from vprlib.train.loop import Prepared
 
@@ -35,12 +35,8 @@ def build(config: TrainConfig) -> Segmenter:
 
 
 def prepare(config: TrainConfig) -> Prepared:
-    datasets = {"train": city_dataset(config.maps, config.train_split, KEYS, config.side),
-                "val": city_dataset(config.maps, config.val_split, KEYS, config.side)}
-    print(f"train: demo segmenter ({config.options.arch} at {config.options.input_size} px) on the "
-          f"{config.train_split} captures of {config.maps}", flush=True)
-    return Prepared(datasets=datasets, split=[], payload={"architecture": architecture(config)},
-                    model={"city": config.maps})
+    return prepare_city(config, KEYS, f"segmenter ({config.options.arch} at {config.options.input_size} px)",
+                        architecture(config))
 
 
 OTHERS = tuple(c for c in range(ADE20K_NUM_CLASSES) if c not in CITY_CLASSES)
