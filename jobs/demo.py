@@ -2,8 +2,8 @@
 
     python jobs/demo.py --output out
 
-Makes the city the demo retrievers were trained on (jobs/demo_models.sh: jobs/synthcity.py --dense-train 6; they
-learnt from its west half), then for each strategy (--strategies) extracts the maps of the east half's captures
+Makes the city the demo retrievers were trained on (synthcity.demo_city, as jobs/demo_models.sh does; they learnt
+from its west half), then for each strategy (--strategies) extracts the maps of the east half's captures
 with the `demo` models, indexes the database captures with the strategy's shipped demo retriever, evaluates the query
 captures (Recall@1/5/10 within 25 m, and an HTML report), and locates a few query photos as a user would
 (jobs/locate.py), printing where each was taken against where the system says. Every step resumes: a second run
@@ -18,8 +18,6 @@ import sys
 from dataclasses import dataclass, field
 
 from vprlib.cli import OneLineParser, add_flags
-
-DENSE_TRAIN = 6  # the city of jobs/demo_models.sh (its --dense-train): the same city, so the same east half
 
 
 def _help(text: str) -> dict:
@@ -59,7 +57,7 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 def run_demo(config: DemoConfig) -> dict:
     """Run every step; return {strategy: evaluation summary}."""
     from vprlib.data.manifest import read_manifest, write_manifest
-    from vprlib.data.synthcity import CityConfig, generate_city
+    from vprlib.data.synthcity import demo_city
     from vprlib.extract.config import extract_config
     from vprlib.extract.pipeline import run_extract
     from vprlib.index.build import IndexConfig, run_index
@@ -74,10 +72,9 @@ def run_demo(config: DemoConfig) -> dict:
     city = os.path.join(out, "city")
     held_out = os.path.join(out, "held-out.parquet")  # the east half: database and query captures
     if not os.path.exists(held_out):
-        print(f"demo: making the synthetic city in {city}", flush=True)
-        manifest = generate_city(CityConfig(dense_train=DENSE_TRAIN), city)
+        manifest = read_manifest(os.path.join(demo_city(city), "manifest.parquet"))
         keep = [split in ("database", "query") for split in manifest["split"].to_pylist()]
-        write_manifest(read_manifest(os.path.join(city, "manifest.parquet")).filter(keep), held_out)
+        write_manifest(manifest.filter(keep), held_out)
     summaries = {}
     for strategy in strategies:
         side = retriever_record(str(retrievers[strategy])).map_spec["side"]

@@ -30,7 +30,7 @@ $PY jobs/train_demo.py --city "$WORK/city" --output "$WORK/extractors" --roles i
 $PY jobs/train_demo.py --city "$WORK/city" --output "$WORK/extractors" --evaluate-only --models demo
 
 step "city B and the refiners"
-[ -f "$WORK/dense/manifest.parquet" ] || $PY jobs/synthcity.py --output "$WORK/dense" --dense-train 6
+$PY -c "import sys; from vprlib.data.synthcity import demo_city; demo_city(sys.argv[1])" "$WORK/dense"
 # Only the training area (train and val) is extracted: the demo evaluates on the east half, which it extracts itself.
 $PY -c "import sys; from vprlib.data.manifest import read_manifest, write_manifest
 t = read_manifest(sys.argv[1]); write_manifest(t.filter([s in ('train', 'val') for s in t['split'].to_pylist()]), sys.argv[2])" \

@@ -286,6 +286,31 @@ def test_encode_write_and_read_back(tmp_path):
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(plain["seg"]))), maps["seg"][0])
 
 
+@pytest.mark.parametrize("strategy", ["inpaint", "synthetic"])
+def test_rgb_stores_the_photo_the_maps_were_made_from(tmp_path, strategy):
+    """--rgb: the photo at the maps' side in column `rgb`, whichever way the chain runs; inpaint stores the photo
+    after inpainting (what its maps saw), synthetic the photo itself. Without it there is no such column."""
+    from vprlib.maps import decode_rgb
+
+    config = _config(strategy=strategy, rgb=True)
+    models = {"segmenter": CarsWhereBright()}
+    fused = FusedChain(config.spec, config.run, models)(_bright_batch())
+    separate = _bright_batch()
+    for name in config.spec.plan.stages:
+        separate = build_stage(name, config.spec, config.run, models)(separate)
+    photo = _bright_batch()["image"]
+    for maps in (fused, separate):
+        assert maps["image"].shape == photo.shape and maps["image"].dtype == np.uint8
+        same = np.abs(maps["image"][2].astype(int) - photo[2]).max()  # row 2 holds no dynamic pixel
+        assert same <= 1 and (np.abs(maps["image"][0].astype(int) - photo[0]).max() > 1) == (strategy == "inpaint")
+    encoded = encode_batch(fused, config.spec, "{}")
+    schema = output_schema(pa.schema([("image_id", pa.string())]), config.spec)
+    write_part(pa.table({k: v for k, v in encoded.items() if k in schema.names}), str(tmp_path), schema)
+    rows = read_maps(str(tmp_path)).to_pylist()
+    assert np.array_equal(decode_rgb(rows[0]), fused["image"][0]) and rows[1]["rgb"] == b""
+    assert "rgb" not in output_schema(pa.schema([("image_id", pa.string())]), _config(strategy=strategy).spec).names
+
+
 def test_scan_removes_partial_parts(tmp_path):
     schema = pa.schema([("image_id", pa.string()), ("status", pa.string())])
     write_part(pa.table({"image_id": ["a", "b"], "status": ["ok", "error"]}), str(tmp_path), schema)

@@ -50,3 +50,34 @@ def test_maps_dataset_yields_decoded_maps_of_a_split(gt_maps):
         assert np.array_equal(row["depth"], decode_depth(expected[row["image_id"]]))
         assert np.array_equal(row["seg"], decode_seg(expected[row["image_id"]]))
         assert {"lat", "lon", "heading"} <= set(row)
+
+
+def test_the_photo_is_decoded_and_resized_when_asked_for():
+    """Maps extracted with --rgb: `rgb` decodes to the uint8 photo when a reader asks for the column (an RGB
+    retriever), and resizes with the maps; other readers never decode it."""
+    from vprlib.maps import decode_batch, encode_depth, encode_rgb, encode_seg
+    from vprlib.train.data import resize_maps
+
+    photo = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    photo[1] = 77
+    batch = {"image_id": np.array(["a", "b"], dtype=object), "map_height": np.array([8, 8]),
+             "map_width": np.array([8, 8]), "depth": np.array([encode_depth(np.zeros((8, 8)))] * 2, dtype=object),
+             "seg": np.array([encode_seg(np.ones((8, 8)))] * 2, dtype=object),
+             "rgb": np.array([encode_rgb(p) for p in photo], dtype=object)}
+    decoded = decode_batch(batch, columns=("image_id", "rgb"))
+    assert decoded["rgb"].dtype == np.uint8 and np.array_equal(decoded["rgb"], photo)
+    assert "rgb" not in decode_batch(batch)
+    small = resize_maps(decoded, 4)
+    assert small["rgb"].shape == (2, 4, 4, 3) and small["rgb"].dtype == np.uint8 and (small["rgb"][1] == 77).all()
+
+
+def test_an_rgb_retriever_refuses_maps_without_photos(gt_maps):
+    import pyarrow as pa
+
+    from vprlib.index.build import embed
+    from vprlib.index.embed import ModelError, RetrieverRecord
+
+    record = RetrieverRecord(path="rgb.pt", sha256="", family="cosplace", config={"encoding": {"modalities": "rgb"}},
+                             map_spec={}, input_side=SIDE, descriptor_size=8)
+    with pytest.raises(ModelError, match=r"has no photos \(column rgb\), which the retriever rgb.pt embeds"):
+        embed(gt_maps, pa.chunked_array([["x"]]), record, "cpu", 0.0)

@@ -56,6 +56,24 @@ def test_encodings_channels(modalities, seg_encoding, channels):
     assert torch.isfinite(encoded).all()
 
 
+def test_rgb_encoding_is_the_photo_normalised_as_imagenet():
+    """--input rgb (the appearance baseline): three channels from the uint8 photo, ImageNet's mean and std; maps are
+    ignored, and a missing photo is an error naming what makes one."""
+    from vprlib.models.encodings import RGB_MEAN, RGB_STD
+
+    config = EncodingConfig(modalities="rgb")
+    assert config.in_channels == 3 and config.uses_rgb and not (config.uses_depth or config.uses_seg)
+    rgb = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    encoded = InputEncoder(config)(torch.rand(2, 1, 8, 8), None, rgb)
+    expected = (rgb[0, 3, 5].float() / 255 - torch.tensor(RGB_MEAN)) / torch.tensor(RGB_STD)
+    assert encoded.shape == (2, 3, 8, 8) and torch.allclose(encoded[0, :, 3, 5], expected)
+    with pytest.raises(ValueError, match="need the photo .*--rgb"):
+        InputEncoder(config)(torch.rand(2, 1, 8, 8), None)
+    model = RETRIEVERS["cosplace"](SMALL["cosplace"](config)).eval()
+    with torch.no_grad():
+        assert model.embed(None, None, rgb).shape == (2, model.descriptor_size)
+
+
 def test_encodings_values():
     labels = torch.tensor([[[0, 3], [1, 2]]])
     onehot = InputEncoder(EncodingConfig(modalities="seg", seg_encoding="onehot", num_classes=4))(None, labels)
@@ -79,7 +97,7 @@ def test_encodings_unknown_names_list_known():
     with pytest.raises(ValueError, match="onehot"):
         EncodingConfig(seg_encoding="rgb")
     with pytest.raises(ValueError, match="depth\\+seg"):
-        EncodingConfig(modalities="rgb")
+        EncodingConfig(modalities="infrared")
     with pytest.raises(ValueError, match="resnet50"):
         CosPlaceConfig(backbone="resnet34")
     assert set(SEG_ENCODINGS) == {"label", "probabilities", "onehot", "embedding"}

@@ -295,3 +295,17 @@ def test_dense_train_split_gives_cosplace_classes_of_its_visits(tmp_path):
     plain = sc.generate_city(dataclasses.replace(config, dense_train=0), str(tmp_path / "plain"))
     others = [pc.invert(pc.equal(t["split"], "train")) for t in (table, plain)]
     assert table.filter(others[0]).num_rows == plain.filter(others[1]).num_rows
+
+
+def test_same_look_queries_repeat_the_database_look_and_change_nothing_else():
+    """The appearance study's city: with same_look_queries=1, each evaluation place's first query visit has the
+    database visit's time of day and season, the other query visit another; the plan's other draws are unchanged."""
+    base = sc.plan_visits(sc.build_city(sc.CityConfig(places=12, query_visits=2)))
+    study = sc.plan_visits(sc.build_city(sc.CityConfig(places=12, query_visits=2, same_look_queries=1)))
+    assert [(v.place_id, v.split, v.position) for v in base] == [(v.place_id, v.split, v.position) for v in study]
+    looks = {}
+    for visit in study:
+        looks.setdefault(visit.place_id, []).append((visit.split, visit.appearance))
+    evaluated = [v for v in looks.values() if v[0][0] == "database"]
+    assert evaluated and all(q1 == db and q2 != db for (_, db), (_, q1), (_, q2) in evaluated)
+    assert all(v.appearance == b.appearance for v, b in zip(study, base, strict=True) if v.split != "query")

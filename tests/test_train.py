@@ -86,6 +86,10 @@ def test_bad_input_is_one_line_before_any_worker(ray_session, city, tmp_path):
         run_training(train_config("cosplace", gt, str(tmp_path / "b"), **{**SMALL, "min_images_per_class": 50}))
     with pytest.raises(TrainDataError, match="is not a maps table"):
         run_training(train_config("cosplace", city, str(tmp_path / "c"), **SMALL))
+    with pytest.raises(TrainDataError, match=r"has no photos \(column rgb\): --input rgb needs .* --rgb"):
+        run_training(train_config("cosplace", gt, str(tmp_path / "e"), **{**SMALL, "input": "rgb"}))
+    with pytest.raises(ValueError, match="NetVLAD trains on maps here; --input rgb .* is CosPlace's"):
+        train_config("netvlad", gt, str(tmp_path / "f"), input="rgb")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "model.json").write_text(json.dumps({"family": "cosplace", "backbone": "resnet50"}))
     with pytest.raises(ResumeError, match="backbone: 'resnet50' -> 'resnet18'"):

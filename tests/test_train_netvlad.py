@@ -51,6 +51,16 @@ def test_mining_takes_the_closest_positive_in_descriptor_and_the_hardest_negativ
     assert positive[1] == -1 and (negatives[1] == -1).all()
 
 
+def test_epoch_queries_are_drawn_afresh_each_epoch():
+    from vprlib.train.netvlad import epoch_queries
+
+    queries = np.arange(10, 110)
+    first, second = epoch_queries(queries, 20, seed=1), epoch_queries(queries, 20, seed=2)
+    assert len(set(first)) == 20 and set(first) <= set(queries) and set(first) != set(second)
+    assert np.array_equal(first, epoch_queries(queries, 20, seed=1))
+    assert epoch_queries(queries, 0, seed=1) is None and epoch_queries(queries, 100, seed=1) is None
+
+
 def test_count_within_matches_brute_force():
     rng = np.random.default_rng(0)
     xy = np.concatenate([rng.uniform(0, 120, (400, 2)), np.round(rng.uniform(0, 120, (100, 2)) / 10) * 10])
@@ -101,7 +111,8 @@ def test_netvlad_trains_from_k_means_clusters_and_keeps_the_best(ray_session, ci
     from vprlib.train import run_training
 
     output = tmp_path / "netvlad"
-    summary = run_training(train_config("netvlad", os.path.join(city, GT_MAPS), str(output), **SMALL))
+    summary = run_training(train_config("netvlad", os.path.join(city, GT_MAPS), str(output),
+                                        **{**SMALL, "queries_per_epoch": 40}))
     printed = capfd.readouterr()
     assert "netvlad on 64 queries of 80 training images (16 dropped" in printed.out
     assert "random weights (no --imagenet)" in printed.out
@@ -109,7 +120,8 @@ def test_netvlad_trains_from_k_means_clusters_and_keeps_the_best(ray_session, ci
     assert [row["epoch"] for row in metrics] == [0, 1, 2]  # 0: the untrained network, clusters from k-means
     assert metrics[0]["loss"] is None and all(row["loss"] > 0 for row in metrics[1:])
     assert all(0.0 <= row["recall@1"] <= row["recall@5"] <= 1.0 for row in metrics)
-    assert [(row["triplets"], row["skipped"], row["cache"]) for row in metrics[1:]] == [(64, 0, 80)] * 2
+    drawn = [(row["triplets"], row["skipped"], row["cache"]) for row in metrics[1:]]
+    assert drawn == [(40, 0, 80)] * 2  # 40 of the 64 queries each epoch
     assert [row["lr"] for row in metrics] == [1e-4] * 3
     assert summary["untrained"] == metrics[0]["recall@1"]
     model = load_retriever(output / "best.pt")

@@ -61,8 +61,9 @@ MAP_FIELDS = (
     pa.field("models", pa.string()),
 )
 SEG_PROB_FIELD = pa.field("seg_prob", pa.binary())
+RGB_FIELD = pa.field("rgb", pa.binary())  # the photo at the maps' side (MapSpec.rgb), from the batch key `image`
 # Batch keys of the pipeline that are never manifest columns' names either.
-RESERVED = {f.name for f in MAP_FIELDS} | {SEG_PROB_FIELD.name, "image", "mask"}
+RESERVED = {f.name for f in MAP_FIELDS} | {SEG_PROB_FIELD.name, RGB_FIELD.name, "image", "mask"}
 
 
 class MapSpecError(ValueError):
@@ -72,7 +73,8 @@ class MapSpecError(ValueError):
 # ----------------------------------------------------------------------------------------------- schema and encoding
 def output_schema(manifest_schema: pa.Schema, spec: MapSpec) -> pa.Schema:
     """Manifest columns followed by the maps columns (the manifest must not share their names: `carry_columns`)."""
-    extra = list(MAP_FIELDS) + ([SEG_PROB_FIELD] if "seg_prob" in spec.outputs else [])
+    extra = (list(MAP_FIELDS) + ([SEG_PROB_FIELD] if "seg_prob" in spec.outputs else [])
+             + ([RGB_FIELD] if "image" in spec.outputs else []))
     return pa.schema([f.remove_metadata() for f in manifest_schema] + extra)
 
 
@@ -115,6 +117,19 @@ def decode_depth(row: dict) -> np.ndarray:
     return np.frombuffer(row["depth"], dtype="<f4").reshape(int(row["map_height"]), int(row["map_width"]))
 
 
+def encode_rgb(image: np.ndarray) -> bytes:
+    """uint8 photo (H, W, 3) -> PNG bytes (lossless)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB").save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def decode_rgb(row: dict) -> np.ndarray:
+    """The `rgb` column of one row -> uint8 (map_height, map_width, 3)."""
+    with Image.open(io.BytesIO(row["rgb"])) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 def decode_seg_prob(row: dict) -> np.ndarray:
     """The `seg_prob` column -> float32 (4, map_height, map_width)."""
     probs = np.frombuffer(row["seg_prob"], dtype="<f2").reshape(-1, int(row["map_height"]), int(row["map_width"]))
@@ -122,16 +137,18 @@ def decode_seg_prob(row: dict) -> np.ndarray:
 
 
 def encode_batch(batch: dict[str, np.ndarray], spec: MapSpec, models_json: str) -> dict:
-    """Maps of a batch (depth B,S,S float, seg B,S,S uint8, dynamic_fraction B, seg_prob B,4,S,S) -> the table's
-    columns; error rows get empty maps. Every other key of the batch is passed through."""
+    """Maps of a batch (depth B,S,S float, seg B,S,S uint8, dynamic_fraction B, seg_prob B,4,S,S, image B,S,S,3
+    uint8) -> the table's columns; error rows get empty maps. Every other key of the batch is passed through."""
     n = len(batch["status"])
     ok = batch["status"] == OK
     side = batch["depth"].shape[-1]
-    out = {k: v for k, v in batch.items() if k not in ("depth", "seg", "seg_prob")}
+    out = {k: v for k, v in batch.items() if k not in ("depth", "seg", "seg_prob", "image")}
     out["depth"] = _encode_ok(batch["depth"], ok, encode_depth)
     out["seg"] = _encode_ok(batch["seg"], ok, encode_seg)
     if "seg_prob" in spec.outputs:
         out["seg_prob"] = _encode_ok(batch["seg_prob"], ok, lambda p: np.ascontiguousarray(p, dtype="<f2").tobytes())
+    if "image" in spec.outputs:
+        out["rgb"] = _encode_ok(batch["image"], ok, encode_rgb)
     out["map_height"] = np.full(n, side, dtype=np.int32)
     out["map_width"] = np.full(n, side, dtype=np.int32)
     out["seg_classes"] = np.full(n, spec.seg_classes, dtype=object)
@@ -379,13 +396,17 @@ KEY_COLUMNS = ("image_id", "lat", "lon", "heading")
 
 
 def decode_batch(batch: dict[str, np.ndarray], columns: tuple[str, ...] = KEY_COLUMNS) -> dict[str, np.ndarray]:
-    """Encoded rows (all of one side) -> `depth` float32 (B,H,W), `seg` uint8 (B,H,W) and `columns` as they are."""
+    """Encoded rows (all of one side) -> `depth` float32 (B,H,W), `seg` uint8 (B,H,W), `rgb` uint8 (B,H,W,3) when
+    `columns` holds it, and the other `columns` as they are."""
     rows = [{"depth": d, "seg": s, "map_height": h, "map_width": w} for d, s, h, w in
             zip(batch["depth"], batch["seg"], batch["map_height"], batch["map_width"], strict=True)]
     side = (int(batch["map_height"][0]), int(batch["map_width"][0])) if rows else (0, 0)
     out = {c: batch[c] for c in columns if c in batch}
     out["depth"] = np.stack([decode_depth(r) for r in rows]) if rows else np.zeros((0, *side), np.float32)
     out["seg"] = np.stack([decode_seg(r) for r in rows]) if rows else np.zeros((0, *side), np.uint8)
+    if "rgb" in columns:
+        out["rgb"] = (np.stack([decode_rgb({"rgb": b}) for b in batch["rgb"]]) if rows
+                      else np.zeros((0, *side, 3), np.uint8))
     return out
 
 

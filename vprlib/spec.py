@@ -81,6 +81,9 @@ class MapSpec:
     dilation: int = field(default=0, metadata=_help("pixels the dynamic-object mask is grown by before LaMa"))
     seg_probabilities: bool = field(default=False, metadata=_help(
         "synthetic: also store the refined 4-class probabilities (float16)"))
+    rgb: bool = field(default=False, metadata=_help(
+        "also store the photo at the maps' side (column `rgb`, PNG; inpaint: the inpainted photo): what a retriever "
+        "with --input rgb sees, the appearance baseline the geometry is compared with"))
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -109,7 +112,8 @@ class MapSpec:
     @property
     def outputs(self) -> tuple[str, ...]:
         """The batch keys each row's maps are written from."""
-        return self.plan.outputs + (self.plan.optional_outputs if self.seg_probabilities else ())
+        return (self.plan.outputs + (self.plan.optional_outputs if self.seg_probabilities else ())
+                + (("image",) if self.rgb else ()))
 
     def record(self, models_identity: dict[str, str]) -> dict:
         """The JSON object written beside a maps table: these fields, the derived conventions and the identity."""

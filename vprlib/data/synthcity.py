@@ -97,6 +97,8 @@ class CityConfig:
     cell_m: float = 10.0  # dense train visits stay in their place's cell of cell_m x cell_m UTM metres (CosPlace M)
     heading_bin: float = 30.0  # and jitter their headings within heading_bin degree bins (CosPlace alpha)
     query_visits: int = 1  # query visits per evaluation place (plus one database visit)
+    same_look_queries: int = 0  # of those, how many repeat the database visit's look (time of day and season; new
+    # dynamic objects and jitter): the appearance study's "same appearance" queries. The others' looks all differ.
     headings: int = 8  # views per visit, 360/headings degrees apart (HoliCity cuts panoramas into 8)
     place_spacing: float = 10.0  # metres between places along a street
     area_gap: float = 60.0  # minimum metres between the training and evaluation areas (well over 25 m)
@@ -124,6 +126,7 @@ class CityConfig:
             "val_fraction": (0.0 <= self.val_fraction < 1.0, "in [0, 1)"),
             "train_visits": (1 <= self.train_visits <= looks, f"in [1, {looks}]: one appearance each"),
             "query_visits": (1 <= self.query_visits <= 15, "in [1, 15]"),
+            "same_look_queries": (0 <= self.same_look_queries <= self.query_visits, "in [0, query_visits]"),
             "place_spacing": (self.place_spacing > 0, "> 0"),
             "jitter": (0 <= self.jitter <= self.road_width / 4, f"in [0, {self.road_width / 4:g}] (road width / 4)"),
             "fov": (10.0 <= self.fov <= 150.0, "in [10, 150]"), "pitch": (-60.0 <= self.pitch <= 60.0, "in [-60, 60]"),
@@ -433,6 +436,8 @@ def plan_visits(city: City) -> list[Visit]:
             count = config.dense_train
         chosen = rng.choice(len(looks), size=count, replace=count > len(looks))
         splits = [area] * count if area != "eval" else ["database"] + ["query"] * config.query_visits
+        if area == "eval" and config.same_look_queries:  # no draw more or less: the rest of the plan is unchanged
+            chosen[1 : 1 + config.same_look_queries] = chosen[0]
         visits += [(split, place_id, looks[i]) for split, i in zip(splits, chosen, strict=True)]
     visits.sort(key=lambda v: SPLIT_ORDER.index(v[0]))  # stable: place order within a split
     planned = []
@@ -911,6 +916,25 @@ def generate_city(config: CityConfig, output: str) -> pa.Table:
     with open(os.path.join(output, "config.json"), "w") as f:  # what the city is (workers change no output)
         json.dump({k: v for k, v in dataclasses.asdict(config).items() if k != "workers"}, f, indent=1)
     return table
+
+
+DEMO_CITY = {"dense_train": 6}  # the demo's city: the default city with 6 visits per train place (CosPlace's classes)
+
+
+def demo_city(output: str) -> str:
+    """The demo's city in `output` (make demo, make table and make demo-models share it), made unless a city of the
+    same config is there; returns `output`."""
+    config = CityConfig(**DEMO_CITY)
+    try:
+        with open(os.path.join(output, "config.json")) as f:
+            there = json.load(f)
+    except (FileNotFoundError, ValueError):
+        there = None
+    if there != {k: v for k, v in dataclasses.asdict(config).items() if k != "workers"} or not os.path.exists(
+            os.path.join(output, "manifest.parquet")):
+        print(f"making the synthetic city in {output}", flush=True)
+        generate_city(config, output)
+    return output
 
 
 def summarize(table: pa.Table, counts: np.ndarray) -> dict:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from vprlib.cluster import DEVICES, Need, check_gpus_per_process, connect, io_task_args
 from vprlib.data.manifest import url_to_fs
-from vprlib.index.embed import Embedder, RetrieverRecord, retriever_record
+from vprlib.index.embed import Embedder, ModelError, RetrieverRecord, retriever_record
 from vprlib.index.search import MANIFEST, SHARDS, read_embeddings, read_manifest, shard_path
 from vprlib.index.shards import KINDS, SHARD_BY, build, content_hash, shard_keys
 from vprlib.maps import maps_dataset, part_files, read_maps, read_spec, table_schema
@@ -170,7 +170,10 @@ def embed(maps: str, ids: pa.ChunkedArray, record: RetrieverRecord, device: str,
     from vprlib.train.data import resize_maps
 
     wanted = list(set(ids.to_pylist()))
-    ds = maps_dataset(maps, columns=("image_id",))
+    if record.uses_rgb and "rgb" not in table_schema(maps).names:
+        raise ModelError(f"{maps} has no photos (column rgb), which the retriever {record.path} embeds (--input rgb):"
+                         f" extract the maps with --rgb")
+    ds = maps_dataset(maps, columns=("image_id", "rgb") if record.uses_rgb else ("image_id",))
     ds = ds.map_batches(lambda b: {k: v[np.isin(b["image_id"], wanted)] for k, v in b.items()})
     ds = ds.map_batches(resize_maps, fn_kwargs={"side": record.input_side})
     ds = ds.map_batches(Embedder, fn_constructor_kwargs={"checkpoint": record.path, "device": device},

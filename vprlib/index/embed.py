@@ -35,6 +35,11 @@ class RetrieverRecord:
     input_side: int
     descriptor_size: int
 
+    @property
+    def uses_rgb(self) -> bool:
+        """Whether it embeds the photo (the appearance baseline, --input rgb) rather than maps."""
+        return self.config.get("encoding", {}).get("modalities") == "rgb"
+
     def identity(self) -> dict:
         """The retriever's identity, recorded with an index: what it is and exactly which weights."""
         return {"path": self.path, "sha256": self.sha256, "family": self.family, "config": self.config,
@@ -87,7 +92,8 @@ def load_model(path: str):
 
 class Embedder:
     """Ray Data actor: loads the retriever once; maps a batch of decoded maps (`depth` B,H,W float32, `seg` B,H,W
-    uint8, resized to the retriever's side) to `vector` (B, D) float32 unit-norm, passing `image_id` through."""
+    uint8, `rgb` B,H,W,3 uint8 when it embeds photos, resized to the retriever's side) to `vector` (B, D) float32
+    unit-norm, passing `image_id` through."""
 
     def __init__(self, checkpoint: str, device: str = "cpu", precision: str = "bf16"):
         self.device = torch.device(device)
@@ -98,6 +104,7 @@ class Embedder:
     def __call__(self, batch: dict) -> dict:
         depth = torch.from_numpy(np.array(batch["depth"], dtype=np.float32)).to(self.device)  # a writable copy
         seg = torch.from_numpy(np.array(batch["seg"], dtype=np.uint8)).to(self.device)
+        rgb = torch.from_numpy(np.array(batch["rgb"], dtype=np.uint8)).to(self.device) if "rgb" in batch else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            vectors = self.model.embed(depth, seg)
+            vectors = self.model.embed(depth, seg, rgb)
         return {"image_id": batch["image_id"], "vector": vectors.float().cpu().numpy()}

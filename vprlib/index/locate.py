@@ -106,11 +106,12 @@ def locate(config: LocateConfig) -> list[dict]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     maps = photo_maps(config.photos, spec, device)
     record = retriever_record(model_path)
-    resized = resize_maps({"depth": maps["depth"], "seg": maps["seg"]}, record.input_side)
+    photo = {"rgb": maps["image"]} if "image" in maps else {}  # maps with --rgb: the photo too
+    resized = resize_maps({"depth": maps["depth"], "seg": maps["seg"], **photo}, record.input_side)
     model = load_model(model_path).to(device)
     with torch.inference_mode():
-        vectors = model.embed(torch.from_numpy(np.array(resized["depth"])).to(device),
-                              torch.from_numpy(np.array(resized["seg"])).to(device)).float().cpu().numpy()
+        tensors = {k: torch.from_numpy(np.array(v)).to(device) for k, v in resized.items()}
+        vectors = model.embed(tensors["depth"], tensors["seg"], tensors.get("rgb")).float().cpu().numpy()
     scores, rows = index.search(vectors, config.top_k)
     table = index.rows
     lat, lon = table["lat"].to_numpy(), table["lon"].to_numpy()

@@ -1,13 +1,14 @@
 """Input encodings of depth and segmentation maps for the retrievers (paper section III-C).
 
 The retriever f(d, s) sees maps, not RGB. Which maps (depth, segmentation or both, the paper's
-ablations of Table 1) and how a segmentation map becomes channels are chosen by `EncodingConfig`:
+ablations of Table 1; or, as the baseline the method is measured against, the photo itself: "rgb") and how a
+segmentation map becomes channels are chosen by `EncodingConfig`:
 - "label": the label id as one float channel, id / (classes - 1) (the paper, inpainting strategy);
 - "probabilities": class probabilities as they come, one channel per class (the synthetic strategy,
   whose refiner predicts 4 classes);
 - "onehot": one channel per class from a label map;
 - "embedding": a learned embedding of each label id, trained with the retriever.
-`InputEncoder(config)(depth B,1,H,W, seg) -> B,in_channels,H,W` with `config.in_channels`.
+`InputEncoder(config)(depth B,1,H,W, seg, rgb) -> B,in_channels,H,W` with `config.in_channels`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Which maps the retriever sees: (uses depth, uses segmentation).
-MODALITIES = {"depth": (True, False), "seg": (False, True), "depth+seg": (True, True)}
+# Which maps the retriever sees: (uses depth, uses segmentation, uses the photo). "rgb" is the appearance baseline
+# (the maps table's `rgb` column, extracted with --rgb), not the method.
+MODALITIES = {"depth": (True, False, False), "seg": (False, True, False), "depth+seg": (True, True, False),
+              "rgb": (False, False, True)}
+# ImageNet's channel statistics: the photo is normalised as torchvision's backbones expect it.
+RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -42,14 +47,18 @@ class EncodingConfig:
         return MODALITIES[self.modalities][1]
 
     @property
+    def uses_rgb(self) -> bool:
+        return MODALITIES[self.modalities][2]
+
+    @property
     def seg_channels(self) -> int:
         """Channels the segmentation map contributes (0 without segmentation)."""
         return SEG_ENCODINGS[self.seg_encoding].channels(self) if self.uses_seg else 0
 
     @property
     def in_channels(self) -> int:
-        """Channels of the encoded input: 1 for depth plus the segmentation's channels."""
-        return int(self.uses_depth) + self.seg_channels
+        """Channels of the encoded input: 1 for depth plus the segmentation's channels (3 for the photo)."""
+        return int(self.uses_depth) + self.seg_channels + 3 * int(self.uses_rgb)
 
 
 def _check_known(kind: str, name: str, registry: dict) -> None:
@@ -139,15 +148,23 @@ SEG_ENCODINGS = {"label": LabelChannel, "probabilities": Probabilities, "onehot"
 
 
 class InputEncoder(nn.Module):
-    """(depth B,1,H,W, seg) -> B,in_channels,H,W: depth first, then the encoded segmentation."""
+    """(depth B,1,H,W, seg, rgb) -> B,in_channels,H,W: depth first, then the encoded segmentation (or the photo,
+    uint8 B,H,W,3, normalised as ImageNet's)."""
 
     def __init__(self, config: EncodingConfig | None = None):
         super().__init__()
         self.config = config or EncodingConfig()
         self.seg = SEG_ENCODINGS[self.config.seg_encoding](self.config) if self.config.uses_seg else None
 
-    def forward(self, depth: torch.Tensor | None, seg: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, depth: torch.Tensor | None, seg: torch.Tensor | None,
+                rgb: torch.Tensor | None = None) -> torch.Tensor:
         parts = []
+        if self.config.uses_rgb:
+            if rgb is None:
+                raise ValueError(f"modalities {self.config.modalities!r} need the photo (maps extracted with --rgb)")
+            x = rgb.permute(0, 3, 1, 2).float().div(255.0)
+            mean, std = (torch.tensor(v, device=x.device).view(1, 3, 1, 1) for v in (RGB_MEAN, RGB_STD))
+            parts.append((x - mean) / std)
         if self.config.uses_depth:
             if depth is None:
                 raise ValueError(f"modalities {self.config.modalities!r} need a depth map")

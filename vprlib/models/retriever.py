@@ -43,9 +43,11 @@ class Retriever(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def embed(self, depth: torch.Tensor | None, seg: torch.Tensor | None) -> torch.Tensor:
-        """Descriptors B,D of maps: depth B,1,H,W (or B,H,W), seg as the encoding wants it."""
-        return self(self.encoder(depth, seg))
+    def embed(self, depth: torch.Tensor | None, seg: torch.Tensor | None,
+              rgb: torch.Tensor | None = None) -> torch.Tensor:
+        """Descriptors B,D of maps: depth B,1,H,W (or B,H,W), seg as the encoding wants it (rgb B,H,W,3 uint8 for
+        an "rgb" encoding)."""
+        return self(self.encoder(depth, seg, rgb))
 
     def checkpoint(self, **extra) -> dict:
         """Config and weights as plain containers, plus `extra` (plain too): what `save` writes."""

@@ -101,6 +101,8 @@ class NetVLADOptions(RetrieverOptions):
     margin: float = field(default=math.sqrt(0.1), metadata=_help("triplet margin (sqrt 0.1)"))
     positive_m: float = field(default=10.0, metadata=_help("positives lie within this many metres"))
     negative_m: float = field(default=25.0, metadata=_help("negatives lie beyond this many metres"))
+    queries_per_epoch: int = field(default=0, metadata=_help(
+        "training queries drawn afresh each epoch (0 = all, as NetVLAD does; fewer: shorter epochs on a CPU)"))
     cache_size: int = field(default=1000, metadata=_help(
         "training images embedded into the mining cache each epoch (positives and negatives come from it)"))
     momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
@@ -109,6 +111,10 @@ class NetVLADOptions(RetrieverOptions):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.input == "rgb":
+            raise ValueError("NetVLAD trains on maps here; --input rgb (the appearance baseline) is CosPlace's")
+        if self.queries_per_epoch < 0:
+            raise ValueError(f"queries_per_epoch must be >= 0, got {self.queries_per_epoch}")
         if self.positive_m >= self.negative_m:
             raise ValueError(f"positive_m ({self.positive_m}) must be below negative_m ({self.negative_m})")
 

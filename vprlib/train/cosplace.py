@@ -59,6 +59,12 @@ def retriever_inputs(config: TrainConfig, what: str = "--maps") -> tuple[dict, s
     names = set(table_schema(val_path).names)
     capture = next((c for c in CAPTURE_COLUMNS if c in names), None)
     columns = tuple(c for c in POSITION_COLUMNS if c in names) + ((capture,) if capture else ())
+    if config.options.input == "rgb":
+        for path, flag in ((config.maps, "--maps"), (val_path, "--val-maps")):
+            if "rgb" not in _names(path):
+                raise TrainDataError(f"{flag} {path} has no photos (column rgb): --input rgb needs maps extracted "
+                                     f"with --rgb")
+        columns += ("rgb",)
     return spec, val_path, columns
 
 
@@ -113,7 +119,10 @@ def attach_labels(batch: dict, labels: pa.Table, group: int) -> dict:
     found = ~np.isnan(index.astype(np.float64))
     rows = np.where(found, index, 0).astype(np.int64)
     keep = found & (labels["group"].to_numpy()[rows] == group)
-    return {"depth": batch["depth"][keep], "seg": batch["seg"][keep], "label": labels["label"].to_numpy()[rows[keep]]}
+    out = {"depth": batch["depth"][keep], "seg": batch["seg"][keep], "label": labels["label"].to_numpy()[rows[keep]]}
+    if "rgb" in batch:
+        out["rgb"] = batch["rgb"][keep]
+    return out
 
 
 def prepare(config: TrainConfig) -> Prepared:
@@ -121,7 +130,8 @@ def prepare(config: TrainConfig) -> Prepared:
     labels = class_table(config)
     groups = sorted(int(g) for g in np.unique(labels["group"].to_numpy()))
     classes = [int(pc.max(labels.filter(pc.equal(labels["group"], g))["label"]).as_py()) + 1 for g in groups]
-    train = cached(training_dataset(config.maps, config.train_split, config.side, columns=("image_id",)),
+    columns = ("image_id", "rgb") if config.options.input == "rgb" else ("image_id",)
+    train = cached(training_dataset(config.maps, config.train_split, config.side, columns=columns),
                    config.maps, config.train_split, config.side)
     datasets = {f"group{g}": train.map_batches(attach_labels, fn_kwargs={"labels": labels, "group": g},
                                                num_cpus=DATA_TASK_CPUS) for g in groups}
@@ -148,8 +158,8 @@ class _Net(nn.Module):
         super().__init__()
         self.model, self.heads = model, heads
 
-    def forward(self, depth, seg, labels, group: int):
-        return self.heads[group](self.model.embed(depth, seg), labels)
+    def forward(self, depth, seg, labels, group: int, rgb=None):
+        return self.heads[group](self.model.embed(depth, seg, rgb), labels)
 
 
 def train_func(payload: dict) -> None:
@@ -197,7 +207,7 @@ def train_func(payload: dict) -> None:
         losses, images = [], 0
         for batch in run.batches(f"group{payload['groups'][position]}", epoch):
             with run.autocast():
-                loss = net(batch["depth"], batch["seg"], batch["label"], position)
+                loss = net(batch["depth"], batch["seg"], batch["label"], position, batch.get("rgb"))
             optimizer.zero_grad(set_to_none=True)
             head_optimizers[position].zero_grad(set_to_none=True)
             loss.backward()

@@ -51,7 +51,8 @@ def metric_xy(rows: pa.Table) -> np.ndarray:
 
 
 def resize_maps(batch: dict, side: int) -> dict:
-    """A decoded batch's maps resized to side x side: depth bilinear, labels nearest (no label is invented)."""
+    """A decoded batch's maps resized to side x side: depth (and the photo) bilinear, labels nearest (no label is
+    invented)."""
     if side == 0 or batch["depth"].shape[-1] == side:
         return batch
     depth = torch.from_numpy(np.ascontiguousarray(batch["depth"]))[:, None]
@@ -59,6 +60,10 @@ def resize_maps(batch: dict, side: int) -> dict:
     out = dict(batch)
     out["depth"] = F.interpolate(depth, size=(side, side), mode="bilinear", align_corners=False)[:, 0].numpy()
     out["seg"] = F.interpolate(seg, size=(side, side), mode="nearest")[:, 0].numpy().astype(np.uint8)
+    if "rgb" in batch:
+        rgb = torch.from_numpy(np.ascontiguousarray(batch["rgb"])).permute(0, 3, 1, 2).float()
+        rgb = F.interpolate(rgb, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+        out["rgb"] = rgb.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
 
 

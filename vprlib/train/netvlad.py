@@ -140,6 +140,13 @@ def mine(query_desc: np.ndarray, query_xy: np.ndarray, query_index: np.ndarray, 
 
 
 # ------------------------------------------------------------------------------------------- the driver
+def epoch_queries(queries: np.ndarray, count: int, seed: int) -> np.ndarray | None:
+    """The training queries (their rows) an epoch trains on: `count` drawn afresh from `queries`, or None for all."""
+    if count <= 0 or count >= len(queries):
+        return None
+    return np.random.default_rng(seed).choice(queries, size=count, replace=False)
+
+
 def attach_index(batch: dict, ids: pa.Array) -> dict:
     """The batch's maps and `index`, each row's position in the training table (only tensors: what workers read)."""
     index = pc.index_in(pa.array(batch["image_id"]), value_set=ids).to_numpy(zero_copy_only=False)
@@ -305,14 +312,21 @@ def train_func(payload: dict) -> None:
         cache_s = time.perf_counter() - started
         loss_sum, steps, triplets, skipped, images = 0.0, 0, 0, 0, 0
         lr = optimizer.param_groups[0]["lr"]
+        drawn = epoch_queries(queries, o.queries_per_epoch, config.seed + epoch)
         for batch in run.batches("queries", epoch):
             index = batch["index"].cpu().numpy()
+            take = np.ones(len(index), bool) if drawn is None else np.isin(index, drawn)
+            if run.world == 1:  # alone: leave out the rows not drawn (with DDP every worker steps on every batch)
+                if not take.any():
+                    continue
+                rows = torch.from_numpy(take).to(batch["depth"].device)
+                batch, index, take = {k: v[rows] for k, v in batch.items()}, index[take], take[take]
             with torch.no_grad(), run.autocast():
                 model.eval()
                 query_desc = model.embed(batch["depth"], batch["seg"]).float().cpu().numpy()
             positive, negatives = mine(query_desc, xy[index], index, cache_desc, xy[cache_index], cache_index,
                                        o.positive_m, o.negative_m, o.negatives)
-            keep = positive >= 0
+            keep = (positive >= 0) & take
             count = int(keep.sum())
             skipped += len(index) - count
             if count == 0 and run.world == 1:

@@ -26,7 +26,7 @@ def embed_batches(model, batches, autocast) -> tuple[np.ndarray, pa.Table]:
     descriptors, columns = [], {}
     for batch in batches:
         with autocast:
-            descriptors.append(model.embed(batch["depth"], batch["seg"]).float().cpu().numpy())
+            descriptors.append(model.embed(batch["depth"], batch["seg"], batch.get("rgb")).float().cpu().numpy())
         for name in (*POSITION_COLUMNS, "capture"):
             if name in batch:
                 columns.setdefault(name, []).append(batch[name].cpu().numpy())
