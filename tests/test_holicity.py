@@ -166,3 +166,54 @@ def test_ground_truth_of_manifest_rows_local_and_s3(tmp_path, s3_bucket):
     missing = f"{remote}/2019-05/absent_dpth.npz"
     with pytest.raises(FileNotFoundError, match=f"{missing}: HoliCity depth map not found"):
         holicity_ground_truth(missing, None)
+
+
+# ---------------------------------------------------------------- the ground truth as a maps table
+
+
+@pytest.mark.slow
+def test_ground_truth_maps_table_resumes_and_keeps_bad_files_as_error_rows(tmp_path, capsys):
+    """jobs/ground_truth.py: every view with ground truth becomes a ground-truth row (inverse metres, refined4),
+    views without it are left out, an unreadable file is an error row, and a rerun writes nothing."""
+    ray = pytest.importorskip("ray")
+    from vprlib.data.manifest import write_manifest
+    from vprlib.maps import decode_depth, decode_seg, read_maps, read_spec
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+    try:
+        import ground_truth as gt_job
+    finally:
+        sys.path.pop(0)
+    root = _holicity(tmp_path / "h")
+    manifest = holicity_manifest(str(root))
+    write_manifest(manifest, str(tmp_path / "m.parquet"))
+    rows = manifest.to_pylist()
+    with_gt = [r for r in rows if r["gt_depth_uri"]]
+    Path(with_gt[0]["gt_depth_uri"]).write_bytes(b"not an npz")
+    output = tmp_path / "gt"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", address="local")
+    try:
+        assert gt_job.main(["--input", str(tmp_path / "m.parquet"), "--output", str(output), "--side", "4"]) == 1
+        table = {r["image_id"]: r for r in read_maps(str(output)).to_pylist()}
+        assert sorted(table) == sorted(r["image_id"] for r in with_gt) and len(with_gt) < len(rows)
+        bad = table[with_gt[0]["image_id"]]
+        assert bad["status"] == "error" and bad["error"].startswith("ground truth:")
+        assert with_gt[0]["gt_depth_uri"] in bad["error"]
+        good = table[with_gt[1]["image_id"]]
+        np.testing.assert_allclose(decode_depth(good), 1 / 5.0)
+        expected = holicity_to_refined(np.arange(64).reshape(8, 8) % 6)[1::2, 1::2]  # nearest neighbour to 4 x 4
+        assert decode_seg(good).tolist() == expected.tolist() and good["split"] == with_gt[1]["split"]
+        spec = read_spec(str(output))
+        assert spec["strategy"] == "ground-truth" and spec["side"] == 4 and spec["seg_classes"] == "refined4"
+        capsys.readouterr()
+        assert gt_job.main(["--input", str(tmp_path / "m.parquet"), "--output", str(output), "--side", "4"]) == 0
+        assert f"{len(with_gt)} already written, 0 to do" in capsys.readouterr().out
+        assert gt_job.main(["--input", str(tmp_path / "m.parquet"), "--output", str(output), "--side", "8"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "than this run (--side 8) was built for (side: 8 != 4)" in err, err
+    finally:
+        ray.shutdown()
+    write_manifest(manifest.drop_columns(["gt_seg_uri"]), str(tmp_path / "plain.parquet"))
+    assert gt_job.main(["--input", str(tmp_path / "plain.parquet"), "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has no gt_seg_uri column: a HoliCity manifest" in err

@@ -293,3 +293,78 @@ def _uri(root: str, path: str | None) -> str | None:
     if path is None or not is_remote(root):
         return path
     return f"{root.split('://', 1)[0]}://{path}"
+
+
+# ------------------------------------------------------------------------------- the ground truth as a maps table
+GT_COLUMNS = ("gt_depth_uri", "gt_seg_uri")
+
+
+def ground_truth_spec(side: int):
+    """The map specification of HoliCity's ground-truth maps (exact static maps, no model involved)."""
+    from vprlib.spec import MapSpec
+
+    return MapSpec(strategy="ground-truth", models="holicity", side=side)
+
+
+def read_ground_truth_batch(batch: dict, side: int) -> dict:
+    """A Ray Data batch of manifest rows (image_id, gt_depth_uri, gt_seg_uri, _row) -> their refiner targets as
+    pipeline maps (`depth`, `seg`, `status`, `error`); a file that cannot be read makes its row an error row."""
+    n = len(batch["image_id"])
+    depth, seg = np.zeros((n, side, side), np.float32), np.zeros((n, side, side), np.uint8)
+    status, error = np.full(n, "ok", dtype=object), np.full(n, "", dtype=object)
+    for i in range(n):
+        try:
+            depth[i], seg[i] = holicity_ground_truth(batch["gt_depth_uri"][i], batch["gt_seg_uri"][i], side)
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            status[i], error[i] = "error", " ".join(f"ground truth: {exc}".split())[:500]
+    return {"image_id": batch["image_id"], "_row": batch["_row"], "status": status, "error": error, "depth": depth,
+            "seg": seg, "dynamic_fraction": np.full(n, np.nan, np.float32)}  # unknown: the dynamic objects are gone
+
+
+def write_ground_truth(manifest_path: str, output: str, side: int = HOLICITY_SIDE, ray_address: str = "",
+                       rows_per_file: int = 128, batch_size: int = 8) -> dict[str, int]:
+    """HoliCity's ground truth of a manifest's views (`gt_depth_uri`, `gt_seg_uri`: jobs/manifest.py holicity) as a
+    maps table of strategy ground-truth in `output` (local or s3://): the refiners' `--targets`. Views without
+    ground truth (HoliCity's test split) are left out; an unreadable file is a row with an error. Resumes: rows
+    already written are skipped. Returns the status counts of the rows this run wrote."""
+    import pyarrow.compute as pc
+
+    from vprlib.cluster import absolute_path, connect, io_task_args
+    from vprlib.data.manifest import read_manifest
+    from vprlib.extract.output import prepare_output
+    from vprlib.extract.pipeline import MapsSink
+    from vprlib.maps import carry_columns, check_spec, encode_batch, output_schema, part_files, write_spec
+
+    output = absolute_path(output)
+    manifest = read_manifest(absolute_path(manifest_path))
+    missing = [c for c in GT_COLUMNS if c not in manifest.column_names]
+    if missing:
+        raise ManifestError(f"{manifest_path} has no {' or '.join(missing)} column: a HoliCity manifest "
+                            f"(jobs/manifest.py holicity) names each view's ground-truth files")
+    has_gt = pc.and_(pc.is_valid(manifest["gt_depth_uri"]), pc.is_valid(manifest["gt_seg_uri"]))
+    manifest = carry_columns(manifest.filter(has_gt))
+    spec = ground_truth_spec(side)
+    if part_files(output):
+        check_spec(output, spec.record({}), f"this run (--side {side})")
+    connect(ray_address)
+    write_spec(output, spec.record({}))
+    done = prepare_output(output, retry_errors=False)
+    todo = manifest.filter(pc.invert(pc.is_in(manifest["image_id"], value_set=done["image_id"])))
+    print(f"ground truth: {manifest.num_rows} views with ground truth ({pc.sum(pc.invert(has_gt)).as_py() or 0} "
+          f"without left out), {manifest.num_rows - todo.num_rows} already written, {todo.num_rows} to do",
+          flush=True)
+    if not todo.num_rows:
+        return {}
+    import ray
+
+    rows = pa.table({"image_id": todo["image_id"], "gt_depth_uri": todo["gt_depth_uri"],
+                     "gt_seg_uri": todo["gt_seg_uri"], "_row": pa.array(range(todo.num_rows), pa.int64())})
+    ds = ray.data.from_arrow([rows.slice(i, batch_size) for i in range(0, rows.num_rows, batch_size)])
+    ds = ds.map_batches(read_ground_truth_batch, batch_size=batch_size, num_cpus=1, fn_kwargs={"side": side},
+                        **io_task_args())
+    ds = ds.map_batches(encode_batch, batch_size=batch_size, num_cpus=1, fn_kwargs={"spec": spec, "models_json": "{}"})
+    sink = MapsSink(output, output_schema(manifest.schema, spec), ray.put(todo), rows_per_file)
+    ds.write_datasink(sink, ray_remote_args={"num_cpus": 1, **io_task_args()})
+    print(f"ground truth: rows ok {sink.counts.get('ok', 0)}, rows failed {sink.counts.get('error', 0)}; maps in "
+          f"{output}", flush=True)
+    return sink.counts

@@ -6,7 +6,7 @@
 - "demo": the paper's segmenter, depth estimator and inpainter in small configurations, trained on the synthetic
   city (vprlib.train.demo, jobs/train_demo.py) and shipped in this package (`DEMO_DIR`: fp16 safetensors and
   `architectures.json`); offline, fast on a CPU, and they really segment, estimate depth and inpaint the city's
-  photos. No demo refiners yet: asking for them is an error saying so.
+  photos; with them the demo-size refiners (`refiner_depth.pt`, `refiner_seg.pt`) trained on its maps.
 - "paper": the published weights, from `$VPRLIB_HOME` (default `~/.cache/vprlib`) where the paper's own files are,
   else from the local Hugging Face cache (never downloaded here): the segmenter is OpenMMLab's SegFormer-B5 512x512
   ADE20K file (segformer.PAPER_CHECKPOINT, the paper's) or `nvidia/segformer-b5-finetuned-ade-640-640`; depth is
