@@ -1,5 +1,6 @@
 """jobs/table.py (make table): its flags, one row end to end on a small city, and the appearance study's bookkeeping
-(the whole table and study are `make table`, most of an hour; the study end to end is in the long tier)."""
+(the whole table and study are `make table` and `make study`, most of an hour; one row and the study end to end,
+a few minutes, are in the long tier)."""
 
 import importlib.util
 import json
@@ -64,7 +65,7 @@ def test_same_look_and_first_correct(tmp_path):
     assert table_job.first_correct(str(tmp_path / "results.parquet")) == {"q1": True, "q2": False}
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_one_row_end_to_end(ray_session, tmp_path, capsys):
     """The ceiling row (the city's own maps: no extraction) trains, indexes, evaluates and is printed and recorded."""
     config = table_job.TableConfig(output=str(tmp_path), rows="cosplace-resnet18-ground-truth-depthseg", **SMALL)
