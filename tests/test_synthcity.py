@@ -309,3 +309,23 @@ def test_same_look_queries_repeat_the_database_look_and_change_nothing_else():
     evaluated = [v for v in looks.values() if v[0][0] == "database"]
     assert evaluated and all(q1 == db and q2 != db for (_, db), (_, q1), (_, q2) in evaluated)
     assert all(v.appearance == b.appearance for v, b in zip(study, base, strict=True) if v.split != "query")
+
+
+def test_demo_city_is_made_once_and_reused(tmp_path, monkeypatch, capsys):
+    """make demo, make table and make demo-models share the demo city: made when absent or of another config,
+    reused otherwise, also when written before a field (at its default) existed."""
+    import json
+
+    monkeypatch.setattr(sc, "DEMO_CITY", {"places": 4, "side": 16, "train_visits": 1, "workers": 1})
+    city = tmp_path / "city"
+    sc.demo_city(str(city))
+    assert "making the synthetic city" in capsys.readouterr().out
+    config = json.loads((city / "config.json").read_text())
+    del config["same_look_queries"]  # as a city made before that field existed
+    (city / "config.json").write_text(json.dumps(config))
+    sc.demo_city(str(city))
+    assert capsys.readouterr().out == ""
+    monkeypatch.setattr(sc, "DEMO_CITY", {"places": 4, "side": 16, "train_visits": 1, "workers": 1, "seed": 1})
+    sc.demo_city(str(city))
+    assert "making the synthetic city" in capsys.readouterr().out
+    assert json.loads((city / "config.json").read_text())["seed"] == 1

@@ -930,8 +930,11 @@ def demo_city(output: str) -> str:
             there = json.load(f)
     except (FileNotFoundError, ValueError):
         there = None
-    if there != {k: v for k, v in dataclasses.asdict(config).items() if k != "workers"} or not os.path.exists(
-            os.path.join(output, "manifest.parquet")):
+    wanted = {k: v for k, v in dataclasses.asdict(config).items() if k != "workers"}
+    if there is not None:  # a city written before a field existed has that field's default: the same city
+        defaults = dataclasses.asdict(CityConfig())
+        there = {**{k: defaults[k] for k in wanted if k not in there}, **there}
+    if there != wanted or not os.path.exists(os.path.join(output, "manifest.parquet")):
         print(f"making the synthetic city in {output}", flush=True)
         generate_city(config, output)
     return output
