@@ -55,7 +55,7 @@ def test_help_shows_every_default(capsys):
     entries = {m.group(1): " ".join(m.group(2).split()) for m in re.finditer(r"^  (--[\w-]+)(.*?)(?=^  -|^\S|\Z)", text,
                                                                                     re.MULTILINE | re.DOTALL)}
     expected = {"--strategy": "inpaint", "--models": "paper", "--side": "512", "--segmenter-side": "0",
-                "--dilation": "0", "--seg-probabilities": "off", "--mode": "fused", "--device": "auto",
+                "--dilation": "0", "--seg-probabilities": "off", "--rgb": "off", "--mode": "fused", "--device": "auto",
                 "--precision": "bf16",
                 "--batch-size": "32", "--decode-batch-size": "8", "--rows-per-file": "128", "--actors": "1",
                 "--gpus-per-actor": "1.0", "--cpus-per-actor": "1.0", "--actor-threads": "2",
