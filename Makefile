@@ -24,8 +24,8 @@ demo-models: $(STAMP)
 	PY=$(VENV)/bin/python WORK=$(OUT)/demo-models bash jobs/demo_models.sh
 
 # The paper's Table 1 in kind: the refiners and 11 retrievers retrained on the demo city, Recall@1/5/10 printed
-# (jobs/table.py; under an hour on 2 cores, resumable). `make study`: CosPlace on photos against the same network on
-# refined maps, by look and crowd (about 15 minutes more; it reuses the table's maps and refiners).
+# (jobs/table.py, resumable). `make study`: the shipped demo CosPlace on refined maps against the same recipe trained
+# on the photos, by look and crowd (jobs/table.py --parts study).
 table: $(STAMP)
 	$(VENV)/bin/python jobs/table.py --output $(OUT)
 

@@ -78,6 +78,8 @@ class TableConfig:
     netvlad_epochs: int = field(default=3, metadata=_help(
         "NetVLAD epochs of 128 queries each (the paper: 50 of all queries)"))
     refiner_epochs: int = field(default=2, metadata=_help("refiner epochs (the paper: 30)"))
+    study_epochs: int = field(default=40, metadata=_help(
+        "epochs of the study's photo retriever (the shipped demo retrievers': 40)"))
     seed: int = field(default=0, metadata=_help("seed of every training run"))
     ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
 
@@ -98,7 +100,8 @@ class TableConfig:
         return parts
 
     def __post_init__(self):
-        small = [n for n in ("side", "descriptor_size", "cosplace_epochs", "netvlad_epochs", "refiner_epochs")
+        small = [n for n in ("side", "descriptor_size", "cosplace_epochs", "netvlad_epochs", "refiner_epochs",
+                             "study_epochs")
                  if getattr(self, n) < 1]
         if small:
             raise ValueError(f"{', '.join('--' + n.replace('_', '-') for n in small)} must be >= 1")
@@ -217,28 +220,46 @@ def recalls(summary: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------ the appearance study
 # The paper's claim: geometry ignores what changes (light, season, crowds) where appearance does not. Measured with
-# CosPlace ResNet-18 trained as the table's synthetic row, once on the refined maps and once on the photos
-# themselves, evaluated on cities of the demo's layout whose query places are each visited twice: once in the
-# database visit's look (time of day and season), once in another; one city without dynamic objects, one crowded.
-GEOMETRY = Row("cosplace", "resnet18", "synthetic")
+# the shipped demo CosPlace ResNet-18 of the synthetic strategy (the geometry) against the same network trained by
+# the same recipe (jobs/demo_models.sh's) on the photos of the same captures, evaluated on cities of the demo's
+# layout whose query places are each visited twice: once in the database visit's look (time of day and season),
+# once in another; one city without dynamic objects, one crowded.
 APPEARANCE = Row("cosplace", "resnet18", "synthetic", "rgb", role="appearance baseline")
 STUDY_CITY = {"query_visits": 2, "same_look_queries": 1, "train_visits": 1}  # train captures are not used
 CROWDS = {"no crowds": 0.0, "crowds": 3.0}  # dynamic_density of each study city (the demo's: 1.0)
 
 
-def run_study(config: TableConfig, city_config=None) -> list[dict]:
-    """Both retrievers (trained unless there) on both study cities (made and extracted unless there): Recall@1 per
-    crowd level and look (also written to <output>/table/study.json)."""
+def run_study(config: TableConfig, city_config=None, geometry: str = "") -> list[dict]:
+    """Both retrievers on both study cities (everything made, extracted and trained unless there): Recall@1 per crowd
+    level and look (also written to <output>/table/study.json). `geometry`: the maps retriever's checkpoint (''
+    = the shipped demo CosPlace of the synthetic strategy); the photo retriever learns from the demo city's train
+    captures by its recipe, at its side."""
     import pyarrow.compute as pc
 
     from vprlib.data.manifest import read_manifest, write_manifest
-    from vprlib.data.synthcity import DEMO_CITY, CityConfig, generate_city
+    from vprlib.data.synthcity import DEMO_CITY, CityConfig, demo_city, generate_city
+    from vprlib.index.embed import retriever_record
+    from vprlib.models import zoo
 
-    work = os.path.join(os.path.abspath(config.output), "table")
-    maps = table_maps(config, {"synthetic"}, city_config)
-    refiners = os.path.join(work, "refiners")
-    models = {row.input: train_row(config, row, maps["synthetic"], os.path.join(work, row.name))
-              for row in (GEOMETRY, APPEARANCE)}
+    out = os.path.abspath(config.output)
+    work = os.path.join(out, "table")
+    geometry = geometry or str(zoo.demo_retriever("synthetic"))
+    record = retriever_record(geometry)
+    models = record.map_spec["models"]
+    study = dataclasses.replace(config, side=record.map_spec["side"], descriptor_size=record.descriptor_size,
+                                cosplace_epochs=config.study_epochs)
+    city = os.path.join(out, "city")
+    if city_config is None:
+        demo_city(city)
+    elif not os.path.exists(os.path.join(city, "manifest.parquet")):
+        generate_city(city_config, city)
+    manifest = read_manifest(os.path.join(city, "manifest.parquet"))
+    training = os.path.join(work, "study-train.parquet")
+    write_manifest(manifest.filter(pc.is_in(manifest["split"], pa_strings(("train", "val")))), training)
+    photos = os.path.join(work, "study-maps-train")
+    extract(study, training, photos, "synthetic", models)
+    trained = {"depth+seg": {"checkpoint": geometry, "best_epoch": None},
+               "rgb": train_row(study, APPEARANCE, photos, os.path.join(work, "study-" + APPEARANCE.name))}
     base = dataclasses.asdict(city_config or CityConfig(**DEMO_CITY))
     records = []
     for crowd, density in CROWDS.items():
@@ -251,20 +272,21 @@ def run_study(config: TableConfig, city_config=None) -> list[dict]:
         held_out = os.path.join(city, "held-out.parquet")
         write_manifest(manifest.filter(pc.is_in(manifest["split"], pa_strings(("database", "query")))), held_out)
         study_maps = os.path.join(work, f"study-maps-{name}")
-        extract(config, held_out, study_maps, "synthetic", refiners)
+        extract(study, held_out, study_maps, "synthetic", models)
         looks = same_look(manifest)
-        for modality, model in models.items():
-            summary = evaluate(config, model, study_maps, os.path.join(work, f"study-{name}-{modality}"))
+        queries = manifest.filter(pc.equal(manifest["split"], "query"))
+        for modality, model in trained.items():
+            summary = evaluate(study, model, study_maps, os.path.join(work, f"study-{name}-{modality}"))
             correct = first_correct(os.path.join(summary["output"], "results.parquet"))
             for look, wanted in (("same look", True), ("other look", False)):
                 ids = [i for i, same in looks.items() if same == wanted and i in correct]
                 records.append({"crowd": crowd, "dynamic_density": density, "look": look, "retriever": modality,
+                                "checkpoint": model["checkpoint"], "best_epoch": model["best_epoch"],
                                 "queries": len(ids), "recall@1": sum(correct[i] for i in ids) / max(len(ids), 1),
-                                "dynamic_fraction": float(pc.mean(manifest.filter(
-                                    pc.equal(manifest["split"], "query"))["dynamic_fraction"]).as_py())})
-    print(format_study(records, config), flush=True)
+                                "dynamic_fraction": float(pc.mean(queries["dynamic_fraction"]).as_py())})
+    print(format_study(records, study), flush=True)
     with open(os.path.join(work, "study.json"), "w") as f:
-        json.dump({"settings": asdict(config), "conditions": records}, f, indent=1)
+        json.dump({"settings": asdict(study), "conditions": records}, f, indent=1)
     return records
 
 
@@ -293,7 +315,8 @@ def first_correct(results: str) -> dict[str, bool]:
 def format_study(records: list[dict], config: TableConfig) -> str:
     looks = list(dict.fromkeys(r["look"] for r in records))
     lines = ["", f"study: Recall@1 within 25 m of CosPlace ResNet-18 ({config.side} px, {config.cosplace_epochs} "
-                 f"epochs) on photos (rgb) and on refined maps (depth+seg), by crowd and look",
+                 f"epochs) on refined maps (depth+seg, the shipped demo retriever) and on the photos (rgb), by crowd "
+                 f"and look (queries in brackets)",
              f"{'crowd':<12}{'mean dynamic':>14}{'retriever':>12}" + "".join(f"{look:>14}" for look in looks)]
     for crowd in dict.fromkeys(r["crowd"] for r in records):
         for modality in dict.fromkeys(r["retriever"] for r in records):

@@ -20,7 +20,8 @@ sys.modules["table_job"] = table_job  # its dataclasses look their module up
 _spec.loader.exec_module(table_job)
 
 SMALL_CITY = CityConfig(places=16, side=32, dense_train=8, workers=1)
-SMALL = {"side": 32, "descriptor_size": 16, "cosplace_epochs": 1, "netvlad_epochs": 1, "refiner_epochs": 1}
+SMALL = {"side": 32, "descriptor_size": 16, "cosplace_epochs": 1, "netvlad_epochs": 1, "refiner_epochs": 1,
+         "study_epochs": 1}
 
 
 @pytest.fixture(scope="module")
