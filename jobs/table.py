@@ -1,6 +1,6 @@
 """The paper's Table 1 in kind on the synthetic city: retrain the refiners and every retriever, print Recall@1/5/10.
 
-    python jobs/table.py --output out          # make table: under an hour on a 2-core CPU
+    python jobs/table.py --output out          # make table: about an hour on a 2-core CPU
 
 Makes the demo's city (or reuses `<output>/city` when `make demo` made it), extracts the maps of all its captures
 with the shipped demo extractors (strategies none and inpaint), trains the demo-size refiners on the raw maps of the
@@ -63,7 +63,9 @@ def _help(text: str) -> dict:
 
 @dataclass(frozen=True)
 class TableConfig:
-    """The table's settings; the defaults fit the whole table in under an hour on a 2-core CPU."""
+    """The table's settings; the defaults aim at about an hour on a 2-core CPU. At 16 CosPlace epochs the rows are
+    barely trained (their best checkpoints are epochs 0-2; docs/RESULTS.md): about 40 train them, in about twice the
+    time."""
 
     output: str = field(default="out", metadata=_help(
         "folder: the city (<output>/city, shared with make demo) and the table's work (<output>/table)"))
