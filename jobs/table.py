@@ -64,8 +64,8 @@ def _help(text: str) -> dict:
 @dataclass(frozen=True)
 class TableConfig:
     """The table's settings; the defaults aim at about an hour on a 2-core CPU. At 16 CosPlace epochs the rows are
-    barely trained (their best checkpoints are epochs 0-2; docs/RESULTS.md): about 40 train them, in about twice the
-    time."""
+    barely trained (their best checkpoints are epochs 0-2; docs/RESULTS.md); the shipped retrievers needed about 20
+    to pass their untrained networks."""
 
     output: str = field(default="out", metadata=_help(
         "folder: the city (<output>/city, shared with make demo) and the table's work (<output>/table)"))
