@@ -140,16 +140,11 @@ def table_maps(config: TableConfig, needed: set[str], city_config=None) -> dict[
     """The city (made unless there) and the maps tables of the `needed` strategies (extracted unless there, after
     the refiners for synthetic): {strategy: path}. The synthetic maps carry the photos too (--rgb), for the
     appearance study's RGB retriever."""
-    from vprlib.data.synthcity import GT_MAPS, demo_city, generate_city
+    from vprlib.data.synthcity import GT_MAPS
     from vprlib.models import zoo
 
-    out = os.path.abspath(config.output)
-    city = os.path.join(out, "city")
-    if city_config is None:
-        demo_city(city)
-    elif not os.path.exists(os.path.join(city, "manifest.parquet")):
-        generate_city(city_config, city)
-    work = os.path.join(out, "table")
+    city = make_city(config, city_config)
+    work = os.path.join(os.path.abspath(config.output), "table")
     maps = {"ground-truth": os.path.join(city, GT_MAPS)}
     for strategy in EXTRACTED:
         if strategy not in needed and not (strategy == "none" and "synthetic" in needed):
@@ -160,6 +155,29 @@ def table_maps(config: TableConfig, needed: set[str], city_config=None) -> dict[
             models = train_refiners(config, maps["none"], maps["ground-truth"])
         extract(config, os.path.join(city, "manifest.parquet"), maps[strategy], strategy, models)
     return maps
+
+
+def make_city(config: TableConfig, city_config=None) -> str:
+    """<output>/city: the demo's (made unless there), or `city_config`'s (made unless there); its path."""
+    from vprlib.data.synthcity import demo_city, generate_city
+
+    city = os.path.join(os.path.abspath(config.output), "city")
+    if city_config is None:
+        demo_city(city)
+    elif not os.path.exists(os.path.join(city, "manifest.parquet")):
+        generate_city(city_config, city)
+    return city
+
+
+def split_manifest(manifest, splits: tuple[str, ...], path: str) -> str:
+    """The rows of `splits` written as a manifest at `path` (an extraction's input); `path`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from vprlib.data.manifest import write_manifest
+
+    write_manifest(manifest.filter(pc.is_in(manifest["split"], value_set=pa.array(splits, pa.string()))), path)
+    return path
 
 
 def train_refiners(config: TableConfig, raw: str, truth: str) -> str:
@@ -238,8 +256,8 @@ def run_study(config: TableConfig, city_config=None, geometry: str = "") -> list
     captures by its recipe, at its side."""
     import pyarrow.compute as pc
 
-    from vprlib.data.manifest import read_manifest, write_manifest
-    from vprlib.data.synthcity import DEMO_CITY, CityConfig, demo_city, generate_city
+    from vprlib.data.manifest import read_manifest
+    from vprlib.data.synthcity import DEMO_CITY, CityConfig, generate_city
     from vprlib.index.embed import retriever_record
     from vprlib.models import zoo
 
@@ -250,14 +268,8 @@ def run_study(config: TableConfig, city_config=None, geometry: str = "") -> list
     models = record.map_spec["models"]
     study = dataclasses.replace(config, side=record.map_spec["side"], descriptor_size=record.descriptor_size,
                                 cosplace_epochs=config.study_epochs)
-    city = os.path.join(out, "city")
-    if city_config is None:
-        demo_city(city)
-    elif not os.path.exists(os.path.join(city, "manifest.parquet")):
-        generate_city(city_config, city)
-    manifest = read_manifest(os.path.join(city, "manifest.parquet"))
-    training = os.path.join(work, "study-train.parquet")
-    write_manifest(manifest.filter(pc.is_in(manifest["split"], pa_strings(("train", "val")))), training)
+    manifest = read_manifest(os.path.join(make_city(config, city_config), "manifest.parquet"))
+    training = split_manifest(manifest, ("train", "val"), os.path.join(work, "study-train.parquet"))
     photos = os.path.join(work, "study-maps-train")
     extract(study, training, photos, "synthetic", models)
     trained = {"depth+seg": {"checkpoint": geometry, "best_epoch": None},
@@ -271,8 +283,7 @@ def run_study(config: TableConfig, city_config=None, geometry: str = "") -> list
             print(f"table: making the study city ({crowd}) in {city}", flush=True)
             generate_city(CityConfig(**{**base, **STUDY_CITY, "dynamic_density": density}), city)
         manifest = read_manifest(os.path.join(city, "manifest.parquet"))
-        held_out = os.path.join(city, "held-out.parquet")
-        write_manifest(manifest.filter(pc.is_in(manifest["split"], pa_strings(("database", "query")))), held_out)
+        held_out = split_manifest(manifest, ("database", "query"), os.path.join(city, "held-out.parquet"))
         study_maps = os.path.join(work, f"study-maps-{name}")
         extract(study, held_out, study_maps, "synthetic", models)
         looks = same_look(manifest)
@@ -290,12 +301,6 @@ def run_study(config: TableConfig, city_config=None, geometry: str = "") -> list
     with open(os.path.join(work, "study.json"), "w") as f:
         json.dump({"settings": asdict(study), "conditions": records}, f, indent=1)
     return records
-
-
-def pa_strings(values):
-    import pyarrow as pa
-
-    return pa.array(list(values), pa.string())
 
 
 def same_look(manifest) -> dict[str, bool]:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 API (moto's server on loopback), reached through s3fs/boto3 like a real bucket."""
+"""Shared fixtures: one local Ray per test module, and a real S3 API (moto's server on loopback), reached through
+s3fs/boto3 like a real bucket."""
 
 from __future__ import annotations
 
@@ -40,3 +41,12 @@ def s3_bucket(s3_server):
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     yield f"s3://{name}"
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray (2 CPUs) for a test module's runs: the jobs it calls in-process connect to it; shut down after."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", address="local")
+    yield ray
+    ray.shutdown()

@@ -31,14 +31,6 @@ _spec.loader.exec_module(evaluate_job)
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", address="local")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def maps(tmp_path_factory) -> str:
     """The city's ground-truth maps with a landmark per row (two neighbouring places share one)."""
     root = tmp_path_factory.mktemp("city")

@@ -32,14 +32,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", address="local")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def city(tmp_path_factory) -> str:
     """A 32-row synthetic city at 32 px plus 4 bad files and 2 odd-format photos: 38 rows."""
     root = tmp_path_factory.mktemp("city")

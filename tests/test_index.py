@@ -29,14 +29,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", address="local")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def city(tmp_path_factory, ray_session) -> tuple[str, str]:
     """A small city and its `none` maps by the tiny models."""
     from vprlib.extract import extract_config

@@ -24,15 +24,6 @@ SMALL = {"side": 32, "descriptor_size": 16, "cosplace_epochs": 1, "netvlad_epoch
          "study_epochs": 1}
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    """One local Ray for the module's runs (each job connects to it), shut down after."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", address="local")
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--rows", "cosplace-alexnet-synthetic-depthseg"], "unknown row(s) cosplace-alexnet-synthetic-depthseg; known: "
                                                         "netvlad-vgg16-synthetic-depthseg, "),

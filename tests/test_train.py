@@ -35,14 +35,6 @@ def city(tmp_path_factory) -> str:
     return str(root)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", address="local")
-    yield ray
-    ray.shutdown()
-
-
 def _job(*argv: str) -> list[str]:
     return [sys.executable, str(ROOT / "jobs" / "train.py"), *argv]
 

@@ -98,14 +98,6 @@ def city(tmp_path_factory) -> str:
     return str(root)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", address="local")
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_netvlad_trains_from_k_means_clusters_and_keeps_the_best(ray_session, city, tmp_path, capfd):
     from vprlib.train import run_training

@@ -94,17 +94,26 @@ def carry_columns(manifest: pa.Table) -> pa.Table:
     return manifest.rename_columns(names)
 
 
-def encode_seg(labels: np.ndarray) -> bytes:
-    """uint8 label map (H, W) -> PNG bytes (lossless; fast compression, Parquet's zstd runs on top)."""
+def _png(array: np.ndarray, mode: str) -> bytes:
+    """uint8 image -> PNG bytes (lossless; fast compression, Parquet's zstd runs on top)."""
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L").save(buffer, "PNG", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode=mode).save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def _unpng(data: bytes, mode: str) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image if image.mode == mode else image.convert(mode), dtype=np.uint8)
+
+
+def encode_seg(labels: np.ndarray) -> bytes:
+    """uint8 label map (H, W) -> PNG bytes."""
+    return _png(labels, "L")
 
 
 def decode_seg(row: dict) -> np.ndarray:
     """The `seg` column of one row -> uint8 (map_height, map_width)."""
-    with Image.open(io.BytesIO(row["seg"])) as image:
-        return np.asarray(image, dtype=np.uint8)
+    return _unpng(row["seg"], "L")
 
 
 def encode_depth(depth: np.ndarray) -> bytes:
@@ -118,16 +127,13 @@ def decode_depth(row: dict) -> np.ndarray:
 
 
 def encode_rgb(image: np.ndarray) -> bytes:
-    """uint8 photo (H, W, 3) -> PNG bytes (lossless)."""
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), mode="RGB").save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
+    """uint8 photo (H, W, 3) -> PNG bytes."""
+    return _png(image, "RGB")
 
 
 def decode_rgb(row: dict) -> np.ndarray:
     """The `rgb` column of one row -> uint8 (map_height, map_width, 3)."""
-    with Image.open(io.BytesIO(row["rgb"])) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return _unpng(row["rgb"], "RGB")
 
 
 def decode_seg_prob(row: dict) -> np.ndarray:
@@ -405,7 +411,7 @@ def decode_batch(batch: dict[str, np.ndarray], columns: tuple[str, ...] = KEY_CO
     out["depth"] = np.stack([decode_depth(r) for r in rows]) if rows else np.zeros((0, *side), np.float32)
     out["seg"] = np.stack([decode_seg(r) for r in rows]) if rows else np.zeros((0, *side), np.uint8)
     if "rgb" in columns:
-        out["rgb"] = (np.stack([decode_rgb({"rgb": b}) for b in batch["rgb"]]) if rows
+        out["rgb"] = (np.stack([_unpng(data, "RGB") for data in batch["rgb"]]) if rows
                       else np.zeros((0, *side, 3), np.uint8))
     return out
 
