@@ -36,7 +36,8 @@ def make_city(args) -> str:
 
 def options(args) -> dict:
     return {"backbone": args.backbone, "descriptor_size": args.descriptor_size, "batch_size": args.batch_size,
-            "epochs": args.epochs, "groups": 1, "min_images_per_class": args.dense_train, "precision": args.precision}
+            "epochs": args.epochs, "groups": 1, "iterations_per_epoch": 0, "min_images_per_class": args.dense_train,
+            "precision": args.precision}
 
 
 def plain_loop(args, maps: str) -> float:

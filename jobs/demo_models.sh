@@ -51,7 +51,7 @@ for strategy in synthetic inpaint; do
         --models demo --side "$SIDE"
     $PY jobs/train.py cosplace --maps "$WORK/maps-$strategy" --output "$WORK/cosplace-$strategy" \
         --backbone resnet18 --descriptor-size 128 --lr 3e-4 --epochs 40 --batch-size 32 --groups 8 --group-cells 2 \
-        --group-bins 2 --min-images-per-class 6
+        --group-bins 2 --min-images-per-class 6 --iterations-per-epoch 0
     $PY -c "import sys; from vprlib.models.retriever import save_half; save_half(sys.argv[1], sys.argv[2])" \
         "$WORK/cosplace-$strategy/best.pt" "$DEMO/cosplace-$strategy.pt"
 done

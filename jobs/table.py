@@ -63,9 +63,7 @@ def _help(text: str) -> dict:
 
 @dataclass(frozen=True)
 class TableConfig:
-    """The table's settings; the defaults aim at about an hour on a 2-core CPU. At 16 CosPlace epochs the rows are
-    barely trained (their best checkpoints are epochs 0-2; docs/RESULTS.md); the shipped retrievers needed about 20
-    to pass their untrained networks."""
+    """The table's settings; the defaults aim at about an hour on a 2-core CPU (docs/RESULTS.md has the run)."""
 
     output: str = field(default="out", metadata=_help(
         "folder: the city (<output>/city, shared with make demo) and the table's work (<output>/table)"))
@@ -77,12 +75,17 @@ class TableConfig:
     side: int = field(default=48, metadata=_help("maps' side in pixels, for every row (the paper: 512)"))
     descriptor_size: int = field(default=128, metadata=_help("CosPlace descriptor size (the paper: 512)"))
     cosplace_epochs: int = field(default=16, metadata=_help("CosPlace epochs, one group each (the paper: 50)"))
+    cosplace_iterations: int = field(default=30, metadata=_help(
+        "CosPlace batches per epoch (CosPlace: 10,000; 0 = one pass over the group); 30 of 32 images pass about four "
+        "times over a group of the demo city"))
     netvlad_epochs: int = field(default=3, metadata=_help(
         "NetVLAD epochs of 128 queries each (the paper: 50 of all queries)"))
     refiner_epochs: int = field(default=2, metadata=_help("refiner epochs (the paper: 30)"))
     study_epochs: int = field(default=40, metadata=_help(
         "epochs of the study's photo retriever (the shipped demo retrievers': 40)"))
     seed: int = field(default=0, metadata=_help("seed of every training run"))
+    threads: int = field(default=0, metadata=_help(
+        "torch threads of each training run (0 = this machine's CPUs: the table trains one model at a time)"))
     ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
 
     @property
@@ -107,9 +110,16 @@ class TableConfig:
                  if getattr(self, n) < 1]
         if small:
             raise ValueError(f"{', '.join('--' + n.replace('_', '-') for n in small)} must be >= 1")
+        if self.threads < 0 or self.cosplace_iterations < 0:
+            raise ValueError("--threads and --cosplace-iterations must be >= 0")
+
+    @property
+    def torch_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
 
 
-# CosPlace's group layout for the demo city's dense visits (jobs/demo_models.sh's): classes of 6 images, 8 groups.
+# CosPlace's group layout for the demo city's dense visits (jobs/demo_models.sh's): classes of 6 images, 8 groups of
+# about 230 images. Batches per epoch: --cosplace-iterations (the shipped demo retrievers: one pass, iterations 0).
 COSPLACE = {"lr": 3e-4, "batch_size": 32, "groups": 8, "group_cells": 2, "group_bins": 2, "min_images_per_class": 6}
 # NetVLAD's epochs on a CPU: 128 queries drawn afresh each (of about 1,800), mined from a cache of 500 images.
 NETVLAD = {"batch_size": 4, "queries_per_epoch": 128, "cache_size": 500}
@@ -189,7 +199,7 @@ def train_refiners(config: TableConfig, raw: str, truth: str) -> str:
     refiners = os.path.join(os.path.abspath(config.output), "table", "refiners")
     run_training(train_config("refiner", raw, refiners, targets=truth, arch="demo", side=config.side,
                               epochs=config.refiner_epochs, batch_size=16, seed=config.seed,
-                              ray_address=config.ray_address))
+                              threads=config.torch_threads, ray_address=config.ray_address))
     return refiners
 
 
@@ -203,20 +213,20 @@ def extract(config: TableConfig, manifest: str, output: str, strategy: str, mode
 
 def train_row(config: TableConfig, row: Row, maps: str, folder: str) -> dict:
     """The row's retriever trained on the train split (validated on val): the training summary, with `best` (the
-    checkpoint's path) and `seconds`."""
+    checkpoint's path) and `seconds`. CosPlace runs `config.cosplace_iterations` batches an epoch (0: one pass)."""
     from vprlib.train.config import train_config
     from vprlib.train.loop import run_training
 
     start = time.perf_counter()
     if row.method == "cosplace":
         settings = {**COSPLACE, "backbone": row.backbone, "descriptor_size": config.descriptor_size,
-                    "epochs": config.cosplace_epochs}
+                    "epochs": config.cosplace_epochs, "iterations_per_epoch": config.cosplace_iterations}
     else:
         settings = {**NETVLAD, "epochs": config.netvlad_epochs}
     model = os.path.join(folder, "model")
     print(f"table: {row.name}: training", flush=True)
     summary = run_training(train_config(row.method, maps, model, input=row.input, side=config.side, seed=config.seed,
-                                        ray_address=config.ray_address, **settings))
+                                        threads=config.torch_threads, ray_address=config.ray_address, **settings))
     return {**summary, "checkpoint": os.path.join(model, "best.pt"), "seconds": time.perf_counter() - start}
 
 
@@ -267,7 +277,7 @@ def run_study(config: TableConfig, city_config=None, geometry: str = "") -> list
     record = retriever_record(geometry)
     models = record.map_spec["models"]
     study = dataclasses.replace(config, side=record.map_spec["side"], descriptor_size=record.descriptor_size,
-                                cosplace_epochs=config.study_epochs)
+                                cosplace_epochs=config.study_epochs, cosplace_iterations=0)
     manifest = read_manifest(os.path.join(make_city(config, city_config), "manifest.parquet"))
     training = split_manifest(manifest, ("train", "val"), os.path.join(work, "study-train.parquet"))
     photos = os.path.join(work, "study-maps-train")

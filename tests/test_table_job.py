@@ -21,7 +21,7 @@ _spec.loader.exec_module(table_job)
 
 SMALL_CITY = CityConfig(places=16, side=32, dense_train=8, workers=1)
 SMALL = {"side": 32, "descriptor_size": 16, "cosplace_epochs": 1, "netvlad_epochs": 1, "refiner_epochs": 1,
-         "study_epochs": 1}
+         "study_epochs": 1, "cosplace_iterations": 3, "threads": 1}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -68,6 +68,8 @@ def test_one_row_end_to_end(ray_session, tmp_path, capsys):
     line = next(x for x in printed.splitlines() if x.startswith("CosPlace  ResNet-18  ground truth (ceiling)"))
     assert f"{records[0]['recall@1']:.1%}" in line and "depth+seg" in line
     assert json.loads((tmp_path / "table" / "table.json").read_text())["rows"] == records
+    trained = json.loads((tmp_path / "table" / records[0]["name"] / "model" / "config.json").read_text())
+    assert trained["options"]["iterations_per_epoch"] == 3 and trained["options"]["threads"] == 1
 
 
 @pytest.mark.long

@@ -16,6 +16,7 @@ import torch
 from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
 from vprlib.models.zoo import load_retriever
 from vprlib.train.config import train_config
+from vprlib.train.cosplace import class_table
 from vprlib.train.data import TrainDataError
 from vprlib.train.loop import ResumeError, read_metrics
 
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SIDE = 32
 # ResNet-18 with a small head at 32 px: a few seconds an epoch on this CPU.
 SMALL = {"backbone": "resnet18", "descriptor_size": 32, "batch_size": 16, "epochs": 2, "min_images_per_class": 8,
-         "groups": 2}
+         "groups": 2, "iterations_per_epoch": 12}
 
 pytestmark = pytest.mark.slow
 
@@ -48,13 +49,16 @@ def one_worker(ray_session, city, tmp_path_factory) -> tuple[Path, dict]:
     return output, run_training(train_config("cosplace", os.path.join(city, GT_MAPS), str(output), **SMALL))
 
 
-def test_cosplace_writes_checkpoints_metrics_and_its_record(one_worker):
+def test_cosplace_writes_checkpoints_metrics_and_its_record(city, one_worker):
     output, summary = one_worker
     metrics = read_metrics(str(output)).to_pylist()
     assert [row["epoch"] for row in metrics] == [0, 1, 2]  # 0: the untrained network
     assert metrics[0]["loss"] is None and all(row["loss"] > 0 for row in metrics[1:])
     assert all(0.0 <= row["recall@1"] <= row["recall@5"] <= row["recall@10"] <= 1.0 for row in metrics)
     assert [row["group"] for row in metrics[1:]] == [0, 1]  # groups trained in turn
+    # CosPlace's epoch: iterations_per_epoch batches, passing over its group again as often as that takes
+    groups = class_table(train_config("cosplace", os.path.join(city, GT_MAPS), "unused", **SMALL))["group"].to_numpy()
+    assert max(np.bincount(groups)) < 12 * 16 and [row["images"] for row in metrics[1:]] == [12 * 16] * 2
     assert summary["untrained"] == metrics[0]["recall@1"] and summary["epochs_run"] == 2
     model = load_retriever(output / "best.pt")
     checkpoint = torch.load(output / "best.pt", weights_only=True)
@@ -105,7 +109,7 @@ def test_resume_after_kill(city, tmp_path):
     output = tmp_path / "killed"
     argv = _job("cosplace", "--maps", os.path.join(city, GT_MAPS), "--output", str(output), "--backbone", "resnet18",
                 "--descriptor-size", "32", "--batch-size", "16", "--epochs", "3", "--min-images-per-class", "8",
-                "--groups", "2", "--ray-address", "local")
+                "--groups", "2", "--iterations-per-epoch", "0", "--ray-address", "local")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)

@@ -48,6 +48,7 @@ def _sweep(maps: str, output: Path) -> list[str]:
     return [sys.executable, str(ROOT / "jobs" / "tune.py"), "--model", "cosplace", "--maps", maps, "--output",
             str(output), "--backbone", "resnet18", "--lrs", "1e-4,0.3", "--descriptor-sizes", "16,32",
             "--max-epochs", "2", "--batch-size", "8", "--min-images-per-class", "6", "--groups", "2",
+            "--iterations-per-epoch", "0",
             "--val-split", "database", "--concurrent-trials", "1", "--ray-address", "local"]
 
 

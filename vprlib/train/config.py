@@ -22,6 +22,10 @@ def _help(text: str) -> dict:
     return {"help": text}
 
 
+THREADS_HELP = ("torch threads per worker on a CPU (0 = --cpus-per-worker). More than the worker reserves is for a "
+                "machine the run has to itself: the CPU left for data tasks mostly waits once the maps are cached")
+
+
 @dataclass(frozen=True)
 class RefinerOptions:
     """The two refiners of paper III-A (Fig. 3), trained from unrefined maps to the ground truth."""
@@ -36,6 +40,7 @@ class RefinerOptions:
         "epochs without a better validation loss before the learning rate drops tenfold (ReduceLROnPlateau)"))
     early_stop: int = field(default=6, metadata=_help(
         "epochs without a better validation loss before training stops (0: never)"))
+    threads: int = field(default=0, metadata=_help(THREADS_HELP))
 
     def __post_init__(self):
         if self.target not in ("depth", "seg", "both"):
@@ -59,6 +64,7 @@ class RetrieverOptions:
     imagenet: str = field(default="", metadata=_help(
         "a local torchvision ImageNet state dict for the backbone (first convolution adapted to the maps' "
         "channels); '' = random weights (nothing is downloaded)"))
+    threads: int = field(default=0, metadata=_help(THREADS_HELP))
 
     def __post_init__(self):
         for name, value, known in (("input", self.input, MODALITIES), ("seg_encoding", self.seg_encoding,
@@ -82,6 +88,9 @@ class CosPlaceOptions(RetrieverOptions):
     groups: int = field(default=8, metadata=_help("groups trained, one per epoch in turn (CosPlace: 8)"))
     min_images_per_class: int = field(default=10, metadata=_help("classes with fewer images are left out"))
     classifier_lr: float = field(default=0.01, metadata=_help("Adam learning rate of the classifiers"))
+    iterations_per_epoch: int = field(default=10000, metadata=_help(
+        "batches per epoch, drawn from the epoch's group and cycling it (CosPlace: 10,000); 0 = one pass over the "
+        "group"))
 
     def __post_init__(self):
         super().__post_init__()
@@ -89,6 +98,8 @@ class CosPlaceOptions(RetrieverOptions):
             raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
         if min(self.groups, self.descriptor_size, self.group_cells, self.group_bins) < 1:
             raise ValueError("groups, descriptor_size, group_cells and group_bins must be >= 1")
+        if self.iterations_per_epoch < 0:
+            raise ValueError(f"iterations_per_epoch must be >= 0, got {self.iterations_per_epoch}")
 
 
 @dataclass(frozen=True)
@@ -119,8 +130,7 @@ class NetVLADOptions(RetrieverOptions):
             raise ValueError(f"positive_m ({self.positive_m}) must be below negative_m ({self.negative_m})")
 
 
-DEMO_THREADS_HELP = ("torch threads per worker on a CPU (0 = --cpus-per-worker; the demo families hold their captures "
-                     "in memory before training, so the CPU the harness keeps free for data tasks may be used)")
+
 
 
 def _check_arch(arch: str, known: dict, what: str) -> None:
@@ -137,7 +147,7 @@ class DemoSegmenterOptions:
     input_size: int = field(default=128, metadata=_help("side the segmenter sees (the city's: 128)"))
     weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
 
-    threads: int = field(default=0, metadata=_help(DEMO_THREADS_HELP))
+    threads: int = field(default=0, metadata=_help(THREADS_HELP))
 
     def __post_init__(self):
         _check_arch(self.arch, SEGFORMER_ARCHS, "SegFormer")
@@ -152,7 +162,7 @@ class DemoDepthOptions:
         f"DPT size: {', '.join(DPT_ARCHS)} (each sees photos at its own side: demo 128, tiny 64)"))
     weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
 
-    threads: int = field(default=0, metadata=_help(DEMO_THREADS_HELP))
+    threads: int = field(default=0, metadata=_help(THREADS_HELP))
 
     def __post_init__(self):
         _check_arch(self.arch, DPT_ARCHS, "DPT")
@@ -171,7 +181,7 @@ class DemoInpainterOptions:
     outside_weight: float = field(default=0.1, metadata=_help(
         "weight of the L1 loss outside the hole (the generator's output there is discarded when blended)"))
 
-    threads: int = field(default=0, metadata=_help(DEMO_THREADS_HELP))
+    threads: int = field(default=0, metadata=_help(THREADS_HELP))
 
     def __post_init__(self):
         _check_arch(self.arch, LAMA_ARCHS, "LaMa")
@@ -232,8 +242,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.side < 0 or self.cpus_per_worker < 0:
-            raise ValueError("lr must be > 0, side and cpus_per_worker >= 0")
+        if self.lr <= 0 or self.side < 0 or self.cpus_per_worker < 0 or self.options.threads < 0:
+            raise ValueError("lr must be > 0, side, cpus_per_worker and threads >= 0")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"unknown precision {self.precision!r}; known: bf16, fp32")
         if self.batch_size % self.workers:

@@ -1,8 +1,9 @@
 """Training CosPlace on maps (paper III-C) with CosPlace's own recipe: the training images are classes of
 `cell_m` x `cell_m` UTM cells and `heading_deg` heading bins, grouped so that no two classes of a group are
 neighbours (vprlib.models.cosplace.cosplace_groups); each group has its own Large Margin Cosine Loss classifier
-(s=30, m=0.4), and epoch e trains group (e-1) mod `groups`: Adam at `lr` for the network and `classifier_lr` for the
-classifier. Validation: leave-one-out Recall@1/5/10 at 25 m; the best Recall@1 is kept as best.pt."""
+(s=30, m=0.4), and epoch e trains group (e-1) mod `groups` for `iterations_per_epoch` batches (passing over the
+group as often as that takes): Adam at `lr` for the network and `classifier_lr` for the classifier. Validation:
+leave-one-out Recall@1/5/10 at 25 m; the best Recall@1 is kept as best.pt."""
 
 from __future__ import annotations
 
@@ -205,7 +206,7 @@ def train_func(payload: dict) -> None:
         position = (epoch - 1) % len(payload["groups"])
         net.train()
         losses, images = [], 0
-        for batch in run.batches(f"group{payload['groups'][position]}", epoch):
+        for batch in run.batches(f"group{payload['groups'][position]}", epoch, steps=o.iterations_per_epoch):
             with run.autocast():
                 loss = net(batch["depth"], batch["seg"], batch["label"], position, batch.get("rgb"))
             optimizer.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ run directory).
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import math
@@ -178,10 +179,15 @@ class WorkerRun:
         self.device = ray.train.torch.get_device()
         torch.manual_seed(self.config.seed)
         if self.device.type == "cpu":
-            torch.set_num_threads(max(1, int(self.config.cpus_per_worker)))
+            torch.set_num_threads(self.threads)
         self.history: list[dict] = []
         self.best: float | None = None
         self._epoch_start, self._trained_at = time.perf_counter(), None
+
+    @property
+    def threads(self) -> int:
+        """CPU threads of this worker: the family's `threads` option when set, else the CPUs it reserves."""
+        return self.config.options.threads or max(1, int(self.config.cpus_per_worker))
 
     @property
     def batch_size(self) -> int:
@@ -193,15 +199,33 @@ class WorkerRun:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def batches(self, name: str, epoch: int, shuffle: bool = True):
-        """This worker's shard of a dataset as torch batches on the device, shuffled per epoch."""
+    def batches(self, name: str, epoch: int, shuffle: bool = True, steps: int = 0):
+        """This worker's shard of a dataset as torch batches on the device, shuffled per epoch. `steps` > 0: exactly
+        that many batches, passing over the shard again (shuffled afresh) as often as needed."""
         import ray.train
 
         shard = ray.train.get_dataset_shard(name)
-        shuffle_args = {"local_shuffle_buffer_size": 4 * self.batch_size,
-                        "local_shuffle_seed": self.config.seed + epoch}
-        return shard.iter_torch_batches(batch_size=self.batch_size, device=self.device,
-                                        **(shuffle_args if shuffle else {}))
+
+        def one_pass(seed: int):
+            shuffle_args = {"local_shuffle_buffer_size": 4 * self.batch_size, "local_shuffle_seed": seed}
+            return shard.iter_torch_batches(batch_size=self.batch_size, device=self.device,
+                                            **(shuffle_args if shuffle else {}))
+
+        if steps <= 0:
+            return one_pass(self.config.seed + epoch)
+        return itertools.islice(self._cycle(one_pass, self.config.seed + epoch), steps)
+
+    @staticmethod
+    def _cycle(one_pass, seed: int):
+        """Passes of one_pass(seed), one_pass(seed + 1_000_003), ... until the consumer stops (nothing when a pass
+        yields no batch)."""
+        for n in itertools.count():
+            empty = True
+            for batch in one_pass(seed + n * 1_000_003):
+                empty = False
+                yield batch
+            if empty:
+                return
 
     def restore(self) -> dict | None:
         """The training state to continue from: Ray's last checkpoint of this run (a restarted worker, a rerun), or
@@ -249,8 +273,8 @@ class WorkerRun:
 
         seconds = time.perf_counter() - self._epoch_start
         training = (self._trained_at or time.perf_counter()) - self._epoch_start  # unmarked: the whole epoch
-        row = {"epoch": epoch, **metrics, "lr": lr, "images_per_s": images / training if images and training else None,
-               "wall_s": seconds}
+        row = {"epoch": epoch, **metrics, "lr": lr, "images": images or None,
+               "images_per_s": images / training if images and training else None, "wall_s": seconds}
         from vprlib.train import FAMILIES
 
         sign = FAMILIES[self.config.family].SCORE_SIGN

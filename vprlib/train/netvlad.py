@@ -258,7 +258,7 @@ def train_func(payload: dict) -> None:
 
     run = WorkerRun(payload)
     config, o = run.config, run.config.options
-    faiss.omp_set_num_threads(max(1, int(config.cpus_per_worker)))
+    faiss.omp_set_num_threads(run.threads)
     xy, queries = np.asarray(payload["xy"]), np.asarray(payload["queries"])
     model = NetVLAD(model_config(config, payload["num_classes"]))
     if o.imagenet:

@@ -56,8 +56,6 @@ def train_loop(payload: dict, family: Family) -> None:
 
     run = WorkerRun(payload)
     config = run.config
-    if run.device.type == "cpu" and config.options.threads:
-        torch.set_num_threads(config.options.threads)
     model = family.build(config)
     net = ray.train.torch.prepare_model(model)
     inner = net.module if hasattr(net, "module") else net
