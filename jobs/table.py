@@ -1,6 +1,6 @@
 """The paper's Table 1 in kind on the synthetic city: retrain the refiners and every retriever, print Recall@1/5/10.
 
-    python jobs/table.py --output out          # make table: about an hour on a 2-core CPU
+    python jobs/table.py --output out          # make table: 75 minutes on a 2-core CPU
 
 Makes the demo's city (or reuses `<output>/city` when `make demo` made it), extracts the maps of all its captures
 with the shipped demo extractors (strategies none and inpaint), trains the demo-size refiners on the raw maps of the
@@ -63,7 +63,7 @@ def _help(text: str) -> dict:
 
 @dataclass(frozen=True)
 class TableConfig:
-    """The table's settings; the defaults aim at about an hour on a 2-core CPU (docs/RESULTS.md has the run)."""
+    """The table's settings; the defaults take 75 minutes on a 2-core CPU (docs/RESULTS.md has the run)."""
 
     output: str = field(default="out", metadata=_help(
         "folder: the city (<output>/city, shared with make demo) and the table's work (<output>/table)"))
