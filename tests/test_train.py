@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SIDE = 32
 # ResNet-18 with a small head at 32 px: a few seconds an epoch on this CPU.
 SMALL = {"backbone": "resnet18", "descriptor_size": 32, "batch_size": 16, "epochs": 2, "min_images_per_class": 8,
-         "groups": 2, "iterations_per_epoch": 12}
+         "groups": 2, "iterations_per_epoch": 6}
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ def test_cosplace_writes_checkpoints_metrics_and_its_record(city, one_worker):
     assert [row["group"] for row in metrics[1:]] == [0, 1]  # groups trained in turn
     # CosPlace's epoch: iterations_per_epoch batches, passing over its group again as often as that takes
     groups = class_table(train_config("cosplace", os.path.join(city, GT_MAPS), "unused", **SMALL))["group"].to_numpy()
-    assert max(np.bincount(groups)) < 12 * 16 and [row["images"] for row in metrics[1:]] == [12 * 16] * 2
+    assert max(np.bincount(groups)) < 6 * 16 and [row["images"] for row in metrics[1:]] == [6 * 16] * 2
     assert summary["untrained"] == metrics[0]["recall@1"] and summary["epochs_run"] == 2
     model = load_retriever(output / "best.pt")
     checkpoint = torch.load(output / "best.pt", weights_only=True)
