@@ -33,8 +33,8 @@ study: $(STAMP)
 	$(VENV)/bin/python jobs/table.py --output $(OUT) --parts study
 
 # `make test` (CI) leaves out the tests marked long: a Ctrl-C'd and resumed sweep, training and extraction killed
-# and resumed, the compiled extraction, DDP on two workers, make table's job on one row (81 s) and its study
-# (225 s): about 16 minutes together on 2 cores. `make test-all` runs every test.
+# and resumed, the compiled extraction, DDP on two workers, make table's job on one row (116 s) and its study
+# (225 s): about 17 minutes together on 2 cores. `make test-all` runs every test.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q -m "not long"

@@ -70,6 +70,12 @@ def test_one_row_end_to_end(ray_session, tmp_path, capsys):
     assert json.loads((tmp_path / "table" / "table.json").read_text())["rows"] == records
     trained = json.loads((tmp_path / "table" / records[0]["name"] / "model" / "config.json").read_text())
     assert trained["options"]["iterations_per_epoch"] == 3 and trained["options"]["threads"] == 1
+    model = tmp_path / "table" / records[0]["name"] / "model"
+    assert not (model / "_ray").exists() and (model / "last.pt").exists()  # Ray's copies dropped, the run resumable
+    trained_at = (model / "last.pt").stat().st_mtime_ns
+    again = table_job.run_table(config, SMALL_CITY)  # a second run only evaluates again: nothing retrains
+    assert [r["recall@1"] for r in again] == [r["recall@1"] for r in records]
+    assert (model / "last.pt").stat().st_mtime_ns == trained_at and not (model / "_ray").exists()
 
 
 @pytest.mark.long
