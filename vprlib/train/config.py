@@ -22,12 +22,17 @@ def _help(text: str) -> dict:
     return {"help": text}
 
 
-THREADS_HELP = ("torch threads per worker on a CPU (0 = --cpus-per-worker). More than the worker reserves is for a "
-                "machine the run has to itself: the CPU left for data tasks mostly waits once the maps are cached")
+@dataclass(frozen=True)
+class CpuOptions:
+    """What every family's options share: the worker's torch threads on a CPU (applied by WorkerRun)."""
+
+    threads: int = field(default=0, metadata=_help(
+        "torch threads per worker on a CPU (0 = --cpus-per-worker). More than the worker reserves is for a machine "
+        "the run has to itself: the CPU left for data tasks mostly waits once the maps are cached"))
 
 
 @dataclass(frozen=True)
-class RefinerOptions:
+class RefinerOptions(CpuOptions):
     """The two refiners of paper III-A (Fig. 3), trained from unrefined maps to the ground truth."""
 
     target: str = field(default="both", metadata=_help(
@@ -40,7 +45,6 @@ class RefinerOptions:
         "epochs without a better validation loss before the learning rate drops tenfold (ReduceLROnPlateau)"))
     early_stop: int = field(default=6, metadata=_help(
         "epochs without a better validation loss before training stops (0: never)"))
-    threads: int = field(default=0, metadata=_help(THREADS_HELP))
 
     def __post_init__(self):
         if self.target not in ("depth", "seg", "both"):
@@ -54,7 +58,7 @@ class RefinerOptions:
 
 
 @dataclass(frozen=True)
-class RetrieverOptions:
+class RetrieverOptions(CpuOptions):
     """What every retriever family shares: the maps it sees and how segmentation becomes channels."""
 
     input: str = field(default="depth+seg", metadata=_help(
@@ -64,7 +68,6 @@ class RetrieverOptions:
     imagenet: str = field(default="", metadata=_help(
         "a local torchvision ImageNet state dict for the backbone (first convolution adapted to the maps' "
         "channels); '' = random weights (nothing is downloaded)"))
-    threads: int = field(default=0, metadata=_help(THREADS_HELP))
 
     def __post_init__(self):
         for name, value, known in (("input", self.input, MODALITIES), ("seg_encoding", self.seg_encoding,
@@ -130,16 +133,13 @@ class NetVLADOptions(RetrieverOptions):
             raise ValueError(f"positive_m ({self.positive_m}) must be below negative_m ({self.negative_m})")
 
 
-
-
-
 def _check_arch(arch: str, known: dict, what: str) -> None:
     if arch not in known:
         raise ValueError(f"unknown {what} arch {arch!r}; known: {', '.join(known)}")
 
 
 @dataclass(frozen=True)
-class DemoSegmenterOptions:
+class DemoSegmenterOptions(CpuOptions):
     """The demo segmenter (vprlib.train.demo.segmenter): a small SegFormer trained on a synthetic city's photos to
     their observed ADE20K labels, dynamic objects included. --maps is the city's folder (jobs/synthcity.py)."""
 
@@ -147,14 +147,12 @@ class DemoSegmenterOptions:
     input_size: int = field(default=128, metadata=_help("side the segmenter sees (the city's: 128)"))
     weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
 
-    threads: int = field(default=0, metadata=_help(THREADS_HELP))
-
     def __post_init__(self):
         _check_arch(self.arch, SEGFORMER_ARCHS, "SegFormer")
 
 
 @dataclass(frozen=True)
-class DemoDepthOptions:
+class DemoDepthOptions(CpuOptions):
     """The demo depth estimator (vprlib.train.demo.depth): a small DPT-Hybrid trained on a synthetic city's photos
     to their inverse observed depth with MiDaS' scale-and-shift-invariant loss. --maps is the city's folder."""
 
@@ -162,14 +160,12 @@ class DemoDepthOptions:
         f"DPT size: {', '.join(DPT_ARCHS)} (each sees photos at its own side: demo 128, tiny 64)"))
     weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
 
-    threads: int = field(default=0, metadata=_help(THREADS_HELP))
-
     def __post_init__(self):
         _check_arch(self.arch, DPT_ARCHS, "DPT")
 
 
 @dataclass(frozen=True)
-class DemoInpainterOptions:
+class DemoInpainterOptions(CpuOptions):
     """The demo inpainter (vprlib.train.demo.inpainter): a small Big-LaMa generator trained on a synthetic city to
     fill its dynamic objects with the static scene. --maps is a city generated with --static-rgb."""
 
@@ -180,8 +176,6 @@ class DemoInpainterOptions:
     boxes: int = field(default=2, metadata=_help("up to this many random rectangles added to each training hole"))
     outside_weight: float = field(default=0.1, metadata=_help(
         "weight of the L1 loss outside the hole (the generator's output there is discarded when blended)"))
-
-    threads: int = field(default=0, metadata=_help(THREADS_HELP))
 
     def __post_init__(self):
         _check_arch(self.arch, LAMA_ARCHS, "LaMa")
