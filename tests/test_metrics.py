@@ -1,5 +1,7 @@
 """Recall@N (paper eq. (10)) on hand-computed cases: GPS, landmark and positives-list ground truth."""
 
+import math
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -149,3 +151,48 @@ def test_manifest_positives_lists_are_chosen_automatically(tmp_path):
     assert [p.tolist() for p in id_positives([["d1"]], ["d0", "d1"])] == [[1]]
     with pytest.raises(ValueError, match="mode 'positives' needs a positives column"):
         manifest_positives(database.drop_columns(["positives"]), database, mode="positives")
+
+
+def _within_by_hand(queries: pa.Table, database: pa.Table, radius_m: float = 25.0) -> list[list[int]]:
+    """The reference's radius search, written out: database rows within `radius_m` on the UTM grid."""
+    q = list(zip(queries["utm_east"].to_pylist(), queries["utm_north"].to_pylist(), strict=True))
+    db = list(zip(database["utm_east"].to_pylist(), database["utm_north"].to_pylist(), strict=True))
+    return [[j for j, (e, n) in enumerate(db) if math.hypot(qe - e, qn - n) <= radius_m] for qe, qn in q]
+
+
+def _utm_rows(east: list, north: list, zone: list, has_gps: list, lat: list, lon: list) -> pa.Table:
+    return pa.table({"utm_east": pa.array(east, pa.float64()), "utm_north": pa.array(north, pa.float64()),
+                     "utm_zone": pa.array(zone, pa.int32()), "has_gps": pa.array(has_gps, pa.bool_()),
+                     "lat": pa.array(lat, pa.float64()), "lon": pa.array(lon, pa.float64())})
+
+
+PITTSBURGH_UTM = (585234.0, 4477300.0, 40.4440, -79.9959)  # zone 17: easting, northing, lat, lon
+
+
+def test_rows_with_and_without_a_utm_zone_are_refused():
+    # two queries of zone 17 (lat/lon from the zone); the database row 5 m away names no zone and has no lat/lon
+    east, north, lat, lon = PITTSBURGH_UTM
+    queries = _utm_rows([east, east + 100.0], [north, north], [17, 17], [True, True], [lat, lat], [lon, lon + 0.001])
+    database = _utm_rows([east + 5.0], [north], [None], [False], [0.0], [0.0])
+    message = r"2 query and 0 database row\(s\) name UTM zone\(s\) 17 but 0 query and 1 database row\(s\) have UTM"
+    with pytest.raises(ValueError, match=message) as error:
+        manifest_positives(queries, database)
+    assert "\n" not in str(error.value) and "share no metric frame" in str(error.value)
+    with pytest.raises(ValueError, match=r"but 0 query and 1 database row\(s\) have UTM coordinates and no zone"):
+        manifest_positives(queries, database.drop_columns(["utm_zone"]))  # no zone column: no zone on any row
+    zoned = database.set_column(2, "utm_zone", pa.array([17], pa.int32()))  # the row's zone given: one frame
+    assert [p.tolist() for p in manifest_positives(queries, zoned)] == _within_by_hand(queries, zoned) == [[0], []]
+
+
+def test_rows_without_gps_outside_a_shared_frame_are_refused():
+    # Nordland-like queries (a track northing, no zone, no lat/lon) against a database with lat/lon only: no frame
+    # holds both, and haversine would measure from the queries' placeholder (0, 0), 11 m from the database row
+    queries = _utm_rows([0.0, 0.0], [0.0, 2.38], [None, None], [False, False], [0.0, 0.0], [0.0, 0.0])
+    database = pa.table({"lat": [0.0], "lon": [0.0001], "has_gps": [True]})
+    with pytest.raises(ValueError, match=r"2 query and 0 database row\(s\) have no GPS \(has_gps false\) and the "
+                                         r"rows share no metric frame \(utm_east/utm_north or east_m/north_m") as error:
+        manifest_positives(queries, database)
+    assert "\n" not in str(error.value)
+    # with every row on the track the frame holds them all: within 25 m along it, no lat/lon needed
+    track = _utm_rows([0.0] * 3, [10.0, 30.0, 60.0], [None] * 3, [False] * 3, [0.0] * 3, [0.0] * 3)
+    assert [p.tolist() for p in manifest_positives(queries, track)] == _within_by_hand(queries, track) == [[0], [0]]

@@ -11,20 +11,26 @@ threshold. Every notion of distance reduces to a set of positive database indice
     query's `positives`, a list of database `image_id`s (the GLDv2 retrieval benchmark's ground truth). Ids absent
     from `database` are skipped.
   - "gps" (chosen when `mode` is None otherwise): metres between the camera positions, t = 25 m (HoliCity).
-    Positions are lat/lon (haversine) or local metric coordinates such as UTM easting/northing. A database item at
-    exactly `radius_m` counts as a match, as the paper's text says ("at most a 25-meter difference", IV-A) and as
-    radius searches in VPR benchmarks do.
+    Positions are those of a metric frame every row of both tables has (`metric_frame`: UTM easting/northing, all
+    in one zone or all in none, or HoliCity's CAD frame), else lat/lon (haversine). A frame needs no lat/lon:
+    Nordland's names give easting 0 and a northing along the track, no zone, no lat/lon, so frames within 25 m
+    along the track are positives, as the VPR community scores it. Rows that share no frame and whose lat/lon are
+    no position are refused in one line (`gps_columns`) rather than compared by invented coordinates. A database
+    item at exactly `radius_m` counts as a match, as the paper's text says ("at most a 25-meter difference", IV-A)
+    and as radius searches in VPR benchmarks do.
   - "landmark": 0 if the two images share a landmark, 1 otherwise, t = 1 (Google Landmarks v2). Each row has one
     landmark (`landmark_id`) or a set of them (`landmark_ids`, a list column; used when both are present); a query
     showing several landmarks is right on an image of any of them.
 - `gps_positives`, `metric_positives`, `landmark_positives`, `id_positives`: the same on plain arrays and lists.
+- `metric_frame`, `gps_columns`: the columns GPS mode measures between, or why no columns will do.
 - `recall_at_n(predictions, positives, ns)`: {N: Recall@N}, a query counting as right if any of its top N
   predictions is a positive.
 
 A query row without ground truth (no landmark in landmark mode, a null `positives` list) is not a query: its
 positives are None and `recall_at_n` leaves it out of M. A query with ground truth but no positive in the database
-(an empty array) stays in M and can never be right, as the 1/M of equation (10) says; `exclude_no_positive=True`
-drops such queries from M instead, the other convention some benchmarks use. Recalls are fractions in [0, 1].
+(an empty array) stays in M and can never be right, as the 1/M of equation (10) says and as the VPR community's
+evaluation counts every query; `exclude_no_positive=True` drops such queries from M instead, the other convention
+some benchmarks use. Recalls are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 EARTH_RADIUS_M = 6_371_008.8  # mean Earth radius (IUGG), the usual constant for haversine distances
 DEFAULT_NS = (1, 5, 10)
@@ -111,8 +118,8 @@ def manifest_positives(
 
     mode None: "positives" when `queries` has a `positives` column, else "gps".
     mode "positives": the database rows whose `image_id` is in the query's `positives` list.
-    mode "gps": within `radius_m` metres, measured in a metric frame both manifests have with no gaps (UTM
-    easting/northing within one zone, or HoliCity's CAD frame), else by haversine on lat/lon.
+    mode "gps": within `radius_m` metres, measured as `gps_columns` says: in a metric frame both manifests have on
+    every row, else by haversine on lat/lon; ValueError when neither holds every row's own position.
     mode "landmark": a shared landmark, from `landmark_ids` (a list per row) or `landmark_id` (one per row).
     """
     if mode is None:
@@ -125,7 +132,7 @@ def manifest_positives(
         return landmark_positives(_landmarks(queries, "queries"), _landmarks(database, "database"))
     if mode != "gps":
         raise ValueError(f"unknown mode {mode!r}; known: {list(MODES)}")
-    columns = metric_frame(queries, database) or ("lat", "lon")
+    columns = gps_columns(queries, database)
     points = [np.stack([t[c].to_numpy(zero_copy_only=False) for c in columns], axis=1) for t in (queries, database)]
     if columns == ("lat", "lon"):
         return gps_positives(*points, radius_m=radius_m)
@@ -133,9 +140,25 @@ def manifest_positives(
 
 
 def metric_frame(queries: pa.Table, database: pa.Table) -> tuple[str, str] | None:
-    """The (east, north) columns of the metric frame GPS mode measures in (one both tables have with no gaps, one
-    UTM zone), or None: haversine on lat/lon."""
+    """The (east, north) columns of the metric frame GPS mode measures in: the first of METRIC_FRAMES that every
+    row of both tables has, for UTM with every row in one zone or every row in none (a dataset's own grid, such as
+    Nordland's track); None: no frame holds them all."""
     return next((c for c in METRIC_FRAMES if _has_frame(queries, database, *c)), None)
+
+
+def gps_columns(queries: pa.Table, database: pa.Table) -> tuple[str, str]:
+    """The columns GPS mode measures between: the metric frame both tables share, else ("lat", "lon").
+
+    Without a shared frame, lat/lon must be every row's own position. ValueError in one line when they may not be:
+    rows naming a UTM zone beside UTM rows naming none (the VPR format gives a zone-less row lat/lon only when its
+    name has them), or rows whose `has_gps` is false (their lat/lon are placeholders, 0, 0)."""
+    frame = metric_frame(queries, database)
+    if frame is not None:
+        return frame
+    problem = _mixed_zones(queries, database) or _without_gps(queries, database)
+    if problem:
+        raise ValueError(f"GPS mode: {problem}")
+    return "lat", "lon"
 
 
 def _landmarks(table: pa.Table, name: str) -> list:
@@ -148,12 +171,52 @@ def _landmarks(table: pa.Table, name: str) -> list:
 
 
 def _has_frame(queries: pa.Table, database: pa.Table, east: str, north: str) -> bool:
-    """Both manifests have the columns with no nulls and, when they say, a single UTM zone between them."""
+    """Both manifests have the columns with no nulls and, for UTM, one zone between them (None, no zone, counts as
+    one: a row without a zone is in no frame with a row of zone 17)."""
     tables = (queries, database)
     if not all(c in t.column_names and t[c].null_count == 0 for t in tables for c in (east, north)):
         return False
-    zones = {z for t in tables if "utm_zone" in t.column_names for z in t["utm_zone"].to_pylist()}
-    return east != "utm_east" or len(zones) <= 1
+    return east != "utm_east" or len(_zones(queries) | _zones(database)) <= 1
+
+
+def _zones(table: pa.Table) -> set:
+    """The UTM zones a table's rows name; None stands for rows naming none (a null, or no utm_zone column)."""
+    if "utm_zone" not in table.column_names:
+        return {None} if table.num_rows else set()
+    return set(pc.unique(table["utm_zone"]).to_pylist())
+
+
+def _zone_counts(table: pa.Table) -> tuple[int, int]:
+    """How many rows name a UTM zone, and how many have UTM coordinates but no zone."""
+    names = table.column_names
+    zone = table["utm_zone"] if "utm_zone" in names else pa.nulls(table.num_rows, pa.int32())
+    named = int(pc.sum(pc.is_valid(zone)).as_py() or 0)
+    if "utm_east" not in names or "utm_north" not in names:
+        return named, 0
+    bare = pc.and_(pc.and_(pc.is_valid(table["utm_east"]), pc.is_valid(table["utm_north"])), pc.is_null(zone))
+    return named, int(pc.sum(bare).as_py() or 0)
+
+
+def _mixed_zones(queries: pa.Table, database: pa.Table) -> str | None:
+    """What is wrong when rows naming a UTM zone meet UTM rows naming none; None when they do not."""
+    (q_named, q_bare), (d_named, d_bare) = _zone_counts(queries), _zone_counts(database)
+    if not (q_named + d_named and q_bare + d_bare):
+        return None
+    zones = ", ".join(sorted(str(z) for z in (_zones(queries) | _zones(database)) - {None}))
+    return (f"{q_named} query and {d_named} database row(s) name UTM zone(s) {zones} but {q_bare} query and "
+            f"{d_bare} database row(s) have UTM coordinates and no zone: they share no metric frame (give every "
+            "row its zone)")
+
+
+def _without_gps(queries: pa.Table, database: pa.Table) -> str | None:
+    """What is wrong when rows without GPS (`has_gps` false) would be compared by lat/lon; None when none is."""
+    counts = [int(pc.sum(pc.invert(t["has_gps"].fill_null(False))).as_py() or 0) if "has_gps" in t.column_names
+              else 0 for t in (queries, database)]
+    if not any(counts):
+        return None
+    frames = " or ".join("/".join(c) for c in METRIC_FRAMES)
+    return (f"{counts[0]} query and {counts[1]} database row(s) have no GPS (has_gps false) and the rows share no "
+            f"metric frame ({frames} on every row): there is no position to measure them from")
 
 
 def recall_at_n(

@@ -16,8 +16,10 @@ northing (metres); trailing fields may be left out. Only images in a role folder
 Positions: lat/lon from the fields; when both are empty, from the UTM coordinates with the zone number and letter
 (C-M southern hemisphere, N-X northern). Nordland's names have dummy UTM coordinates only (easting 0, northing 2.4 m
 a frame, no zone): such rows get lat = lon = 0 and `has_gps` false, like GLDv2's. `utm_east`, `utm_north` and
-`utm_zone` are kept, so Recall@N measures metres on the UTM grid when a manifest has a single zone (or none), as
-the benchmarks do, and by haversine on lat/lon otherwise (MSLS spans several zones).
+`utm_zone` are kept, so Recall@N measures metres on the UTM grid when every row is in one zone or every row in none
+(Nordland: frames within 25 m along the track), as the benchmarks do, and by haversine on lat/lon when the rows name
+several zones (MSLS); rows naming a zone beside rows naming none share no frame and are refused
+(`vprlib.metrics.gps_columns`).
 """
 
 from __future__ import annotations
