@@ -312,3 +312,87 @@ def test_report_is_one_self_contained_page_framed_by_the_results(gps_run):
     points = text.split('<polyline points="')[1].split('"')[0].split()
     assert len(points) == summary["k"]
     assert f"Recall@1 {summary['recall@1']:.1%}" in text
+
+
+def _utm_within(queries: pa.Table, database: pa.Table, radius_m: float):
+    """The reference's ground truth, written out: database row j is right for query i when it lies within
+    `radius_m` on the UTM grid (easting/northing read from the names; no zone, no lat/lon)."""
+    q = list(zip(queries["utm_east"].to_pylist(), queries["utm_north"].to_pylist(), strict=True))
+    db = list(zip(database["utm_east"].to_pylist(), database["utm_north"].to_pylist(), strict=True))
+    return lambda i, j: math.hypot(q[i][0] - db[j][0], q[i][1] - db[j][1]) <= radius_m
+
+
+def _embedded_here(monkeypatch, model: str, queries: pa.Table) -> np.ndarray:
+    """The query descriptors computed in this process, handed to run_evaluate in place of its Ray actor pool."""
+    from vprlib.index import evaluate
+
+    vectors = embed_directly(model, queries)
+    found = dict(zip(queries["image_id"].to_pylist(), vectors, strict=True))
+    monkeypatch.setattr(evaluate, "embed", lambda *args, **kwargs: found)
+    return vectors
+
+
+@pytest.fixture(scope="module")
+def nordland(ray_session, maps, model, tmp_path_factory) -> tuple[str, str]:
+    """The city as Nordland's names describe it (`@0@<northing>@@@@@...`): easting 0, the northing along the
+    street, no UTM zone, no lat/lon (0, 0 and has_gps false, as the VPR reader gives them); its maps and index."""
+    from vprlib.index.build import IndexConfig, run_index
+
+    table = read_maps(maps)
+    north = table["utm_north"].to_numpy() - pc.min(table["utm_north"]).as_py()
+    for name, values in (("utm_east", pa.array(np.zeros(table.num_rows))), ("utm_north", pa.array(north)),
+                         ("utm_zone", pa.nulls(table.num_rows, pa.int32())),
+                         ("lat", pa.array(np.zeros(table.num_rows))), ("lon", pa.array(np.zeros(table.num_rows))),
+                         ("has_gps", pa.array([False] * table.num_rows))):
+        table = table.drop_columns([name]) if name in table.column_names else table
+        table = table.append_column(name, values)
+    root = tmp_path_factory.mktemp("nordland")
+    nordland_maps = _write_maps(table, str(root / "maps"), read_spec(maps))
+    run_index(IndexConfig(maps=nordland_maps, model=model, output=str(root / "index")))
+    return nordland_maps, str(root / "index")
+
+
+@pytest.mark.slow
+def test_nordland_names_are_scored_along_the_track(nordland, model, tmp_path, monkeypatch):
+    from vprlib.index.evaluate import EvaluateConfig, run_evaluate
+
+    maps, index = nordland
+    queries = _query_rows(maps)
+    vectors = _embedded_here(monkeypatch, model, queries)
+    database, stored = _database(index)
+    assert database["utm_zone"].null_count == database.num_rows and set(database["lat"].to_pylist()) == {0.0}
+    output = str(tmp_path / "eval")
+    summary = run_evaluate(EvaluateConfig(index=index, queries=maps, output=output, recall="1,2,5", radius_m=RADIUS))
+    ranks = brute_force(vectors, stored, _utm_within(queries, database, RADIUS))
+    assert summary["mode"] == "gps" and summary["distances"] == "metric frame utm_east/utm_north"
+    assert summary["queries"] == 48 and summary["without_positive"] == 0
+    assert [summary[f"recall@{n}"] for n in (1, 2, 5)] == [recall_by_definition(ranks, n) for n in (1, 2, 5)]
+    assert 0 < summary["recall@1"] < summary["recall@5"]
+    results = pq.read_table(os.path.join(output, "results.parquet"))
+    found = dict(zip(results["image_id"].to_pylist(), results["first_correct_rank"].to_pylist(), strict=True))
+    assert found == {i: (r if 0 < r <= 5 else None) for i, r in zip(queries["image_id"].to_pylist(), ranks,
+                                                                      strict=True)}
+    assert not any(math.isnan(d) for row in results["distances_m"].to_pylist() for d in row)  # metres on the track
+
+
+@pytest.mark.slow
+def test_mixed_utm_frames_are_refused_in_one_line_before_any_work(index, maps, tmp_path, monkeypatch, capsys):
+    from vprlib.index import evaluate
+
+    # a query set whose first 8 rows name no UTM zone and carry no lat/lon, beside rows of the index's zone
+    queries = _query_rows(maps)
+    bare = np.arange(queries.num_rows) < 8
+    for name, values in (("utm_zone", pa.array(np.where(bare, None, queries["utm_zone"].to_numpy()), pa.int32())),
+                         ("lat", pa.array(np.where(bare, 0.0, queries["lat"].to_numpy()))),
+                         ("lon", pa.array(np.where(bare, 0.0, queries["lon"].to_numpy()))),
+                         ("has_gps", pa.array(~bare))):
+        queries = queries.drop_columns([name]) if name in queries.column_names else queries
+        queries = queries.append_column(name, values)
+    _write_maps(queries, str(tmp_path / "queries"), read_spec(maps))
+    monkeypatch.setattr(evaluate, "embed", lambda *args, **kwargs: pytest.fail("embedded despite the refusal"))
+    code = evaluate_job.main(["--index", index, "--queries", str(tmp_path / "queries"), "--output",
+                              str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "8 query and 0 database row(s) have UTM coordinates and no zone: they share no metric frame" in err
+    assert not (tmp_path / "out").exists()

@@ -6,9 +6,10 @@ index holds, with per-query results, a summary and, on request, an HTML report (
 2. The queries (the `query` split's ok rows by default) are embedded by that retriever on a Ray Data actor pool
    (vprlib.index.build.embed) and searched over every shard of the index (exact merge of the shards' top-k).
 3. Ground truth is `vprlib.metrics.manifest_positives` between the query rows and the index's rows: GPS mode
-   (within --radius-m, in a metric frame when both have one), landmark mode (--landmarks), or the positives-list
-   mode when the query rows carry `positives` (GLDv2's retrieval protocol). A row with no ground truth is not a
-   query (left out of M, as `recall_at_n` does); a query with no positive in the index stays in M.
+   (within --radius-m, in a metric frame when every row has one, which needs no lat/lon: Nordland), landmark mode
+   (--landmarks), or the positives-list mode when the query rows carry `positives` (GLDv2's retrieval protocol).
+   A row with no ground truth is not a query (left out of M, as `recall_at_n` does); a query with no positive in
+   the index stays in M.
 4. `results.parquet` holds one row per embedded query row (its top-k ids, scores, distances in metres, which are
    correct, the rank of the first correct one); `summary.json` the recalls and settings; `report.html` the report.
 """
@@ -163,15 +164,17 @@ def query_rows(config: EvaluateConfig) -> tuple[pa.Table, int]:
 
 def resolve_mode(config: EvaluateConfig, queries: pa.Table) -> str:
     """landmark (--landmarks), positives (the query rows carry `positives`) or gps; refused when the rows cannot
-    say what is right in that mode."""
+    say what is right in that mode (gps: no GPS and no metric frame of their own)."""
     if config.landmarks:
         if not {"landmark_id", "landmark_ids"} & set(queries.column_names):
             raise ValueError(f"--landmarks: --queries {config.queries} has no landmark_id or landmark_ids column")
         return "landmark"
     if "positives" in queries.column_names:
         return "positives"
-    if "has_gps" in queries.column_names and not pc.any(queries["has_gps"]).as_py():
-        raise ValueError(f"--queries {config.queries} has no GPS (has_gps false): use --landmarks")
+    if ("has_gps" in queries.column_names and not pc.any(queries["has_gps"]).as_py()
+            and metric_frame(queries, queries) is None):
+        raise ValueError(f"--queries {config.queries} has no GPS (has_gps false) and no metric frame "
+                         f"(utm_east/utm_north, east_m/north_m): use --landmarks")
     return "gps"
 
 
@@ -184,8 +187,12 @@ def warn_overlap(queries: pa.Table, database: pa.Table) -> None:
 
 
 def ground_truth(config: EvaluateConfig, queries: pa.Table, database: pa.Table, mode: str) -> list:
-    """Each query row's positives among the index's rows (None: no ground truth); refused when no row has any."""
-    positives = manifest_positives(queries, database, mode=mode, radius_m=config.radius_m)
+    """Each query row's positives among the index's rows (None: no ground truth); refused when no row has any, or
+    when the rows share no frame to measure in (vprlib.metrics.gps_columns)."""
+    try:
+        positives = manifest_positives(queries, database, mode=mode, radius_m=config.radius_m)
+    except ValueError as exc:
+        raise ValueError(f"--queries {config.queries} against the index {config.index}: {exc}") from None
     if all(p is None for p in positives):
         raise ValueError(f"--queries {config.queries}: no row of split {config.query_split!r} has ground truth in "
                          f"{mode} mode")
@@ -217,7 +224,7 @@ def _floats(table: pa.Table, column: str) -> np.ndarray:
 
 def distances_m(queries: pa.Table, database: pa.Table, rows: np.ndarray, frame: tuple[str, str] | None) -> np.ndarray:
     """Metres from each query to its predictions (Q, k): in the metric frame GPS mode uses, else haversine; NaN for
-    padding and for queries without GPS (`has_gps` false, as GLDv2's)."""
+    padding and, without a metric frame, for queries without GPS (`has_gps` false, as GLDv2's)."""
     safe = np.maximum(rows, 0)
     if frame is None:
         q_lat, q_lon = _floats(queries, "lat"), _floats(queries, "lon")
@@ -227,7 +234,7 @@ def distances_m(queries: pa.Table, database: pa.Table, rows: np.ndarray, frame: 
         east, north = frame
         dist = np.hypot(_floats(queries, east)[:, None] - _floats(database, east)[safe],
                         _floats(queries, north)[:, None] - _floats(database, north)[safe])
-    if "has_gps" in queries.column_names:
+    if frame is None and "has_gps" in queries.column_names:
         dist[~np.asarray(queries["has_gps"].fill_null(False).to_pylist(), dtype=bool)] = np.nan
     return np.where(rows >= 0, dist, np.nan)
 
@@ -257,10 +264,12 @@ def results_table(queries: pa.Table, database: pa.Table, scores: np.ndarray, row
 
 
 def distance_note(queries: pa.Table, frame: tuple[str, str] | None) -> str:
-    """How the distances were measured, or that they could not be (no GPS)."""
+    """How the distances were measured, or that they could not be (no metric frame, no GPS)."""
+    if frame:
+        return f"metric frame {frame[0]}/{frame[1]}"
     if "has_gps" in queries.column_names and not pc.any(queries["has_gps"]).as_py():
         return "none: the queries have no GPS"
-    return f"metric frame {frame[0]}/{frame[1]}" if frame else "haversine on lat/lon"
+    return "haversine on lat/lon"
 
 
 def summarize(config: EvaluateConfig, manifest: dict, mode: str, distances: str, positives: list, curve: dict,
