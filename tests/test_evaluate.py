@@ -376,6 +376,39 @@ def test_nordland_names_are_scored_along_the_track(nordland, model, tmp_path, mo
 
 
 @pytest.mark.slow
+def test_queries_without_a_positive_are_counted_and_excluded_on_request(index, maps, model, tmp_path, monkeypatch,
+                                                                        capsys):
+    radius = 2.0  # some queries' own place lies farther than this from its database captures
+    queries = _query_rows(maps)
+    vectors = _embedded_here(monkeypatch, model, queries)
+    database, stored = _database(index)
+    within = _utm_within(queries, database, radius)
+    no_positive = sum(not any(within(i, j) for j in range(database.num_rows)) for i in range(queries.num_rows))
+    assert 0 < no_positive < queries.num_rows
+    ranks = brute_force(vectors, stored, within)
+    with_positive = [r for i, r in enumerate(ranks) if any(within(i, j) for j in range(database.num_rows))]
+    assert sum(0 < r <= 10 for r in ranks) > 0  # some hits, so dividing by fewer queries shows
+    from vprlib.index.evaluate import run_evaluate
+
+    for flags, scored in (([], queries.num_rows), (["--exclude-no-positive"], queries.num_rows - no_positive)):
+        output = str(tmp_path / f"eval{len(flags)}")
+        config = evaluate_job.parse_args(["--index", index, "--queries", maps, "--output", output, "--radius-m",
+                                          str(radius), *flags])
+        assert config.exclude_no_positive == bool(flags)
+        summary = run_evaluate(config)
+        # the reference divides by every query; excluding divides by those with a positive within the radius
+        kept = with_positive if flags else ranks
+        assert [summary[f"recall@{n}"] for n in (1, 5, 10)] == [sum(0 < r <= n for r in kept) / scored
+                                                                 for n in (1, 5, 10)]
+        on_disk = json.loads(Path(output, "summary.json").read_text())
+        assert on_disk["without_positive"] == no_positive and on_disk["scored_queries"] == scored
+        assert on_disk["exclude_no_positive"] == bool(flags) and on_disk["queries"] == queries.num_rows
+        fate = "left out of Recall@N" if flags else "counted as misses"
+        line = f"{no_positive} of the {queries.num_rows} queries have no positive in the index (within 2 m): {fate}"
+        assert line in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_mixed_utm_frames_are_refused_in_one_line_before_any_work(index, maps, tmp_path, monkeypatch, capsys):
     from vprlib.index import evaluate
 

@@ -9,7 +9,7 @@ index holds, with per-query results, a summary and, on request, an HTML report (
    (within --radius-m, in a metric frame when every row has one, which needs no lat/lon: Nordland), landmark mode
    (--landmarks), or the positives-list mode when the query rows carry `positives` (GLDv2's retrieval protocol).
    A row with no ground truth is not a query (left out of M, as `recall_at_n` does); a query with no positive in
-   the index stays in M.
+   the index stays in M as a miss, as the VPR community's evaluation counts it, unless --exclude-no-positive.
 4. `results.parquet` holds one row per embedded query row (its top-k ids, scores, distances in metres, which are
    correct, the rank of the first correct one); `summary.json` the recalls and settings; `report.html` the report.
 """
@@ -56,6 +56,9 @@ class EvaluateConfig:
         "GPS mode: a prediction within this many metres of the query is right (paper: 25)"))
     landmarks: bool = field(default=False, metadata=_help(
         "landmark mode: a prediction of the query's landmark (landmark_id or landmark_ids) is right"))
+    exclude_no_positive: bool = field(default=False, metadata=_help(
+        "leave queries with no positive in the index (none within --radius-m, none of their landmark) out of "
+        "Recall@N's denominator; off, they count as misses, as the VPR community's evaluation does"))
     query_split: str = field(default="query", metadata=_help("rows of --queries evaluated: this split, or all"))
     model: str = field(default="", metadata=_help(
         "the retriever checkpoint when it moved since indexing ('' = the path index.json records); same sha256"))
@@ -115,7 +118,7 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     scores, rows = index.search(vectors, config.k)
     frame = metric_frame(queries, index.rows)
     results = results_table(queries, index.rows, scores, rows, positives, frame)
-    curve = recall_at_n(rows, positives, range(1, config.k + 1))
+    curve = recall_at_n(rows, positives, range(1, config.k + 1), exclude_no_positive=config.exclude_no_positive)
     summary = summarize(config, manifest, mode, distance_note(queries, frame), positives, curve, skipped, start)
     write_outputs(config.output, results, summary)
     print_summary(summary)
@@ -274,12 +277,14 @@ def distance_note(queries: pa.Table, frame: tuple[str, str] | None) -> str:
 
 def summarize(config: EvaluateConfig, manifest: dict, mode: str, distances: str, positives: list, curve: dict,
               skipped: int, start: float) -> dict:
-    """The figures and the settings that produced them."""
+    """The figures and the settings that produced them; `scored_queries` is M, what Recall@N divides by."""
     queries = sum(p is not None for p in positives)
+    without_positive = sum(p is not None and len(p) == 0 for p in positives)
     return {
         **{f"recall@{n}": curve[n] for n in config.ns},
         "queries": queries, "rows": len(positives), "without_ground_truth": len(positives) - queries,
-        "without_positive": sum(p is not None and len(p) == 0 for p in positives), "failed_maps": skipped,
+        "without_positive": without_positive, "exclude_no_positive": config.exclude_no_positive,
+        "scored_queries": queries - without_positive if config.exclude_no_positive else queries, "failed_maps": skipped,
         "mode": mode, "radius_m": config.radius_m if mode == "gps" else None,
         "distances": distances,
         "recall_curve": [curve[n] for n in sorted(curve)], "k": config.k, "index": config.index,
@@ -304,5 +309,9 @@ def print_summary(summary: dict) -> None:
     setting = f"within {summary['radius_m']:g} m" if summary["mode"] == "gps" else "by " + summary["mode"]
     lines = [f"evaluate: {summary['queries']} queries ({summary['query_split']}) against {summary['index_rows']} "
              f"indexed images, right {setting}; {summary['wall_s']:.1f} s"]
+    fate = ("left out of Recall@N (--exclude-no-positive)" if summary["exclude_no_positive"] else
+            "counted as misses (--exclude-no-positive leaves them out)")
+    lines.append(f"  {summary['without_positive']} of the {summary['queries']} queries have no positive in the index "
+                 f"({setting}): {fate}")
     lines += [f"  {key:<10} {summary[key]:7.2%}" for key in summary if key.startswith("recall@")]
     print("\n".join(lines), flush=True)
