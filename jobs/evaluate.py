@@ -3,10 +3,12 @@
     python jobs/evaluate.py --index out/index --queries out/maps --output out/eval --report
     python jobs/evaluate.py --index out/gld-index --queries out/gld-maps --output out/gld-eval --landmarks
 
-Queries are the `query` rows of --queries (--query-split). Right within --radius-m metres (GPS mode, default), of the
-same landmark (--landmarks), or listed in the rows' `positives` (chosen when the queries carry them). Writes
-results.parquet and summary.json (and report.html with --report) in --output. Exit status 2 on bad arguments or input
-(one line on stderr).
+Queries are the `query` rows of --queries (--query-split). Right within --radius-m metres (GPS mode, default; in a
+metric frame when every row has one, lat/lon otherwise), of the same landmark (--landmarks), or listed in the rows'
+`positives` (chosen when the queries carry them). A query with no positive in the index is a miss, as the VPR
+community counts it; --exclude-no-positive leaves it out of Recall@N, and the summary says how many such queries
+there are either way. Writes results.parquet and summary.json (and report.html with --report) in --output. Exit
+status 2 on bad arguments or input (one line on stderr).
 """
 
 import dataclasses
