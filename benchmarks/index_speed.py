@@ -1,34 +1,39 @@
-"""Speed and accuracy of the index: faiss against brute-force numpy, IVF-PQ against exact search, embedding in the
-index job against a plain loop, and rebuilding shards with 1 and 2 workers. Prints a RESULT line per figure.
+"""The index at city scale, in one run: faiss against numpy, IVF-PQ with exact re-ranking against flat search, and the
+index job on a synthetic city of a million maps (a full build, a reindex with nothing, 1% and 10% changed), with the
+peak memory of the driver and of one worker. Prints a RESULT line per figure.
 
-    python benchmarks/index_speed.py                        # 200k vectors of 512 dimensions (this 2-core machine)
-    python benchmarks/index_speed.py --vectors 1000000      # a million (2 GB of vectors)
+    python benchmarks/index_speed.py                                   # a million vectors, cities of 100k and 1M
+    python benchmarks/index_speed.py --vectors 200000 --cities 20000   # quicker
 
-Descriptors are synthetic: unit vectors drawn around `--clusters` centres (places look like their neighbours), the
-queries perturbed copies of database vectors, so exact search has a right answer and IVF-PQ's recall means something.
+Search figures use synthetic place descriptors (benchmarks/ivfpq_study.py: places of ~20 views on a subspace), the
+queries new views of database places, so exact search has a right answer and place Recall@1 means something. The job
+figures use a maps table of `--side`-pixel ground-truth maps (random depth and labels: what the descriptors say does
+not matter there, only how much work each step does), 128 rows per part file as extraction writes them, each part a
+stretch of one street (rows in capture order), and a CosPlace ResNet-18 with 512-d descriptors. A reindex changes
+whole part files, in place: a contiguous block of parts (a district captured again).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import tempfile
+import threading
 import time
 
 import numpy as np
+import psutil
+
+PART_ROWS = 128  # rows per maps part, extraction's default
+SPACING_M = 10.0  # metres between capture points; 8 headings per point
 
 
 def say(line: str) -> None:
     print(line, flush=True)
 
 
-def vectors(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(clusters, dim)).astype(np.float32)
-    data = centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, dim)).astype(np.float32)
-    return data / np.linalg.norm(data, axis=1, keepdims=True)
-
-
+# ----------------------------------------------------------------------------------------------- search
 def brute_force(database: np.ndarray, queries: np.ndarray, k: int, chunk: int = 256) -> np.ndarray:
     """numpy: one matrix product per chunk of queries, then the top k by argpartition."""
     out = []
@@ -42,135 +47,195 @@ def brute_force(database: np.ndarray, queries: np.ndarray, k: int, chunk: int = 
 
 def search_speed(args) -> None:
     import faiss
+    from ivfpq_study import places
 
-    from vprlib.index.shards import build
+    from vprlib.index.shards import build_index
 
-    database = vectors(args.vectors, args.dim, args.clusters)
+    database, place_of, views = places(args.vectors, args.dim, 20, 64, 1.0)
     rng = np.random.default_rng(1)
-    picked = rng.integers(0, len(database), args.queries)
-    queries = database[picked] + 0.1 * rng.normal(size=(args.queries, args.dim)).astype(np.float32)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    query_place = place_of[rng.integers(0, len(database), args.queries)]
+    queries = views(query_place, rng)
     say(f"index speed: {args.vectors} database vectors of {args.dim} dimensions, {args.queries} queries, "
         f"{faiss.omp_get_max_threads()} faiss threads")
-    start = time.perf_counter()
-    data, built = build(database, "flat")
-    flat = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-    say(f"RESULT flat index build: {time.perf_counter() - start:.2f} s")
+    flat, _ = build_index(database, "flat")
     start = time.perf_counter()
     _, exact = flat.search(queries, 10)
-    faiss_rate = args.queries / (time.perf_counter() - start)
+    flat_rate = args.queries / (time.perf_counter() - start)
     start = time.perf_counter()
     numpy_top = brute_force(database, queries, 10)
     numpy_rate = args.queries / (time.perf_counter() - start)
-    agree = float(np.mean(numpy_top[:, 0] == exact[:, 0]))
-    say(f"RESULT faiss flat: {faiss_rate:.1f} queries/s; numpy brute force: {numpy_rate:.1f} queries/s "
-        f"({faiss_rate / numpy_rate:.2f}x); same top-1 on {agree:.1%}")
+    say(f"RESULT faiss flat: {flat_rate:.1f} queries/s; numpy brute force: {numpy_rate:.1f} queries/s "
+        f"({flat_rate / numpy_rate:.2f}x); same top-1 on {np.mean(numpy_top[:, 0] == exact[:, 0]):.1%}")
+    flat_place = float(np.mean(place_of[exact[:, 0]] == query_place))
+    del flat
     start = time.perf_counter()
-    data, built = build(database, "ivfpq")
+    index, built = build_index(database, "ivfpq")
     build_s = time.perf_counter() - start
-    ivfpq = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     start = time.perf_counter()
-    _, approx = ivfpq.search(queries, 10)
-    ivf_rate = args.queries / (time.perf_counter() - start)
-    r1 = float(np.mean(approx[:, 0] == exact[:, 0]))
-    r10 = float(np.mean([exact[i, 0] in approx[i] for i in range(len(queries))]))
-    say(f"RESULT IVF-PQ {built}: build {build_s:.1f} s, {ivf_rate:.1f} queries/s ({ivf_rate / faiss_rate:.1f}x "
-        f"flat); Recall@1 {r1:.3f}, Recall@10 {r10:.3f} of the exact nearest neighbour; "
-        f"{len(data) / 2**20:.0f} MiB against {args.vectors * args.dim * 4 / 2**20:.0f} MiB flat")
+    scores, found = index.search(queries, 10)
+    rate = args.queries / (time.perf_counter() - start)
+    top1 = float(np.mean(found[:, 0] == exact[:, 0]))
+    place = float(np.mean(place_of[np.maximum(found[:, 0], 0)] == query_place))
+    say(f"RESULT IVF-PQ with exact re-ranking {built}: build {build_s:.1f} s; {rate:.1f} queries/s "
+        f"({rate / flat_rate:.1f}x flat); exact top-1 {top1:.3f}; place Recall@1 {place:.3f} against flat's "
+        f"{flat_place:.3f}; codes {args.vectors * built['m'] / 2**20:.0f} MiB in memory, vectors "
+        f"{args.vectors * args.dim * 4 / 2**20:.0f} MiB memory-mapped")
     if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
-        gpu = faiss.index_cpu_to_all_gpus(flat)
+        gpu = faiss.index_cpu_to_all_gpus(build_index(database, "flat")[0])
         start = time.perf_counter()
         gpu.search(queries, 10)
         gpu_rate = args.queries / (time.perf_counter() - start)
-        say(f"RESULT faiss GPU flat: {gpu_rate:.1f} queries/s ({gpu_rate / faiss_rate:.1f}x CPU)")
+        say(f"RESULT faiss GPU flat: {gpu_rate:.1f} queries/s ({gpu_rate / flat_rate:.1f}x CPU)")
 
 
-def shard_rebuild(args) -> None:
-    """N shards built as Ray tasks on a cluster of 1 CPU, then of 2 (faiss at one thread per task)."""
-    import ray
+# ----------------------------------------------------------------------------------------------- a synthetic city
+def write_parts(task: tuple) -> None:
+    """Worker process: maps parts `first`..`last` of a city of `rows` rows (part p, version v: its random maps)."""
+    output, spec, side, first, last, version = task
+    import pyarrow as pa
 
-    from vprlib.index.shards import build
+    from vprlib.data.synthcity import CityConfig, local_to_geo
+    from vprlib.maps import MAP_FIELDS, encode_depth, encode_seg, output_schema, write_part
+    from vprlib.spec import MapSpec
 
-    def one(vectors_: np.ndarray) -> int:
-        import faiss
+    width = int(os.environ["CITY_WIDTH"])
+    manifest = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("lat", pa.float64()),
+                          ("lon", pa.float64()), ("heading", pa.float64()), ("utm_east", pa.float64()),
+                          ("utm_north", pa.float64()), ("utm_zone", pa.int64()), ("split", pa.string())])
+    schema = output_schema(manifest, MapSpec.from_record(spec))
+    for part in range(first, last):
+        rng = np.random.default_rng([part, version])
+        rows = np.arange(part * PART_ROWS, (part + 1) * PART_ROWS)
+        point = rows // 8
+        geo = local_to_geo(CityConfig(), (point % width) * SPACING_M, (point // width) * SPACING_M)
+        n = len(rows)
+        columns = {"image_id": [f"{r:09d}" for r in rows], "uri": [""] * n, "lat": geo["lat"], "lon": geo["lon"],
+                   "heading": (rows % 8) * 45.0, "utm_east": geo["utm_east"], "utm_north": geo["utm_north"],
+                   "utm_zone": geo["utm_zone"].astype(np.int64), "split": ["database"] * n, "status": ["ok"] * n,
+                   "error": [""] * n,
+                   "depth": [encode_depth(rng.random((side, side), np.float32)) for _ in rows],
+                   "seg": [encode_seg(rng.integers(0, 4, (side, side), np.uint8)) for _ in rows],
+                   "map_height": np.full(n, side, np.int32), "map_width": np.full(n, side, np.int32),
+                   "seg_classes": ["refined4"] * n, "dynamic_fraction": np.zeros(n, np.float32),
+                   "strategy": ["ground-truth"] * n, "models": ["{}"] * n}
+        assert set(columns) == set(manifest.names) | {f.name for f in MAP_FIELDS}
+        write_part(pa.table(columns), output, schema, name=f"part-{part:032x}.parquet")
 
-        faiss.omp_set_num_threads(1)
-        return len(build(vectors_, args.shard_kind)[0])
 
-    shards = [vectors(args.shard_rows, args.dim, 64, seed=s) for s in range(args.shards)]
-    for cpus in (1, 2):
-        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", address="local")
-        task = ray.remote(one)
-        refs = [ray.put(s) for s in shards]
+def make_city(folder: str, rows: int, side: int, parts: range | None = None, version: int = 0) -> None:
+    """A maps table of `rows` rows (or only `parts` of it, written again as `version`), in worker processes."""
+    from vprlib.maps import write_spec
+    from vprlib.spec import MapSpec
+
+    spec = MapSpec(strategy="ground-truth", models="synthcity", side=side).record({})
+    write_spec(folder, spec)
+    parts = parts if parts is not None else range(rows // PART_ROWS)
+    chunks = np.array_split(np.array(parts), max(1, min(len(parts), 64)))
+    os.environ["CITY_WIDTH"] = str(int(np.sqrt(rows / 8)))
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(write_parts, [(folder, spec, side, int(c[0]), int(c[-1]) + 1, version) for c in chunks if len(c)])
+
+
+# ----------------------------------------------------------------------------------------------- memory
+class PeakMemory:
+    """Samples, every 50 ms, the resident memory of this process (the driver) and of every Ray worker process on
+    this machine (actors and tasks: `ray::` processes), keeping each one's peak."""
+
+    def __init__(self):
+        self.driver = 0
+        self.worker = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.driver = max(self.driver, me.memory_info().rss)
+            for proc in psutil.process_iter(["cmdline"]):
+                try:
+                    if (proc.info["cmdline"] or [""])[0].startswith("ray::"):
+                        self.worker = max(self.worker, proc.memory_info().rss)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            time.sleep(0.05)
+
+
+def timed_index(config) -> tuple[dict, float, PeakMemory]:
+    from vprlib.index.build import run_index
+
+    with PeakMemory() as peak:
         start = time.perf_counter()
-        ray.get([task.remote(r) for r in refs])
+        summary = run_index(config)
         seconds = time.perf_counter() - start
-        ray.shutdown()
-        say(f"RESULT rebuilding {args.shards} {args.shard_kind} shards of {args.shard_rows} vectors with {cpus} "
-            f"worker(s): {seconds:.1f} s")
+    return summary, seconds, peak
 
 
-def embedding(args) -> None:
-    """The index job's embedding (Ray Data actor pool) against a plain loop over the same maps and retriever."""
+def city_job(args, rows: int, work: str) -> None:
+    """Build, then reindex with nothing, 1% and 10% of the parts changed; every figure against the full build."""
+    import dataclasses
+
     import torch
 
-    from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
-    from vprlib.index.build import IndexConfig, run_index
-    from vprlib.maps import decode_depth, decode_seg, read_maps, read_spec
+    from vprlib.index.build import IndexConfig
+    from vprlib.maps import read_spec
     from vprlib.models.cosplace import CosPlace, CosPlaceConfig
     from vprlib.models.encodings import EncodingConfig
 
-    work = tempfile.mkdtemp(prefix="vprlib-index-bench-")
-    generate_city(CityConfig(places=args.places, side=args.side), os.path.join(work, "city"))
-    maps = os.path.join(work, "city", GT_MAPS)
-    model = CosPlace(CosPlaceConfig(backbone="resnet18", descriptor_size=128, encoding=EncodingConfig(num_classes=4)))
-    path = os.path.join(work, "model.pt")
-    model.save(path, map_spec=read_spec(maps), input_side=args.side)
-    rows = read_maps(maps).to_pylist()
-    torch.set_num_threads(args.threads)
-    model.eval()
+    maps, output = os.path.join(work, f"maps-{rows}"), os.path.join(work, f"index-{rows}")
     start = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(rows), 64):
-            batch = rows[i : i + 64]
-            depth = torch.from_numpy(np.stack([decode_depth(r) for r in batch]))
-            seg = torch.from_numpy(np.stack([decode_seg(r) for r in batch]))
-            model.embed(depth, seg)
-    plain = len(rows) / (time.perf_counter() - start)
-    say(f"RESULT plain embedding loop: {len(rows)} maps at {args.side} px, {plain:.1f} maps/s ({args.threads} threads)")
-    import ray
-
-    ray.init(num_cpus=args.threads + 1, include_dashboard=False, logging_level="ERROR", address="local")
-    start = time.perf_counter()
-    summary = run_index(IndexConfig(maps=maps, model=path, output=os.path.join(work, "index"), split="all",
-                                    shard_by="none", cpus_per_actor=args.threads))
-    job = summary["rows"] / (time.perf_counter() - start)
-    ray.shutdown()
-    say(f"RESULT index job: {summary['rows']} maps in {time.perf_counter() - start:.1f} s end to end (hashing, "
-        f"embedding, one shard) = {job:.1f} maps/s, {job / plain:.2f}x the plain loop")
+    make_city(maps, rows, args.side)
+    say(f"city: {rows} maps of {args.side} px in {rows // PART_ROWS} parts, written in "
+        f"{time.perf_counter() - start:.0f} s")
+    torch.manual_seed(0)
+    model = os.path.join(work, "model.pt")
+    CosPlace(CosPlaceConfig(backbone="resnet18", descriptor_size=args.dim, encoding=EncodingConfig(num_classes=4))
+             ).save(model, map_spec=read_spec(maps), input_side=args.side)
+    config = IndexConfig(maps=maps, model=model, output=output, tile_m=args.tile_m, actors=2, batch_size=256,
+                         cpus_per_actor=1.0)
+    full, full_s, peak = timed_index(config)
+    say(f"RESULT city {rows}: full build {full_s:.1f} s ({full['shards']} shards, {rows / full_s:.0f} maps/s); "
+        f"peak memory: driver {peak.driver / 2**20:.0f} MiB, one worker {peak.worker / 2**20:.0f} MiB "
+        f"(vectors {rows * args.dim * 4 / 2**20:.0f} MiB)")
+    for share in (0.0, 0.01, 0.10):
+        parts = rows // PART_ROWS
+        changed = range(parts // 3, parts // 3 + round(share * parts))
+        if len(changed):
+            make_city(maps, rows, args.side, parts=changed, version=1 + int(share * 100))
+        summary, seconds, peak = timed_index(dataclasses.replace(config))
+        say(f"RESULT city {rows}: reindex with {share:.0%} of the parts changed ({summary['parts_embedded']} "
+            f"parts, {summary['shards_built']} shards built): {seconds:.1f} s = {seconds / full_s:.1%} of the full "
+            f"build; peak memory: driver {peak.driver / 2**20:.0f} MiB, one worker {peak.worker / 2**20:.0f} MiB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--vectors", type=int, default=200_000)
+    parser.add_argument("--vectors", type=int, default=1_000_000, help="database vectors of the search figures")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--clusters", type=int, default=2000, help="places the synthetic descriptors gather around")
-    parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--shard-rows", type=int, default=30_000)
-    parser.add_argument("--shard-kind", default="ivfpq", choices=("flat", "ivfpq"))
-    parser.add_argument("--places", type=int, default=48, help="city size for the embedding figure")
-    parser.add_argument("--side", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: search, shards, embedding")
+    parser.add_argument("--cities", default="100000,1000000", help="rows of the cities the index job builds")
+    parser.add_argument("--side", type=int, default=8, help="pixels of the cities' maps")
+    parser.add_argument("--tile-m", type=float, default=1000.0, help="the index job's UTM tiles")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: search, job")
     args = parser.parse_args()
     skip = set(args.skip.split(","))
     if "search" not in skip:
         search_speed(args)
-    if "shards" not in skip:
-        shard_rebuild(args)
-    if "embedding" not in skip:
-        embedding(args)
+    if "job" not in skip:
+        import ray
+
+        ray.init(include_dashboard=False, logging_level="ERROR", address="local")
+        with tempfile.TemporaryDirectory(prefix="vprlib-index-bench-") as work:
+            for rows in (int(r) for r in args.cities.split(",") if r):
+                city_job(args, rows, work)
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """Locate street photos with an index: the photos' maps, the retriever's descriptors, the nearest indexed places.
 
     python jobs/locate.py --index out/index photo1.jpg photo2.jpg [--top-k 5] [--json]
+    python jobs/locate.py --index out/index --input out/photos.parquet --output out/located.parquet [--prior-m 500]
 
-Runs in this process (no cluster needed), with the index's own extraction models and retriever. Exit status 2 on bad
-arguments or input: an unreadable photo, or an index this call cannot use (one line on stderr).
+Photos named on the command line are located in this process (no cluster needed); a batch (--input: a manifest or a
+folder of photos) streams through Ray into one Parquet file of answers. Both use the index's own extraction models
+and retriever. Exit status 2 on bad arguments or input: an unreadable photo, or an index this call cannot use (one
+line on stderr); in a batch an unreadable photo is a row with its error.
 """
 
 import json
@@ -15,7 +18,7 @@ from vprlib.index.locate import LocateConfig
 
 def parse_args(argv: list[str] | None = None) -> LocateConfig:
     parser = OneLineParser(prog="locate.py", description=__doc__.split("\n")[0])
-    parser.add_argument("photos", nargs="+", help="photos to locate (paths or s3://)")
+    parser.add_argument("photos", nargs="*", help="photos to locate (paths or s3://)")
     add_flags(parser, LocateConfig, skip=("photos",))
     args = vars(parser.parse_args(argv))
     try:
@@ -26,9 +29,12 @@ def parse_args(argv: list[str] | None = None) -> LocateConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    from vprlib.index.locate import format_table, locate
+    from vprlib.index.locate import format_table, locate, locate_batch
 
     try:
+        if config.input:
+            locate_batch(config)
+            return 0
         results = locate(config)
     except (ValueError, FileNotFoundError) as exc:
         print(f"locate: error: {exc}", file=sys.stderr)

@@ -142,7 +142,8 @@ def test_results_and_summary_say_what_was_found_and_how(gps_run, maps, index):
     summary, output = gps_run
     results = pq.read_table(os.path.join(output, "results.parquet"))
     assert results.column_names == ["image_id", "lat", "lon", "top_ids", "scores", "distances_m", "correct",
-                                    "first_correct_rank", "positives"]
+                                    "first_correct_rank", "positives", "indexed", "top_uris", "top_lat", "top_lon"]
+    assert not any(results["indexed"].to_pylist())
     queries = _query_rows(maps)
     assert sorted(results["image_id"].to_pylist()) == sorted(queries["image_id"].to_pylist())
     database, _ = _database(index)
@@ -150,6 +151,8 @@ def test_results_and_summary_say_what_was_found_and_how(gps_run, maps, index):
                                        strict=True)}
     q_xy = {i: (e, n) for i, e, n in zip(*(queries[c].to_pylist() for c in ("image_id", "utm_east", "utm_north")),
                                          strict=True)}
+    lat, uri = (dict(zip(database["image_id"].to_pylist(), database[c].to_pylist(), strict=True)) for c in ("lat",
+                                                                                                           "uri"))
     for row in results.to_pylist():
         assert len(row["top_ids"]) == len(row["scores"]) == len(row["distances_m"]) == len(row["correct"]) == 5
         assert row["scores"] == sorted(row["scores"], reverse=True)
@@ -159,6 +162,8 @@ def test_results_and_summary_say_what_was_found_and_how(gps_run, maps, index):
         hits = [r for r, ok in enumerate(row["correct"], start=1) if ok]
         assert row["first_correct_rank"] == (hits[0] if hits else None)
         assert row["positives"] == sum(math.dist(q_xy[row["image_id"]], p) <= RADIUS for p in xy.values())
+        assert row["top_lat"] == [lat[j] for j in row["top_ids"]] and row["top_uris"] == [uri[j] for j in
+                                                                                            row["top_ids"]]
     on_disk = json.loads(Path(output, "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     manifest = read_manifest(index)
@@ -200,13 +205,11 @@ def _handmade_queries(maps: str, output: str) -> pa.Table:
 
 
 @pytest.mark.slow
-def test_landmark_and_positives_modes_equal_brute_force(index, maps, model, tmp_path, monkeypatch):
+def test_landmark_and_positives_modes_equal_brute_force(index, maps, model, tmp_path):
     from vprlib.index import evaluate
 
     queries = _handmade_queries(maps, str(tmp_path / "queries"))
     vectors = embed_directly(model, queries)
-    ids = queries["image_id"].to_pylist()
-    monkeypatch.setattr(evaluate, "embed", lambda *args, **kwargs: dict(zip(ids, vectors, strict=True)))
     database, stored = _database(index)
     db_ids, db_landmarks = database["image_id"].to_pylist(), database["landmark_id"].to_pylist()
     landmarks, positives = queries["landmark_id"].to_pylist(), queries["positives"].to_pylist()
@@ -235,7 +238,8 @@ def test_landmark_and_positives_modes_equal_brute_force(index, maps, model, tmp_
 
 def _fake_index(root, spec: dict, model: dict) -> str:
     root.mkdir()
-    (root / "index.json").write_text(json.dumps({"map_spec": spec, "model": model, "rows": 1, "shards": {}}))
+    (root / "index.json").write_text(json.dumps({"map_spec": spec, "model": model, "rows": 1, "parts": "",
+                                                 "shards": {}}))
     return str(root)
 
 
@@ -322,16 +326,6 @@ def _utm_within(queries: pa.Table, database: pa.Table, radius_m: float):
     return lambda i, j: math.hypot(q[i][0] - db[j][0], q[i][1] - db[j][1]) <= radius_m
 
 
-def _embedded_here(monkeypatch, model: str, queries: pa.Table) -> np.ndarray:
-    """The query descriptors computed in this process, handed to run_evaluate in place of its Ray actor pool."""
-    from vprlib.index import evaluate
-
-    vectors = embed_directly(model, queries)
-    found = dict(zip(queries["image_id"].to_pylist(), vectors, strict=True))
-    monkeypatch.setattr(evaluate, "embed", lambda *args, **kwargs: found)
-    return vectors
-
-
 @pytest.fixture(scope="module")
 def nordland(ray_session, maps, model, tmp_path_factory) -> tuple[str, str]:
     """The city as Nordland's names describe it (`@0@<northing>@@@@@...`): easting 0, the northing along the
@@ -353,12 +347,12 @@ def nordland(ray_session, maps, model, tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.mark.slow
-def test_nordland_names_are_scored_along_the_track(nordland, model, tmp_path, monkeypatch):
+def test_nordland_names_are_scored_along_the_track(nordland, model, tmp_path):
     from vprlib.index.evaluate import EvaluateConfig, run_evaluate
 
     maps, index = nordland
     queries = _query_rows(maps)
-    vectors = _embedded_here(monkeypatch, model, queries)
+    vectors = embed_directly(model, queries)
     database, stored = _database(index)
     assert database["utm_zone"].null_count == database.num_rows and set(database["lat"].to_pylist()) == {0.0}
     output = str(tmp_path / "eval")
@@ -376,11 +370,10 @@ def test_nordland_names_are_scored_along_the_track(nordland, model, tmp_path, mo
 
 
 @pytest.mark.slow
-def test_queries_without_a_positive_are_counted_and_excluded_on_request(index, maps, model, tmp_path, monkeypatch,
-                                                                        capsys):
+def test_queries_without_a_positive_are_counted_and_excluded_on_request(index, maps, model, tmp_path, capsys):
     radius = 2.0  # some queries' own place lies farther than this from its database captures
     queries = _query_rows(maps)
-    vectors = _embedded_here(monkeypatch, model, queries)
+    vectors = embed_directly(model, queries)
     database, stored = _database(index)
     within = _utm_within(queries, database, radius)
     no_positive = sum(not any(within(i, j) for j in range(database.num_rows)) for i in range(queries.num_rows))
@@ -422,7 +415,7 @@ def test_mixed_utm_frames_are_refused_in_one_line_before_any_work(index, maps, t
         queries = queries.drop_columns([name]) if name in queries.column_names else queries
         queries = queries.append_column(name, values)
     _write_maps(queries, str(tmp_path / "queries"), read_spec(maps))
-    monkeypatch.setattr(evaluate, "embed", lambda *args, **kwargs: pytest.fail("embedded despite the refusal"))
+    monkeypatch.setattr(evaluate, "score_queries", lambda *args: pytest.fail("embedded despite the refusal"))
     code = evaluate_job.main(["--index", index, "--queries", str(tmp_path / "queries"), "--output",
                               str(tmp_path / "out")])
     err = capsys.readouterr().err

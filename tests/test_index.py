@@ -1,11 +1,14 @@
-"""The index and locate jobs on a tiny synthetic city: shards, exact merged search, reindexing what changed, locating
-photos, and refusing what does not fit."""
+"""The index and locate jobs on a tiny synthetic city: the folder's layout, exact search in one process and on
+actors, a reindex that costs what changed and equals a fresh build, a killed reindex, IVF-PQ with exact re-ranking,
+locating photos, and refusing what does not fit."""
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +19,8 @@ import pytest
 from vprlib.data.synthcity import CityConfig, generate_city
 from vprlib.index.build import IndexConfig, run_index
 from vprlib.index.embed import ModelError
-from vprlib.index.search import Index, read_embeddings, read_manifest
-from vprlib.index.shards import build, ivfpq_params
+from vprlib.index.search import EMBEDDINGS, SHARDS, Index, SearchPool, read_embeddings, read_manifest, read_parts
+from vprlib.index.shards import build_index, ivfpq_params
 from vprlib.maps import part_files, read_spec
 from vprlib.models.cosplace import CosPlace, CosPlaceConfig
 from vprlib.models.encodings import EncodingConfig
@@ -30,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def city(tmp_path_factory, ray_session) -> tuple[str, str]:
-    """A small city and its `none` maps by the tiny models."""
+    """A small city and its `none` maps by the tiny models, in part files of at most 16 rows."""
     from vprlib.extract import extract_config
     from vprlib.extract.pipeline import run_extract
 
@@ -38,7 +41,7 @@ def city(tmp_path_factory, ray_session) -> tuple[str, str]:
     generate_city(CityConfig(places=8, side=SIDE, workers=1), str(root))
     maps = str(root / "maps")
     run_extract(extract_config(str(root), maps, strategy="none", models="tiny", side=SIDE, device="cpu",
-                               batch_size=16, rows_per_file=32, cpus_per_actor=0.5, actor_threads=1))
+                               batch_size=16, rows_per_file=16, cpus_per_actor=0.5, actor_threads=1))
     return str(root), maps
 
 
@@ -66,55 +69,155 @@ def built(city, tmp_path_factory) -> tuple[Path, dict]:
     return folder / "index", run_index(_config(maps, model, folder / "index"))
 
 
-def test_index_shards_and_exact_merged_search(built, tmp_path):
+def _brute_force(vectors: np.ndarray, ids: list[str], queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: every score, best first, ties by ascending image_id."""
+    scores = queries @ vectors.T
+    order = np.lexsort((np.broadcast_to(np.array(ids), scores.shape), -scores), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.array(ids, dtype=object)[order]
+
+
+def test_index_layout_and_exact_merged_search(built, city):
     index_dir, summary = built
     manifest = read_manifest(str(index_dir))
+    parts = read_parts(str(index_dir))
+    assert parts.num_rows == len(part_files(city[1])) == summary["parts"] == summary["parts_embedded"]
+    assert sorted(os.listdir(index_dir / EMBEDDINGS)) == sorted(parts["file"].to_pylist())  # one per maps part
     assert summary["shards"] == len(manifest["shards"]) > 1 and summary["embedded"] == summary["rows"]
     table = read_embeddings(str(index_dir))
     assert set(table["split"].to_pylist()) == {"database"} and table.num_rows == manifest["rows"]
     vectors = np.stack(table["vector"].to_numpy(zero_copy_only=False))
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    index = Index(str(index_dir))
+    ids = table["image_id"].to_pylist()
     queries = vectors[::7] + 0.05
-    scores, rows = index.search(queries, 5)
-    brute = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :5]  # the same rows, in shard order
-    assert np.array_equal(rows, brute) and np.allclose(scores, np.take_along_axis(queries @ vectors.T, brute, 1),
-                                                       atol=1e-5)
+    hits = Index(str(index_dir)).search(queries, 5)
+    scores, expected = _brute_force(vectors, ids, queries, 5)
+    assert np.array_equal(hits.ids, expected) and np.allclose(hits.scores, scores, atol=1e-5)
+    row = {i: r for i, r in zip(ids, table.select(["lat", "shard"]).to_pylist(), strict=True)}
+    assert [row[i]["lat"] for i in hits.ids[0]] == list(hits.columns["lat"][0])  # each hit's own columns
     first = table.slice(0, 1).to_pylist()[0]
-    near = index.near(first["lat"], first["lon"], 1.0)
+    near = Index(str(index_dir)).near(first["lat"], first["lon"], 1.0)
     assert first["shard"] in near and len(near) < len(manifest["shards"])
 
 
-def test_reindex_embeds_and_rebuilds_only_what_changed(city, tmp_path):
+def test_search_on_actors_equals_one_flat_index(built, ray_session):
+    index_dir, _ = built
+    table = read_embeddings(str(index_dir))
+    vectors = np.stack(table["vector"].to_numpy(zero_copy_only=False))
+    ids = table["image_id"].to_pylist()
+    queries = np.concatenate([vectors[:3], -vectors[3:5]])  # near some rows, far from all (the bottom of the list)
+    pool = SearchPool(str(index_dir), actors=2, cpus=0.25)
+    assert len(pool.actors) == 2 and sorted(sum(pool.groups, [])) == sorted(read_manifest(str(index_dir))["shards"])
+    hits = pool.search(queries, 8)
+    scores, expected = _brute_force(vectors, ids, queries, 8)
+    assert np.array_equal(hits.ids, expected) and np.allclose(hits.scores, scores, atol=1e-5)
+    one = Index(str(index_dir))
+    near = one.near(*table.select(["lat", "lon"]).slice(0, 1).to_pylist()[0].values(), 1.0)
+    restricted = pool.search(queries, 8, allowed=[near] * len(queries))
+    assert np.array_equal(restricted.ids, one.search(queries, 8, shards=near).ids)
+    assert set(restricted.columns["shard"][restricted.ids != None]) <= set(near)  # noqa: E711
+
+
+def _database_part(maps: str) -> tuple[str, pa.Table, list[int]]:
+    """A part file holding at least two database rows (how extraction splits rows into parts is up to Ray)."""
+    for part in part_files(maps):
+        table = pq.read_table(part)
+        rows = [i for i, s in enumerate(table["split"].to_pylist()) if s == "database"]
+        if len(rows) >= 2:
+            return part, table, rows
+    raise AssertionError("no part with two database rows")
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    """Every file under a folder with its inode (a rewritten file gets a new one)."""
+    return {str(p.relative_to(folder)): p.stat().st_ino for p in folder.rglob("*") if p.is_file()}
+
+
+def test_reindex_costs_what_changed_and_equals_a_fresh_build(city, tmp_path):
     _, maps = city
     copy = tmp_path / "maps"
     shutil.copytree(maps, copy)
     model = _retriever(tmp_path / "model.pt", maps)
     config = _config(str(copy), model, tmp_path / "index")
     run_index(config)
-    before = read_manifest(config.output)
-    shard_of = dict(zip(*(Index(config.output).rows[c].to_pylist() for c in ("image_id", "shard")), strict=True))
+    before, old_manifest = _listing(tmp_path / "index"), read_manifest(config.output)
     again = run_index(config)
-    assert (again["embedded"], again["shards_built"]) == (0, 0)
-    # A part file holding two database rows (how the extraction split rows into parts is up to Ray).
-    part, table, database = next((p, t, d) for p in part_files(str(copy)) for t in [pq.read_table(p)]
-                                 for d in [[i for i, s in enumerate(t["split"].to_pylist()) if s == "database"]]
-                                 if len(d) >= 2)
-    changed, removed = table["image_id"][database[0]].as_py(), table["image_id"][database[1]].as_py()
+    assert (again["embedded"], again["parts_embedded"], again["shards_built"]) == (0, 0, 0)
+    assert _listing(tmp_path / "index") == before  # nothing rewritten
+    parts = part_files(str(copy))
+    changed, table, database = _database_part(str(copy))
     depth = table["depth"].to_pylist()
     depth[database[0]] = np.zeros(SIDE * SIDE, "<f4").tobytes()
-    table = table.set_column(table.column_names.index("depth"), "depth", pa.array(depth, pa.binary()))
-    keep = np.ones(table.num_rows, bool)
-    keep[database[1]] = False
-    pq.write_table(table.filter(pa.array(keep)), part)
+    pq.write_table(table.set_column(table.column_names.index("depth"), "depth", pa.array(depth, pa.binary())), changed)
+    deleted = next(p for p in parts if p != changed)
+    gone = pq.read_table(deleted)
+    os.remove(deleted)
+    # An added part: a copy of the changed part's rows under new ids ("0-..." sorts first), so each repeats another
+    # row's descriptor: ties, which the search breaks by ascending image_id.
+    added = table.set_column(0, "image_id", pa.array([f"0-{i}" for i in table["image_id"].to_pylist()]))
+    pq.write_table(added, copy / "part-0123456789abcdef0123456789abcdef.parquet")
     third = run_index(config)
-    assert (third["embedded"], third["removed"]) == (1, 1)
-    after = read_manifest(config.output)
-    touched = {shard_of[changed], shard_of[removed]}
-    rebuilt = {s for s in after["shards"] if after["shards"][s]["file"] != before["shards"].get(s, {}).get("file")}
-    assert rebuilt == touched and third["shards_built"] == len(touched)
+    assert (third["parts_embedded"], third["parts_removed"]) == (2, 2)  # the added and the changed; changed + deleted
+    after, manifest = _listing(tmp_path / "index"), read_manifest(config.output)
+    kept = {f"{EMBEDDINGS}/{f}" for f in read_parts(config.output)["file"].to_pylist()} & set(before)
+    assert len(kept) == len(parts) - 2 and all(after[f] == before[f] for f in kept)  # not rewritten
+    touched = _shards_of(config, table) | _shards_of(config, gone)  # the added part's rows stand where table's do
+    rebuilt = {s for s in manifest["shards"] if manifest["shards"][s]["file"] !=
+               old_manifest["shards"].get(s, {}).get("file")}
+    assert rebuilt <= touched and third["shards_built"] == len(rebuilt) < len(manifest["shards"])
+    for name, entry in manifest["shards"].items():
+        if name not in rebuilt:
+            for suffix in (".faiss", ".parquet"):
+                assert after[f"{SHARDS}/{entry['file']}{suffix}"] == before[f"{SHARDS}/{entry['file']}{suffix}"]
+    fresh = run_index(_config(str(copy), model, tmp_path / "fresh"))
+    assert fresh["rows"] == third["rows"]
+    assert read_manifest(config.output)["shards"] == read_manifest(str(tmp_path / "fresh"))["shards"]
+    ours, theirs = Index(config.output), Index(str(tmp_path / "fresh"))
+    stored = read_embeddings(config.output)
+    vectors = np.stack(stored["vector"].to_numpy(zero_copy_only=False))
+    queries = vectors[[i.startswith("0-") for i in stored["image_id"].to_pylist()]]  # each has a twin
+    hits = ours.search(queries, 10)
+    assert np.array_equal(hits.ids, theirs.search(queries, 10).ids)
+    twins = hits.ids[np.isclose(hits.scores[:, :1], hits.scores).sum(1) > 1]
+    assert len(twins) and all(list(row[:2]) == sorted(row[:2]) for row in twins)  # ties by ascending image_id
     other = run_index(IndexConfig(**{**config.__dict__, "model": _retriever(tmp_path / "other.pt", maps, seed=1)}))
     assert other["embedded"] == other["rows"]  # another retriever: every row again
+
+
+def _shards_of(config: IndexConfig, table: pa.Table) -> set[str]:
+    """The shards a part's database rows fall in."""
+    from vprlib.index.shards import shard_keys
+
+    rows = table.filter(pa.compute.equal(table["split"], "database"))
+    return set(shard_keys(rows, config.shard_by, config.tile_m))
+
+
+def test_a_killed_reindex_leaves_the_old_index_and_its_rerun_finishes(city, tmp_path):
+    _, maps = city
+    model = _retriever(tmp_path / "model.pt", maps)
+    output = tmp_path / "index"
+    first = run_index(_config(maps, model, output, split="query"))  # the index a user has
+    manifest = read_manifest(str(output))
+    other = _retriever(tmp_path / "other.pt", maps, seed=1)  # every part to embed again
+    job = subprocess.Popen([sys.executable, str(ROOT / "jobs" / "index.py"), "--maps", maps, "--model", other,
+                            "--output", str(output), "--tile-m", "15", "--split", "query", "--cpus-per-actor", "0.5",
+                            "--ray-address", "local"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    new = set()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and job.poll() is None and not new:
+        time.sleep(0.05)
+        new = set(os.listdir(output / EMBEDDINGS)) - set(read_parts(str(output))["file"].to_pylist())
+    os.killpg(job.pid, signal.SIGKILL)
+    job.wait()
+    assert new, "the job was not killed while embedding"
+    assert read_manifest(str(output)) == manifest  # the old index, whole and searchable
+    vectors = np.stack(read_embeddings(str(output))["vector"].to_numpy(zero_copy_only=False))
+    assert Index(str(output)).search(vectors[:2], 3).ids[0][0] is not None
+    rerun = run_index(_config(maps, other, output, split="query"))
+    assert rerun["rows"] == first["rows"] and rerun["parts_embedded"] == first["parts_embedded"]
+    run_index(_config(maps, other, tmp_path / "fresh", split="query"))
+    assert read_manifest(str(output))["shards"] == read_manifest(str(tmp_path / "fresh"))["shards"]
+    assert not [f for f in os.listdir(output / EMBEDDINGS) if f.startswith(".tmp-")]
 
 
 def test_index_refuses_other_maps_and_non_checkpoints(city, tmp_path):
@@ -129,16 +232,23 @@ def test_index_refuses_other_maps_and_non_checkpoints(city, tmp_path):
         run_index(_config(maps, model, tmp_path / "y", split="nowhere"))
 
 
-def test_ivfpq_for_large_shards_and_flat_for_small_ones():
+def test_ivfpq_reranks_exactly_and_small_shards_stay_flat():
     rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(30_000, 32)).astype(np.float32)
+    centres = rng.normal(size=(3000, 32)).astype(np.float32)
+    vectors = centres[rng.integers(0, 3000, 60_000)] + 0.3 * rng.normal(size=(60_000, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     params = ivfpq_params(len(vectors), 32)
-    assert params is not None and params.m == 2 and params.nlist == int(4 * np.sqrt(30_000))
-    assert ivfpq_params(20_000, 32) is None  # under 39 training points per list
-    _, built = build(vectors, "ivfpq")
-    assert built["kind"] == "ivfpq"
-    assert build(vectors[:500], "ivfpq")[1] == {"kind": "flat", "requested": "ivfpq", "why": "too few vectors to train"}
+    assert params is not None and (params.nlist, params.m, params.nprobe, params.rerank) == (256, 4, 16, 8)
+    assert ivfpq_params(40_000, 32) is None  # under IVF_MIN_ROWS: flat
+    index, built = build_index(vectors, "ivfpq")
+    assert built["kind"] == "ivfpq" and built["train"] == 64 * 256  # a sample of the shard
+    queries = vectors[:300] + 0.05 * rng.normal(size=(300, 32)).astype(np.float32)
+    scores, found = index.search(queries, 10)
+    exact = queries @ vectors.T
+    assert np.allclose(scores, np.take_along_axis(exact, found, 1), atol=1e-5)  # re-ranked: exact inner products
+    assert np.mean(found[:, 0] == exact.argmax(1)) >= 0.97
+    assert build_index(vectors[:500], "ivfpq")[1] == {"kind": "flat", "requested": "ivfpq",
+                                                      "why": "too few vectors for IVF"}
 
 
 def _job(*argv: str) -> subprocess.CompletedProcess:
@@ -146,19 +256,9 @@ def _job(*argv: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
 
 
-def _in_process(capsys, *argv: str) -> subprocess.CompletedProcess:
-    """The job's main in this process (it needs no cluster): what the command prints, without a process start."""
-    import importlib.util
+def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path):
+    from vprlib.index.locate import LocateConfig, LocateError, locate
 
-    spec = importlib.util.spec_from_file_location("locate_job", ROOT / "jobs" / "locate.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    code = job.main(list(argv))
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, code, out.out, out.err)
-
-
-def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path, capsys):
     root, _ = city
     index = tmp_path / "index"
     shutil.copytree(built[0], index)  # changed below
@@ -173,12 +273,45 @@ def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path, capsy
     assert abs(estimate["lat"] - best["lat"]) < 1e-3 and abs(estimate["lon"] - best["lon"]) < 1e-3
     assert [p["similarity"] for p in located[0]["places"]] == sorted((p["similarity"] for p in located[0]["places"]),
                                                                      reverse=True)
-    table = _in_process(capsys, "--index", str(index), photo)
-    assert table.returncode == 0 and "estimated at" in table.stdout
-    broken = _in_process(capsys, "--index", str(index), str(built[0].parent / "model.pt"))
-    assert broken.returncode == 2 and broken.stderr.startswith("locate: error: cannot read the photo")
+    assert locate(LocateConfig(index=str(index), photos=(photo,), top_k=3)) == located
+    with pytest.raises(LocateError, match="cannot read the photo"):
+        locate(LocateConfig(index=str(index), photos=(str(built[0].parent / "model.pt"),)))
     manifest = read_manifest(str(index))
     manifest["map_spec"]["models_identity"]["segmenter"] = "other weights"
     (index / "index.json").write_text(json.dumps(manifest))
-    changed = _in_process(capsys, "--index", str(index), photo)
-    assert changed.returncode == 2 and "the extraction models changed" in changed.stderr
+    with pytest.raises(LocateError, match="the extraction models changed"):
+        locate(LocateConfig(index=str(index), photos=(photo,)))
+
+
+def test_locate_a_batch_on_ray_as_photo_by_photo(city, built, tmp_path, ray_session):
+    from vprlib.index.locate import LocateConfig, locate, locate_batch
+
+    root, _ = city
+    manifest = pq.read_table(os.path.join(root, "manifest.parquet"))
+    photos = manifest.filter(pa.compute.equal(manifest["split"], "query")).slice(0, 6)
+    photos = photos.set_column(photos.column_names.index("uri"), "uri", pa.array(
+        [os.path.join(root, u) for u in photos["uri"].to_pylist()[:5]] + ["/nowhere/missing.png"]))
+    pq.write_table(photos, tmp_path / "photos.parquet")
+    output = str(tmp_path / "located.parquet")
+    summary = locate_batch(LocateConfig(index=str(built[0]), input=str(tmp_path / "photos.parquet"), output=output,
+                                        top_k=3, batch_size=4))
+    answers = pq.read_table(output).to_pylist()
+    assert (summary["photos"], summary["located"], summary["failed"]) == (6, 5, 1)
+    assert [a["image_id"] for a in answers] == photos["image_id"].to_pylist()  # the input's order
+    assert answers[-1]["status"] == "error" and "missing.png" in answers[-1]["error"] and not answers[-1]["top_ids"]
+    one = locate(LocateConfig(index=str(built[0]), photos=tuple(photos["uri"].to_pylist()[:5]), top_k=3))
+    for answer, alone in zip(answers, one, strict=False):
+        assert answer["top_ids"] == [p["image_id"] for p in alone["places"]]
+        assert answer["similarity"] == pytest.approx([p["similarity"] for p in alone["places"]], abs=1e-4)
+        assert (answer["lat"], answer["lon"]) == pytest.approx((alone["estimate"]["lat"], alone["estimate"]["lon"]))
+    near = locate_batch(LocateConfig(index=str(built[0]), input=str(tmp_path / "photos.parquet"), prior_m=5.0,
+                                     output=str(tmp_path / "near.parquet"), top_k=3))
+    index = Index(str(built[0]))
+    narrowed = 0
+    for answer, prior in zip(pq.read_table(tmp_path / "near.parquet").to_pylist()[:5], photos.to_pylist(),
+                             strict=False):
+        shards = index.near(prior["lat"], prior["lon"], 5.0)
+        narrowed += len(shards) < len(index.shards)
+        held = {i for s in shards for i in index.group.rows(s)["image_id"].to_pylist()}
+        assert answer["top_ids"] and set(answer["top_ids"]) <= held  # only the shards near the prior were searched
+    assert near["located"] == 5 and narrowed

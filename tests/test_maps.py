@@ -72,12 +72,9 @@ def test_the_photo_is_decoded_and_resized_when_asked_for():
 
 
 def test_an_rgb_retriever_refuses_maps_without_photos(gt_maps):
-    import pyarrow as pa
-
-    from vprlib.index.build import embed
     from vprlib.index.embed import ModelError, RetrieverRecord
 
     record = RetrieverRecord(path="rgb.pt", sha256="", family="cosplace", config={"encoding": {"modalities": "rgb"}},
                              map_spec={}, input_side=SIDE, descriptor_size=8)
     with pytest.raises(ModelError, match=r"has no photos \(column rgb\), which the retriever rgb.pt embeds"):
-        embed(gt_maps, pa.chunked_array([["x"]]), record, "cpu", 0.0)
+        record.check_photos(gt_maps)

@@ -189,6 +189,26 @@ def part_files(path: str) -> list[str]:
     return [scheme + p if scheme and not p.startswith(scheme) else p for p in names]
 
 
+def part_fingerprints(path: str) -> dict[str, str]:
+    """Each part file of a table (full path, as `part_files` names it) and a fingerprint of its current version, from
+    one listing: its size with its ETag (S3: the content's hash) or modification time (a local file). A part is
+    written once under its name, so a fingerprint that did not change is a part whose rows did not change."""
+    fs, root = url_to_fs(path)
+    fs.invalidate_cache(root)
+    if not fs.exists(root) or not fs.isdir(root):
+        return {}
+    scheme = path.split("://", 1)[0] + "://" if "://" in path else ""
+    out = {}
+    for info in fs.ls(root, detail=True):
+        name = info["name"]
+        if not is_part_name(posixpath.basename(name)):
+            continue
+        version = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified")
+        full = scheme + name if scheme and not name.startswith(scheme) else name
+        out[full] = f"{info.get('size')}:{version}"
+    return dict(sorted(out.items()))
+
+
 def _dataset(parts: list[str], exclude_invalid: bool = False) -> pads.Dataset:
     fs, _ = url_to_fs(parts[0])
     return pads.dataset([url_to_fs(p)[1] for p in parts], filesystem=fs, format="parquet",

@@ -22,9 +22,10 @@ threshold. Every notion of distance reduces to a set of positive database indice
     landmark (`landmark_id`) or a set of them (`landmark_ids`, a list column; used when both are present); a query
     showing several landmarks is right on an image of any of them.
 - `gps_positives`, `metric_positives`, `landmark_positives`, `id_positives`: the same on plain arrays and lists.
-- `metric_frame`, `gps_columns`: the columns GPS mode measures between, or why no columns will do.
+- `metric_frame`, `gps_columns`: the columns GPS mode measures between, or why no columns will do, from two tables
+  or their `position_stats` (what an index keeps of each shard's rows).
 - `recall_at_n(predictions, positives, ns)`: {N: Recall@N}, a query counting as right if any of its top N
-  predictions is a positive.
+  predictions is a positive; `recall_from_ranks` the same from each query's first right rank.
 
 A query row without ground truth (no landmark in landmark mode, a null `positives` list) is not a query: its
 positives are None and `recall_at_n` leaves it out of M. A query with ground truth but no positive in the database
@@ -112,14 +113,17 @@ MODES = ("gps", "landmark", "positives")
 
 
 def manifest_positives(
-    queries: pa.Table, database: pa.Table, mode: str | None = None, radius_m: float = GPS_THRESHOLD_M
+    queries: pa.Table, database: pa.Table, mode: str | None = None, radius_m: float = GPS_THRESHOLD_M,
+    columns: tuple[str, str] | None = None,
 ) -> list[np.ndarray | None]:
     """Positives of each query row among the database rows of two manifests (None: the row is not a query).
 
     mode None: "positives" when `queries` has a `positives` column, else "gps".
     mode "positives": the database rows whose `image_id` is in the query's `positives` list.
-    mode "gps": within `radius_m` metres, measured as `gps_columns` says: in a metric frame both manifests have on
-    every row, else by haversine on lat/lon; ValueError when neither holds every row's own position.
+    mode "gps": within `radius_m` metres, measured between `columns` (("lat", "lon") by haversine, else a metric
+    frame), by default as `gps_columns` says: in a metric frame both manifests have on every row, else by haversine
+    on lat/lon; ValueError when neither holds every row's own position. An index passes the columns it chose over
+    all its shards when it measures one shard.
     mode "landmark": a shared landmark, from `landmark_ids` (a list per row) or `landmark_id` (one per row).
     """
     if mode is None:
@@ -132,33 +136,79 @@ def manifest_positives(
         return landmark_positives(_landmarks(queries, "queries"), _landmarks(database, "database"))
     if mode != "gps":
         raise ValueError(f"unknown mode {mode!r}; known: {list(MODES)}")
-    columns = gps_columns(queries, database)
+    columns = columns or gps_columns(queries, database)
     points = [np.stack([t[c].to_numpy(zero_copy_only=False) for c in columns], axis=1) for t in (queries, database)]
     if columns == ("lat", "lon"):
         return gps_positives(*points, radius_m=radius_m)
     return metric_positives(*points, radius_m=radius_m)
 
 
-def metric_frame(queries: pa.Table, database: pa.Table) -> tuple[str, str] | None:
+def position_stats(table: pa.Table) -> dict:
+    """What GPS mode needs to know of a table's positions, small and mergeable (an index keeps one per shard): rows,
+    the metric frames every row has (METRIC_FRAMES as "east/north"), the UTM zones named (None: rows naming none),
+    how many rows name a zone, how many have UTM coordinates and no zone, how many have no GPS (`has_gps` false)."""
+    names = table.column_names
+    frames = [f"{e}/{n}" for e, n in METRIC_FRAMES if all(c in names and table[c].null_count == 0 for c in (e, n))]
+    zone = table["utm_zone"] if "utm_zone" in names else pa.nulls(table.num_rows, pa.int32())
+    bare = 0
+    if "utm_east" in names and "utm_north" in names:
+        utm = pc.and_(pc.is_valid(table["utm_east"]), pc.is_valid(table["utm_north"]))
+        bare = int(pc.sum(pc.and_(utm, pc.is_null(zone))).as_py() or 0)
+    no_gps = int(pc.sum(pc.invert(table["has_gps"].fill_null(False))).as_py() or 0) if "has_gps" in names else 0
+    zones = pc.unique(zone).to_pylist() if table.num_rows else []
+    return {"rows": table.num_rows, "frames": frames, "zones": sorted(zones, key=str),
+            "zone_named": int(pc.sum(pc.is_valid(zone)).as_py() or 0), "zone_bare": bare, "no_gps": no_gps}
+
+
+def merge_stats(parts: Sequence[dict]) -> dict:
+    """The position stats of the rows of several tables together."""
+    frames = [f"{e}/{n}" for e, n in METRIC_FRAMES if all(f"{e}/{n}" in p["frames"] for p in parts if p["rows"])]
+    return {"rows": sum(p["rows"] for p in parts), "frames": frames,
+            "zones": sorted({z for p in parts for z in p["zones"]}, key=str),
+            **{k: sum(p[k] for p in parts) for k in ("zone_named", "zone_bare", "no_gps")}}
+
+
+def _stats(rows) -> dict:
+    """Position stats of a table, a stats dict, or a list of stats dicts (an index's shards)."""
+    if isinstance(rows, pa.Table):
+        return position_stats(rows)
+    return merge_stats(rows) if isinstance(rows, (list, tuple)) else rows
+
+
+def metric_frame(queries, database) -> tuple[str, str] | None:
     """The (east, north) columns of the metric frame GPS mode measures in: the first of METRIC_FRAMES that every
-    row of both tables has, for UTM with every row in one zone or every row in none (a dataset's own grid, such as
-    Nordland's track); None: no frame holds them all."""
-    return next((c for c in METRIC_FRAMES if _has_frame(queries, database, *c)), None)
+    row of both has, for UTM with every row in one zone or every row in none (a dataset's own grid, such as
+    Nordland's track); None: no frame holds them all. Each side is a table or its `position_stats` (or a list of
+    them)."""
+    q, d = _stats(queries), _stats(database)
+    one_zone = len(set(q["zones"]) | set(d["zones"])) <= 1  # None, no zone, counts as one
+    for east, north in METRIC_FRAMES:
+        shared = f"{east}/{north}" in q["frames"] and f"{east}/{north}" in d["frames"]
+        if shared and (east != "utm_east" or one_zone):
+            return east, north
+    return None
 
 
-def gps_columns(queries: pa.Table, database: pa.Table) -> tuple[str, str]:
-    """The columns GPS mode measures between: the metric frame both tables share, else ("lat", "lon").
+def gps_columns(queries, database) -> tuple[str, str]:
+    """The columns GPS mode measures between: the metric frame both share, else ("lat", "lon").
 
     Without a shared frame, lat/lon must be every row's own position. ValueError in one line when they may not be:
     rows naming a UTM zone beside UTM rows naming none (the VPR format gives a zone-less row lat/lon only when its
-    name has them), or rows whose `has_gps` is false (their lat/lon are placeholders, 0, 0)."""
-    frame = metric_frame(queries, database)
+    name has them), or rows whose `has_gps` is false (their lat/lon are placeholders, 0, 0). Each side is a table
+    or its `position_stats` (or a list of them)."""
+    q, d = _stats(queries), _stats(database)
+    frame = metric_frame(q, d)
     if frame is not None:
         return frame
-    problem = _mixed_zones(queries, database) or _without_gps(queries, database)
+    problem = _mixed_zones(q, d) or _without_gps(q, d)
     if problem:
         raise ValueError(f"GPS mode: {problem}")
     return "lat", "lon"
+
+
+def has_ground_truth(queries: pa.Table, mode: str, columns: tuple[str, str] | None = None) -> list[bool]:
+    """Which rows are queries in `mode` (the others have no ground truth: no landmark, a null positives list)."""
+    return [p is not None for p in manifest_positives(queries, queries.slice(0, 0), mode, columns=columns)]
 
 
 def _landmarks(table: pa.Table, name: str) -> list:
@@ -170,53 +220,23 @@ def _landmarks(table: pa.Table, name: str) -> list:
     return table[column].to_pylist()
 
 
-def _has_frame(queries: pa.Table, database: pa.Table, east: str, north: str) -> bool:
-    """Both manifests have the columns with no nulls and, for UTM, one zone between them (None, no zone, counts as
-    one: a row without a zone is in no frame with a row of zone 17)."""
-    tables = (queries, database)
-    if not all(c in t.column_names and t[c].null_count == 0 for t in tables for c in (east, north)):
-        return False
-    return east != "utm_east" or len(_zones(queries) | _zones(database)) <= 1
-
-
-def _zones(table: pa.Table) -> set:
-    """The UTM zones a table's rows name; None stands for rows naming none (a null, or no utm_zone column)."""
-    if "utm_zone" not in table.column_names:
-        return {None} if table.num_rows else set()
-    return set(pc.unique(table["utm_zone"]).to_pylist())
-
-
-def _zone_counts(table: pa.Table) -> tuple[int, int]:
-    """How many rows name a UTM zone, and how many have UTM coordinates but no zone."""
-    names = table.column_names
-    zone = table["utm_zone"] if "utm_zone" in names else pa.nulls(table.num_rows, pa.int32())
-    named = int(pc.sum(pc.is_valid(zone)).as_py() or 0)
-    if "utm_east" not in names or "utm_north" not in names:
-        return named, 0
-    bare = pc.and_(pc.and_(pc.is_valid(table["utm_east"]), pc.is_valid(table["utm_north"])), pc.is_null(zone))
-    return named, int(pc.sum(bare).as_py() or 0)
-
-
-def _mixed_zones(queries: pa.Table, database: pa.Table) -> str | None:
+def _mixed_zones(q: dict, d: dict) -> str | None:
     """What is wrong when rows naming a UTM zone meet UTM rows naming none; None when they do not."""
-    (q_named, q_bare), (d_named, d_bare) = _zone_counts(queries), _zone_counts(database)
-    if not (q_named + d_named and q_bare + d_bare):
+    if not (q["zone_named"] + d["zone_named"] and q["zone_bare"] + d["zone_bare"]):
         return None
-    zones = ", ".join(sorted(str(z) for z in (_zones(queries) | _zones(database)) - {None}))
-    return (f"{q_named} query and {d_named} database row(s) name UTM zone(s) {zones} but {q_bare} query and "
-            f"{d_bare} database row(s) have UTM coordinates and no zone: they share no metric frame (give every "
-            "row its zone)")
+    zones = ", ".join(sorted(str(z) for z in set(q["zones"]) | set(d["zones"]) if z is not None))
+    return (f"{q['zone_named']} query and {d['zone_named']} database row(s) name UTM zone(s) {zones} but "
+            f"{q['zone_bare']} query and {d['zone_bare']} database row(s) have UTM coordinates and no zone: they "
+            "share no metric frame (give every row its zone)")
 
 
-def _without_gps(queries: pa.Table, database: pa.Table) -> str | None:
+def _without_gps(q: dict, d: dict) -> str | None:
     """What is wrong when rows without GPS (`has_gps` false) would be compared by lat/lon; None when none is."""
-    counts = [int(pc.sum(pc.invert(t["has_gps"].fill_null(False))).as_py() or 0) if "has_gps" in t.column_names
-              else 0 for t in (queries, database)]
-    if not any(counts):
+    if not (q["no_gps"] or d["no_gps"]):
         return None
     frames = " or ".join("/".join(c) for c in METRIC_FRAMES)
-    return (f"{counts[0]} query and {counts[1]} database row(s) have no GPS (has_gps false) and the rows share no "
-            f"metric frame ({frames} on every row): there is no position to measure them from")
+    return (f"{q['no_gps']} query and {d['no_gps']} database row(s) have no GPS (has_gps false) and the rows share "
+            f"no metric frame ({frames} on every row): there is no position to measure them from")
 
 
 def recall_at_n(
@@ -245,10 +265,22 @@ def recall_at_n(
     for i, (row, pos) in enumerate(zip(predictions, positives, strict=True)):
         if pos is not None:
             hits[i] = np.isin(row, pos) & (row >= 0)
-    first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), predictions.shape[1])  # rank of the first right one
-    keep = np.array([p is not None and (len(p) > 0 or not exclude_no_positive) for p in positives], dtype=bool)
+    first = [int(h.argmax()) + 1 if h.any() else None for h in hits]  # rank of the first right one
+    return recall_from_ranks(first, [p is not None for p in positives],
+                             [None if p is None else len(p) for p in positives], ns, exclude_no_positive)
+
+
+def recall_from_ranks(first_ranks: Sequence[int | None], truth: Sequence[bool], positives: Sequence[int | None],
+                      ns: Iterable[int] = DEFAULT_NS, exclude_no_positive: bool = False) -> dict[int, float]:
+    """Recall@N from each row's 1-based rank of its first right prediction (None: none right in its top k), whether
+    it is a query (has ground truth) and how many positives the database holds for it: the fraction of queries whose
+    first right prediction is within N; queries without positives stay in M unless `exclude_no_positive` (0.0 if no
+    query is left)."""
+    keep = np.array([t and ((p or 0) > 0 or not exclude_no_positive) for t, p in zip(truth, positives, strict=True)],
+                    dtype=bool)
+    first = np.array([np.inf if r is None else r for r in first_ranks], dtype=np.float64)
     total = int(keep.sum())
-    return {n: float((first_hit[keep] < n).sum() / total) if total else 0.0 for n in ns}
+    return {n: float((first[keep] <= n).sum() / total) if total else 0.0 for n in sorted(set(int(n) for n in ns))}
 
 
 def _haversine_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:

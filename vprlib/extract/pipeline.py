@@ -83,6 +83,31 @@ def build_dataset(config: ExtractConfig, todo: pa.Table, models_json: str):
 
     Only `image_id`, `uri` and a row index `_row` flow through it; the writer takes the other manifest columns from
     one copy of the manifest in the object store, so they keep their exact Arrow types."""
+    run = config.run
+    return maps_dataset_of(config, todo).map_batches(encode_batch, batch_size=run.batch_size, num_cpus=1,
+                                                     fn_kwargs={"spec": config.spec, "models_json": models_json})
+
+
+def maps_dataset_of(config: ExtractConfig, todo: pa.Table):
+    """The photos of `todo` (image_id, uri) as a Ray Dataset of their maps, decoded and run through the strategy's
+    models: batches of `image_id`, `uri`, `_row`, `status`, `error` and the strategy's batch keys (`depth`,
+    `seg`...)."""
+    run = config.run
+    ds = photos_dataset(config, todo)
+    if run.mode == "fused":
+        return ds.map_batches(FusedChain, fn_constructor_kwargs={"spec": config.spec, "run": run},
+                              **actor_args(run, 1.0))
+    names = config.spec.plan.stages
+    for name, (emit, drop) in zip(names, plan_io(config.spec), strict=True):
+        ds = ds.map_batches(STAGES[name], fn_constructor_kwargs={"spec": config.spec, "run": run, "emit": emit,
+                                                                 "drop": drop}, **actor_args(run, 1 / len(names)))
+    return ds
+
+
+def photos_dataset(config: ExtractConfig, todo: pa.Table):
+    """The photos of `todo` (image_id, uri) decoded by CPU tasks at the maps' side: batches of `image_id`, `uri`,
+    `_row`, `image`, `status`, `error` (a photo that cannot be used is an error row). Extraction runs the strategy's
+    models on them; locating a batch of photos runs the models and the retriever in one actor."""
     import ray
 
     run = config.run
@@ -92,19 +117,9 @@ def build_dataset(config: ExtractConfig, todo: pa.Table, models_json: str):
     ds = ray.data.from_arrow([rows.slice(i, block_rows) for i in range(0, rows.num_rows, block_rows)])
     # A decode task reserves the memory it may need (one image at the pixel limit, its batch, the worker): this
     # bounds how many run at once and keeps decoding out of the model actors.
-    ds = ds.map_batches(decode_batch, batch_size=run.decode_batch_size, num_cpus=1,
-                        memory=decode_memory(run.max_image_pixels, run.decode_batch_size, config.spec.side),
-                        fn_kwargs={"side": config.spec.side, "max_pixels": run.max_image_pixels}, **io_task_args())
-    if run.mode == "fused":
-        ds = ds.map_batches(FusedChain, fn_constructor_kwargs={"spec": config.spec, "run": run},
-                            **actor_args(run, 1.0))
-    else:
-        names = config.spec.plan.stages
-        for name, (emit, drop) in zip(names, plan_io(config.spec), strict=True):
-            ds = ds.map_batches(STAGES[name], fn_constructor_kwargs={"spec": config.spec, "run": run, "emit": emit,
-                                                                     "drop": drop}, **actor_args(run, 1 / len(names)))
-    return ds.map_batches(encode_batch, batch_size=run.batch_size, num_cpus=1,
-                          fn_kwargs={"spec": config.spec, "models_json": models_json})
+    return ds.map_batches(decode_batch, batch_size=run.decode_batch_size, num_cpus=1,
+                          memory=decode_memory(run.max_image_pixels, run.decode_batch_size, config.spec.side),
+                          fn_kwargs={"side": config.spec.side, "max_pixels": run.max_image_pixels}, **io_task_args())
 
 
 def actor_args(run: RunOptions, share: float) -> dict:

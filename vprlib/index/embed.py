@@ -45,6 +45,14 @@ class RetrieverRecord:
         return {"path": self.path, "sha256": self.sha256, "family": self.family, "config": self.config,
                 "input_side": self.input_side, "descriptor_size": self.descriptor_size}
 
+    def check_photos(self, maps: str) -> None:
+        """Refuse, in one line, a maps table without the photos a retriever of photos (--input rgb) embeds."""
+        from vprlib.maps import table_schema
+
+        if self.uses_rgb and "rgb" not in table_schema(maps).names:
+            raise ModelError(f"{maps} has no photos (column rgb), which the retriever {self.path} embeds (--input "
+                             f"rgb): extract the maps with --rgb")
+
     def check_maps(self, maps_spec: dict, what: str) -> None:
         """Refuse maps of another kind than the retriever was trained on, in one line."""
         diff = spec_mismatch(self.map_spec, maps_spec)
@@ -90,10 +98,13 @@ def load_model(path: str):
     return RETRIEVERS[checkpoint["family"]].from_checkpoint(checkpoint)
 
 
+MAP_KEYS = ("depth", "seg", "rgb", "image", "mask", "labels_x", "inpainted", "seg_prob")  # what a batch drops
+
+
 class Embedder:
     """Ray Data actor: loads the retriever once; maps a batch of decoded maps (`depth` B,H,W float32, `seg` B,H,W
     uint8, `rgb` B,H,W,3 uint8 when it embeds photos, resized to the retriever's side) to `vector` (B, D) float32
-    unit-norm, passing `image_id` through."""
+    unit-norm, passing every other key (ids, status) through and dropping the maps."""
 
     def __init__(self, checkpoint: str, device: str = "cpu", precision: str = "bf16"):
         self.device = torch.device(device)
@@ -107,4 +118,5 @@ class Embedder:
         rgb = torch.from_numpy(np.array(batch["rgb"], dtype=np.uint8)).to(self.device) if "rgb" in batch else None
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             vectors = self.model.embed(depth, seg, rgb)
-        return {"image_id": batch["image_id"], "vector": vectors.float().cpu().numpy()}
+        kept = {k: v for k, v in batch.items() if k not in MAP_KEYS}
+        return {**kept, "vector": vectors.float().cpu().numpy()}

@@ -2,16 +2,21 @@
 index holds, with per-query results, a summary and, on request, an HTML report (vprlib.index.report).
 
 1. Before any work: the queries' maps must be of the kind the index was built from (their recorded map specs agree),
-   and the retriever must be the one that built it (the sha256 of its checkpoint), each refused in one line.
-2. The queries (the `query` split's ok rows by default) are embedded by that retriever on a Ray Data actor pool
-   (vprlib.index.build.embed) and searched over every shard of the index (exact merge of the shards' top-k).
+   and the retriever must be the one that built it (the sha256 of its checkpoint), each refused in one line; in GPS
+   mode the query rows and the index's rows (as its manifest describes each shard's) must share a frame to measure
+   in (vprlib.metrics.gps_columns).
+2. The queries' maps stream through Ray Data (the `query` split's ok rows by default): embedded by that retriever on
+   an actor pool, then searched on the index's shards, held by Ray actors (vprlib.index.search.SearchPool: exact
+   merge of the shards' top-k), which also find each query's positives among their rows. The driver holds the query
+   rows' metadata and the results, never a descriptor or the index's rows.
 3. Ground truth is `vprlib.metrics.manifest_positives` between the query rows and the index's rows: GPS mode
    (within --radius-m, in a metric frame when every row has one, which needs no lat/lon: Nordland), landmark mode
    (--landmarks), or the positives-list mode when the query rows carry `positives` (GLDv2's retrieval protocol).
-   A row with no ground truth is not a query (left out of M, as `recall_at_n` does); a query with no positive in
-   the index stays in M as a miss, as the VPR community's evaluation counts it, unless --exclude-no-positive.
+   A row with no ground truth is not a query (left out of M); a query with no positive in the index stays in M as a
+   miss, as the VPR community's evaluation counts it, unless --exclude-no-positive.
 4. `results.parquet` holds one row per embedded query row (its top-k ids, scores, distances in metres, which are
-   correct, the rank of the first correct one); `summary.json` the recalls and settings; `report.html` the report.
+   correct, the rank of the first correct one, where the hits are); `summary.json` the recalls and settings;
+   `report.html` the report.
 """
 
 from __future__ import annotations
@@ -27,14 +32,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vprlib.cluster import DEVICES, Need, absolute_path, check_gpus_per_process, connect
+from vprlib.cluster import DEVICES, Need, absolute_path, check_gpus_per_process, connect, io_task_args
 from vprlib.data.manifest import url_to_fs
-from vprlib.index.build import embed
-from vprlib.index.embed import ModelError, RetrieverRecord, retriever_record
-from vprlib.index.search import Index, read_manifest
-from vprlib.maps import MapSpecError, read_maps, read_spec, table_schema
-from vprlib.metrics import GPS_THRESHOLD_M, haversine_m, manifest_positives, metric_frame, recall_at_n
+from vprlib.index.embed import Embedder, ModelError, RetrieverRecord, retriever_record
+from vprlib.index.search import SearchPool, read_manifest
+from vprlib.maps import MapSpecError, maps_dataset, read_maps, read_spec, table_schema
+from vprlib.metrics import (
+    GPS_THRESHOLD_M,
+    gps_columns,
+    has_ground_truth,
+    haversine_m,
+    metric_frame,
+    recall_from_ranks,
+)
 from vprlib.spec import spec_mismatch
+from vprlib.train.data import DATA_TASK_CPUS
 
 RESULTS, SUMMARY, REPORT = "results.parquet", "summary.json", "report.html"
 # Query columns read besides the maps: positions and ground truth for the metrics, the photo for the report.
@@ -71,6 +83,10 @@ class EvaluateConfig:
     device: str = field(default="auto", metadata=_help("auto (cuda when the cluster has GPUs), cpu or cuda"))
     gpus_per_actor: float = field(default=1.0, metadata=_help("GPUs per embedding actor on cuda"))
     cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs per embedding actor"))
+    search_actors: int = field(default=1, metadata=_help("actors holding the index's shards (each a share of them)"))
+    search_cpus: float = field(default=0.0, metadata=_help(
+        "CPUs reserved per search actor (0: it searches while the step that asked it waits, on the CPU that step "
+        "frees)"))
     ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
@@ -79,8 +95,10 @@ class EvaluateConfig:
             raise ValueError(f"unknown device {self.device!r}; known: {', '.join(DEVICES)}")
         if self.radius_m <= 0:
             raise ValueError(f"radius_m must be > 0, got {self.radius_m}")
-        if min(self.report_queries, self.report_top, self.batch_size, self.actors) < 1:
-            raise ValueError("report_queries, report_top, batch_size and actors must be >= 1")
+        if min(self.report_queries, self.report_top, self.batch_size, self.actors, self.search_actors) < 1:
+            raise ValueError("report_queries, report_top, batch_size, actors and search_actors must be >= 1")
+        if self.search_cpus < 0:
+            raise ValueError(f"search_cpus must be >= 0, got {self.search_cpus}")
 
     @property
     def ns(self) -> tuple[int, ...]:
@@ -109,23 +127,23 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     manifest = read_manifest(config.index)
     check_queries(config.queries, manifest, config.index)
     record = retriever(config, manifest)
+    record.check_photos(config.queries)
     queries, skipped = query_rows(config)
     mode = resolve_mode(config, queries)
-    index = Index(config.index)
-    warn_overlap(queries, index.rows)
-    positives = ground_truth(config, queries, index.rows, mode)
-    vectors = embed_queries(config, queries, record)
-    scores, rows = index.search(vectors, config.k)
-    frame = metric_frame(queries, index.rows)
-    results = results_table(queries, index.rows, scores, rows, positives, frame)
-    curve = recall_at_n(rows, positives, range(1, config.k + 1), exclude_no_positive=config.exclude_no_positive)
-    summary = summarize(config, manifest, mode, distance_note(queries, frame), positives, curve, skipped, start)
+    columns = gps_frame(config, queries, manifest) if mode == "gps" else None
+    truth = ground_truth_rows(config, queries, mode, columns)
+    results = score_queries(config, record, manifest, queries, mode, columns)
+    warn_overlap(results)
+    curve = recall_from_ranks(results["first_correct_rank"].to_pylist(), truth,
+                              results["positives"].to_pylist(), range(1, config.k + 1), config.exclude_no_positive)
+    summary = summarize(config, manifest, mode, distance_note(queries, columns), results, truth, curve, skipped,
+                        start)
     write_outputs(config.output, results, summary)
     print_summary(summary)
     if config.report:
         from vprlib.index.report import write_report
 
-        path = write_report(config, summary, results, queries, index.rows, manifest["map_spec"])
+        path = write_report(config, summary, results, queries, predicted_rows(results), manifest["map_spec"])
         print(f"evaluate: report {path}", flush=True)
     return summary
 
@@ -149,8 +167,8 @@ def retriever(config: EvaluateConfig, manifest: dict) -> RetrieverRecord:
 
 
 def query_rows(config: EvaluateConfig) -> tuple[pa.Table, int]:
-    """The ok rows of the query split (or all) with the columns the metrics and report read, and how many rows of
-    that split were left out because their maps failed."""
+    """The ok rows of the query split (or all) with the columns the metrics and report read (no maps: those stream
+    through the pipeline), and how many rows of that split were left out because their maps failed."""
     names = set(table_schema(config.queries).names)
     columns = ["image_id", "status", *(c for c in QUERY_COLUMNS if c in names)]
     wanted = None
@@ -181,42 +199,87 @@ def resolve_mode(config: EvaluateConfig, queries: pa.Table) -> str:
     return "gps"
 
 
-def warn_overlap(queries: pa.Table, database: pa.Table) -> None:
-    """Say when query images are indexed too: each would find itself."""
-    shared = int(pc.sum(pc.is_in(queries["image_id"], value_set=database["image_id"])).as_py() or 0)
-    if shared:
-        print(f"evaluate: warning: {shared} query image(s) are in the index too and will find themselves",
-              flush=True)
-
-
-def ground_truth(config: EvaluateConfig, queries: pa.Table, database: pa.Table, mode: str) -> list:
-    """Each query row's positives among the index's rows (None: no ground truth); refused when no row has any, or
-    when the rows share no frame to measure in (vprlib.metrics.gps_columns)."""
+def gps_frame(config: EvaluateConfig, queries: pa.Table, manifest: dict) -> tuple[str, str]:
+    """The columns GPS mode measures between (vprlib.metrics.gps_columns), from the queries and what the index's
+    manifest says of each shard's positions; one line when the rows share no frame."""
     try:
-        positives = manifest_positives(queries, database, mode=mode, radius_m=config.radius_m)
+        return gps_columns(queries, [s["positions"] for s in manifest["shards"].values()])
     except ValueError as exc:
         raise ValueError(f"--queries {config.queries} against the index {config.index}: {exc}") from None
-    if all(p is None for p in positives):
+
+
+def ground_truth_rows(config: EvaluateConfig, queries: pa.Table, mode: str, columns) -> list[bool]:
+    """Which query rows have ground truth in `mode` (the others are not queries); refused when none has."""
+    truth = has_ground_truth(queries, mode, columns)
+    if not any(truth):
         raise ValueError(f"--queries {config.queries}: no row of split {config.query_split!r} has ground truth in "
                          f"{mode} mode")
-    return positives
+    return truth
 
 
-def embed_queries(config: EvaluateConfig, queries: pa.Table, record: RetrieverRecord) -> np.ndarray:
-    """Descriptors (Q, D) of the query rows, in their order, by the index's retriever on a Ray Data actor pool."""
+def score_queries(config: EvaluateConfig, record: RetrieverRecord, manifest: dict, queries: pa.Table, mode: str,
+                  columns) -> pa.Table:
+    """The query rows' maps streamed through Ray Data: embedded by the index's retriever on an actor pool, searched
+    on the shards' actors (vprlib.index.search.SearchPool), scored against their positives there; one results row
+    per query row, in the order of `queries`. Only the results come back to the driver."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from vprlib.train.data import resize_maps
+
     cluster = connect(config.ray_address)
     device = cluster.device(config.device)
     gpus = config.gpus_per_actor if device == "cuda" else 0.0
     check_gpus_per_process(device, gpus, "--gpus-per-actor")
+    search = config.search_actors * config.search_cpus
     cluster.check(Need("embedding actors", config.actors, config.cpus_per_actor, gpus, "--actors",
-                       "--cpus-per-actor", "--gpus-per-actor", spare_cpus=1))
-    found = embed(absolute_path(config.queries), queries["image_id"], record, device, gpus, config.batch_size,
-                  config.actors, config.cpus_per_actor)
-    ids = queries["image_id"].to_pylist()
-    missing = [i for i in ids if i not in found]
-    if missing:
-        raise ValueError(f"--queries {config.queries}: {len(missing)} row(s) were not embedded, e.g. {missing[0]!r}")
-    return np.stack([np.asarray(found[i], dtype=np.float32) for i in ids])
+                       "--cpus-per-actor", "--gpus-per-actor", spare_cpus=search + DATA_TASK_CPUS))
+    pool = SearchPool(config.index, config.search_actors, config.search_cpus, manifest)
+    columns_kept = ("rgb",) if record.uses_rgb else ()
+    ds = maps_dataset(absolute_path(config.queries), config.query_split if config.query_split != "all" else None,
+                      columns=("image_id", *columns_kept), num_cpus=DATA_TASK_CPUS)
+    ds = ds.map_batches(resize_maps, fn_kwargs={"side": record.input_side}, num_cpus=DATA_TASK_CPUS)
+    ds = ds.map_batches(Embedder, fn_constructor_kwargs={"checkpoint": record.path, "device": device},
+                        batch_size=config.batch_size, compute=ActorPoolStrategy(size=config.actors),
+                        num_cpus=config.cpus_per_actor, num_gpus=gpus, **io_task_args())
+    scorer = QueryScorer(pool, ray.put(queries), config.k, mode, config.radius_m, columns)
+    ds = ds.map_batches(scorer, batch_format="numpy", num_cpus=DATA_TASK_CPUS, **io_task_args())
+    results = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    positions = pc.index_in(queries["image_id"], value_set=results["image_id"])
+    if positions.null_count:
+        missing = queries["image_id"].filter(pc.is_null(positions))
+        raise ValueError(f"--queries {config.queries}: {len(missing)} row(s) were not embedded, e.g. "
+                         f"{missing[0].as_py()!r}")
+    return results.take(positions)
+
+
+class QueryScorer:
+    """A Ray Data step: a batch of query descriptors searched on the index's actors, each query's positives found
+    there, scored (vprlib.metrics) into results rows. `queries` (an object ref) holds the query rows' metadata."""
+
+    def __init__(self, pool, queries, k: int, mode: str, radius_m: float, columns):
+        self.pool, self.queries, self.k = pool, queries, k
+        self.mode, self.radius_m, self.columns = mode, radius_m, columns
+
+    def __call__(self, batch: dict) -> pa.Table:
+        import ray
+
+        every = ray.get(self.queries)
+        rows = every.take(pc.index_in(pa.array(batch["image_id"].tolist(), pa.string()), value_set=every["image_id"]))
+        hits = self.pool.search(np.asarray(batch["vector"], dtype=np.float32), self.k)
+        truth = has_ground_truth(rows, self.mode, self.columns)
+        found = self.pool.positives(rows, self.mode, self.radius_m, self.columns)
+        positives = [set(ids or ()) if t else None for ids, t in zip(found, truth, strict=True)]
+        held = self.pool.holds(rows["image_id"].to_pylist())
+        return results_table(rows, hits, positives, held, self.columns)
+
+
+def warn_overlap(results: pa.Table) -> None:
+    """Say when query images are indexed too: each would find itself."""
+    shared = int(pc.sum(results["indexed"]).as_py() or 0)
+    if shared:
+        print(f"evaluate: warning: {shared} query image(s) are in the index too and will find themselves",
+              flush=True)
 
 
 def _floats(table: pa.Table, column: str) -> np.ndarray:
@@ -225,64 +288,82 @@ def _floats(table: pa.Table, column: str) -> np.ndarray:
     return table[column].to_numpy(zero_copy_only=False).astype(np.float64)
 
 
-def distances_m(queries: pa.Table, database: pa.Table, rows: np.ndarray, frame: tuple[str, str] | None) -> np.ndarray:
-    """Metres from each query to its predictions (Q, k): in the metric frame GPS mode uses, else haversine; NaN for
-    padding and, without a metric frame, for queries without GPS (`has_gps` false, as GLDv2's)."""
-    safe = np.maximum(rows, 0)
-    if frame is None:
-        q_lat, q_lon = _floats(queries, "lat"), _floats(queries, "lon")
-        dist = haversine_m(q_lat[:, None], q_lon[:, None], _floats(database, "lat")[safe],
-                           _floats(database, "lon")[safe])
+def _hit_floats(hits, column: str) -> np.ndarray:
+    values = hits.columns.get(column)
+    if values is None:
+        return np.full(hits.ids.shape, np.nan)
+    return np.where(values == None, np.nan, values).astype(np.float64)  # noqa: E711
+
+
+def distances_m(queries: pa.Table, hits, columns: tuple[str, str] | None) -> np.ndarray:
+    """Metres from each query to its hits (Q, k): between `columns` (a metric frame, or lat/lon by haversine; None
+    outside GPS mode: lat/lon where the rows have GPS); NaN for padding and where a query has no position."""
+    east, north = columns or ("lat", "lon")
+    q_east, q_north = _floats(queries, east)[:, None], _floats(queries, north)[:, None]
+    h_east, h_north = _hit_floats(hits, east), _hit_floats(hits, north)
+    if (east, north) == ("lat", "lon"):
+        dist = haversine_m(q_east, q_north, h_east, h_north)
+        if "has_gps" in queries.column_names:
+            dist[~np.asarray(queries["has_gps"].fill_null(False).to_pylist(), dtype=bool)] = np.nan
     else:
-        east, north = frame
-        dist = np.hypot(_floats(queries, east)[:, None] - _floats(database, east)[safe],
-                        _floats(queries, north)[:, None] - _floats(database, north)[safe])
-    if frame is None and "has_gps" in queries.column_names:
-        dist[~np.asarray(queries["has_gps"].fill_null(False).to_pylist(), dtype=bool)] = np.nan
-    return np.where(rows >= 0, dist, np.nan)
+        dist = np.hypot(q_east - h_east, q_north - h_north)
+    return np.where(hits.ids != None, dist, np.nan)  # noqa: E711
 
 
-def results_table(queries: pa.Table, database: pa.Table, scores: np.ndarray, rows: np.ndarray, positives: list,
-                  frame: tuple[str, str] | None) -> pa.Table:
+def results_table(queries: pa.Table, hits, positives: list, held: list[bool], columns) -> pa.Table:
     """One row per query row: image_id, lat, lon, top_ids, scores, distances_m, correct (null: no ground truth),
-    first_correct_rank (1-based; null when none of the top k is right), positives (how many the index holds)."""
-    db_ids = np.asarray(database["image_id"].to_pylist(), dtype=object)
-    dist = distances_m(queries, database, rows, frame)
+    first_correct_rank (1-based; null when none of the top k is right), positives (how many the index holds),
+    indexed (the query image is in the index too), and the hits' uri, lat and lon (for the report)."""
+    dist = distances_m(queries, hits, columns)
     top_ids, top_scores, top_dist, correct, first, counts = [], [], [], [], [], []
-    for i, (row, pos) in enumerate(zip(rows, positives, strict=True)):
-        valid = row >= 0
-        top_ids.append(db_ids[row[valid]].tolist())
-        top_scores.append(scores[i][valid].tolist())
+    for i, pos in enumerate(positives):
+        valid = hits.ids[i] != None  # noqa: E711
+        ids = hits.ids[i][valid].tolist()
+        top_ids.append(ids)
+        top_scores.append(hits.scores[i][valid].tolist())
         top_dist.append(dist[i][valid].tolist())
-        hits = None if pos is None else np.isin(row[valid], pos)
-        correct.append(None if hits is None else hits.tolist())
-        first.append(int(np.argmax(hits)) + 1 if hits is not None and hits.any() else None)
+        right = None if pos is None else [j in pos for j in ids]
+        correct.append(right)
+        first.append(right.index(True) + 1 if right and any(right) else None)
         counts.append(None if pos is None else len(pos))
+    listed = lambda column, kind: pa.array([  # noqa: E731
+        [None if v is None else v for v in hits.columns[column][i][hits.ids[i] != None]] if column in hits.columns  # noqa: E711
+        else [None] * len(top_ids[i]) for i in range(len(top_ids))], pa.list_(kind))
     return pa.table({
         "image_id": queries["image_id"], "lat": pa.array(_floats(queries, "lat")),
         "lon": pa.array(_floats(queries, "lon")),
         "top_ids": pa.array(top_ids, pa.list_(pa.string())), "scores": pa.array(top_scores, pa.list_(pa.float32())),
         "distances_m": pa.array(top_dist, pa.list_(pa.float64())), "correct": pa.array(correct, pa.list_(pa.bool_())),
-        "first_correct_rank": pa.array(first, pa.int32()), "positives": pa.array(counts, pa.int32())})
+        "first_correct_rank": pa.array(first, pa.int32()), "positives": pa.array(counts, pa.int32()),
+        "indexed": pa.array(held, pa.bool_()), "top_uris": listed("uri", pa.string()),
+        "top_lat": listed("lat", pa.float64()), "top_lon": listed("lon", pa.float64())})
 
 
-def distance_note(queries: pa.Table, frame: tuple[str, str] | None) -> str:
+def predicted_rows(results: pa.Table) -> pa.Table:
+    """The indexed rows the results name (image_id, uri, lat, lon), once each: what the report shows of them."""
+    flat = pa.table({name: pc.list_flatten(results[column]) for name, column in (
+        ("image_id", "top_ids"), ("uri", "top_uris"), ("lat", "top_lat"), ("lon", "top_lon"))})
+    _, first = np.unique(np.asarray(flat["image_id"].to_pylist(), dtype=object).astype(str), return_index=True)
+    return flat.take(pa.array(np.sort(first)))
+
+
+def distance_note(queries: pa.Table, columns: tuple[str, str] | None) -> str:
     """How the distances were measured, or that they could not be (no metric frame, no GPS)."""
-    if frame:
-        return f"metric frame {frame[0]}/{frame[1]}"
+    if columns and columns != ("lat", "lon"):
+        return f"metric frame {columns[0]}/{columns[1]}"
     if "has_gps" in queries.column_names and not pc.any(queries["has_gps"]).as_py():
         return "none: the queries have no GPS"
     return "haversine on lat/lon"
 
 
-def summarize(config: EvaluateConfig, manifest: dict, mode: str, distances: str, positives: list, curve: dict,
-              skipped: int, start: float) -> dict:
+def summarize(config: EvaluateConfig, manifest: dict, mode: str, distances: str, results: pa.Table,
+              truth: list[bool], curve: dict, skipped: int, start: float) -> dict:
     """The figures and the settings that produced them; `scored_queries` is M, what Recall@N divides by."""
-    queries = sum(p is not None for p in positives)
-    without_positive = sum(p is not None and len(p) == 0 for p in positives)
+    queries = sum(truth)
+    without_positive = sum(c == 0 for c in results["positives"].to_pylist())
     return {
         **{f"recall@{n}": curve[n] for n in config.ns},
-        "queries": queries, "rows": len(positives), "without_ground_truth": len(positives) - queries,
+        "queries": queries, "rows": len(truth), "without_ground_truth": len(truth) - queries,
         "without_positive": without_positive, "exclude_no_positive": config.exclude_no_positive,
         "scored_queries": queries - without_positive if config.exclude_no_positive else queries, "failed_maps": skipped,
         "mode": mode, "radius_m": config.radius_m if mode == "gps" else None,

@@ -11,16 +11,20 @@ far-away runner-up (another street that looks alike) does not pull the estimate 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from vprlib.cluster import DEVICES
 from vprlib.extract.config import RunOptions
 from vprlib.extract.decode import DecodeError, load_image
 from vprlib.index.embed import ModelError, load_model, retriever_record
-from vprlib.index.search import Index
+from vprlib.index.search import Index, shards_near
 from vprlib.metrics import haversine_m
 from vprlib.models import zoo
 from vprlib.spec import MapSpec, spec_mismatch
@@ -42,12 +46,30 @@ class LocateConfig:
         "extraction models ('' = the index's); must be what the index's maps were made with"))
     device: str = field(default="auto", metadata=_help("auto (cuda when present), cpu or cuda"))
     json: bool = field(default=False, metadata=_help("print JSON instead of a table"))
+    input: str = field(default="", metadata=_help(
+        "a batch instead of photos: a manifest (.parquet/.csv), a folder (manifest.parquet, or images + CSV) or "
+        "s3://, located on Ray into one Parquet file, --output"))
+    output: str = field(default="", metadata=_help("the batch's answers (a .parquet file, local or s3://)"))
+    prior_m: float = field(default=0.0, metadata=_help(
+        "batch: search only the shards within this many metres of a row's lat/lon (a prior position, e.g. a phone's "
+        "GPS); 0 = every shard"))
+    batch_size: int = field(default=32, metadata=_help("batch: photos per model batch"))
+    actors: int = field(default=1, metadata=_help("batch: extraction and embedding actors"))
+    search_actors: int = field(default=1, metadata=_help("batch: actors holding the index's shards"))
+    ray_address: str = field(default="", metadata=_help("batch: Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
-        if self.top_k < 1 or self.cluster_m < 0:
-            raise ValueError("top_k must be >= 1 and cluster_m >= 0")
+        if self.top_k < 1 or self.cluster_m < 0 or self.prior_m < 0:
+            raise ValueError("top_k must be >= 1, cluster_m and prior_m >= 0")
+        if min(self.batch_size, self.actors, self.search_actors) < 1:
+            raise ValueError("batch_size, actors and search_actors must be >= 1")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; known: {', '.join(DEVICES)}")
+        if bool(self.photos) == bool(self.input):
+            raise ValueError("give photos or --input (a batch of them), not both" if self.photos else
+                             "nothing to locate: give photos or --input")
+        if bool(self.input) != bool(self.output):
+            raise ValueError("--input and --output go together: the batch's answers are written to --output")
 
 
 class LocateError(ValueError):
@@ -112,20 +134,21 @@ def locate(config: LocateConfig) -> list[dict]:
     with torch.inference_mode():
         tensors = {k: torch.from_numpy(np.array(v)).to(device) for k, v in resized.items()}
         vectors = model.embed(tensors["depth"], tensors["seg"], tensors.get("rgb")).float().cpu().numpy()
-    scores, rows = index.search(vectors, config.top_k)
-    table = index.rows
-    lat, lon = table["lat"].to_numpy(), table["lon"].to_numpy()
-    heading = table["heading"].to_numpy(zero_copy_only=False) if "heading" in table.column_names else None
-    ids = table["image_id"].to_pylist()
-    results = []
-    for photo, found, score in zip(config.photos, rows, scores, strict=True):
-        found, score = found[found >= 0], score[found >= 0]
-        places = [{"rank": rank + 1, "image_id": ids[r], "lat": float(lat[r]), "lon": float(lon[r]),
-                   "heading": None if heading is None else float(heading[r]), "similarity": float(s)}
-                  for rank, (r, s) in enumerate(zip(found, score, strict=True))]
-        at = estimate(lat[found], lon[found], score, config.cluster_m) if len(found) else (None, None)
-        results.append({"photo": photo, "estimate": {"lat": at[0], "lon": at[1]}, "places": places})
-    return results
+    hits = index.search(vectors, config.top_k)
+    return [located(photo, hits, q, config.cluster_m) for q, photo in enumerate(config.photos)]
+
+
+def located(photo: str, hits, q: int, cluster_m: float) -> dict:
+    """One photo's answer from its row `q` of the search's hits: its places, best first, and the estimate."""
+    found = [r for r in range(hits.ids.shape[1]) if hits.ids[q, r] is not None]
+    column = lambda name: hits.columns.get(name, np.full(hits.ids.shape, None, object))[q, found]  # noqa: E731
+    lat, lon = column("lat").astype(np.float64), column("lon").astype(np.float64)
+    heading, scores = column("heading"), hits.scores[q, found]
+    places = [{"rank": rank + 1, "image_id": hits.ids[q, r], "lat": float(lat[rank]), "lon": float(lon[rank]),
+               "heading": None if heading[rank] is None else float(heading[rank]), "similarity": float(scores[rank])}
+              for rank, r in enumerate(found)]
+    at = estimate(lat, lon, scores, cluster_m) if found else (None, None)
+    return {"photo": photo, "estimate": {"lat": at[0], "lon": at[1]}, "places": places}
 
 
 def format_table(results: list[dict]) -> str:
@@ -138,3 +161,116 @@ def format_table(results: list[dict]) -> str:
             lines.append(f"  {place['rank']}. {place['image_id']}  {place['lat']:.6f}, {place['lon']:.6f}{heading}, "
                          f"similarity {place['similarity']:.3f}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- a batch, on Ray
+ANSWER_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("status", pa.string()),
+                           ("error", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
+                           ("top_ids", pa.list_(pa.string())), ("top_lat", pa.list_(pa.float64())),
+                           ("top_lon", pa.list_(pa.float64())), ("top_heading", pa.list_(pa.float64())),
+                           ("similarity", pa.list_(pa.float64()))])
+
+
+def locate_batch(config: LocateConfig) -> dict:
+    """Locate every photo of a manifest or folder: the photos stream through Ray Data (decode tasks, the index's
+    extraction chain and retriever on actor pools, the search on the index's actors), and the answers (one row per
+    photo, in the input's order: its estimate and top-k places, or its error) are written to one Parquet file.
+    Returns a summary."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from vprlib.cluster import Need, absolute_path, connect, io_task_args
+    from vprlib.extract.config import extract_config
+    from vprlib.extract.output import load_input
+    from vprlib.extract.pipeline import photos_dataset
+    from vprlib.index.search import SearchPool
+    from vprlib.storage import write_atomic
+
+    start = time.perf_counter()
+    index = Index(absolute_path(config.index))
+    spec, model_path = check_index(index, config.models)
+    record = retriever_record(model_path)
+    photos = load_input(absolute_path(config.input))
+    cluster = connect(config.ray_address)
+    device = cluster.device(config.device)
+    gpus = 1.0 if device == "cuda" else 0.0
+    cluster.check(Need("locating actors", config.actors, 1.0, gpus, "--actors", "(1 CPU each)", "(1 GPU each)",
+                       spare_cpus=1))
+    extract = extract_config(absolute_path(config.input), config.output, **{
+        **asdict(spec), "device": device, "batch_size": config.batch_size, "actors": config.actors})
+    ds = photos_dataset(extract, photos)
+    ds = ds.map_batches(PhotoEmbedder, fn_constructor_kwargs={"spec": spec, "run": extract.run, "checkpoint":
+                                                              model_path, "side": record.input_side},
+                        batch_size=config.batch_size, compute=ActorPoolStrategy(size=config.actors), num_cpus=1,
+                        num_gpus=gpus, **io_task_args())
+    pool = SearchPool(index.root, config.search_actors, manifest=index.manifest)
+    priors = photos.select([c for c in ("image_id", "lat", "lon") if c in photos.column_names])
+    ds = ds.map_batches(BatchLocator(pool, ray.put(priors), config), batch_format="numpy", num_cpus=SEARCH_CPUS)
+    answers = pa.concat_tables(ray.get(ds.to_arrow_refs()))
+    answers = answers.take(pc.index_in(photos["image_id"], value_set=answers["image_id"]))
+    write_atomic(config.output, lambda sink: pq.write_table(answers, sink, compression="zstd"))
+    failed = sum(s != "ok" for s in answers["status"].to_pylist())
+    summary = {"photos": answers.num_rows, "located": answers.num_rows - failed, "failed": failed,
+               "output": config.output, "wall_s": time.perf_counter() - start}
+    print(f"locate: {summary['located']} of {summary['photos']} photos located, {failed} could not be read; "
+          f"answers in {config.output}; {summary['wall_s']:.1f} s", flush=True)
+    return summary
+
+
+SEARCH_CPUS = 0.5  # CPUs a light task of the batch reserves
+
+
+class PhotoEmbedder:
+    """Ray Data actor: the index's extraction chain and its retriever, each loaded once; decoded photos in, their
+    descriptors out (`vector`, with `image_id`, `uri`, `status`, `error`; an error row's vector means nothing)."""
+
+    def __init__(self, spec: MapSpec, run, checkpoint: str, side: int):
+        from vprlib.extract.stages import FusedChain
+        from vprlib.index.embed import Embedder
+
+        self.chain = FusedChain(spec, run)
+        self.embedder = Embedder(checkpoint, run.device)
+        self.side = side
+
+    def __call__(self, batch: dict) -> dict:
+        maps = self.chain(batch)
+        photo = {"rgb": maps["image"]} if "image" in maps else {}
+        resized = resize_maps({"depth": maps["depth"], "seg": maps["seg"], **photo}, self.side)
+        kept = {k: maps[k] for k in ("image_id", "uri", "status", "error")}
+        return self.embedder({**kept, **resized})
+
+
+class BatchLocator:
+    """A Ray Data step: a batch of photo descriptors searched on the index's actors (only the shards near a row's
+    prior position with --prior-m), each photo's answer (`located`) as a row of ANSWER_SCHEMA."""
+
+    def __init__(self, pool, priors, config: LocateConfig):
+        self.pool, self.priors, self.config = pool, priors, config
+
+    def allowed(self, ids: list[str]) -> list | None:
+        """Per photo, the shards near its prior position (every shard without one); None: no priors asked for."""
+        import ray
+
+        priors = ray.get(self.priors)
+        if self.config.prior_m <= 0 or not {"lat", "lon"} <= set(priors.column_names):
+            return None
+        shards = self.pool.manifest["shards"]
+        rows = priors.take(pc.index_in(pa.array(ids, pa.string()), value_set=priors["image_id"])).to_pylist()
+        return [list(shards) if r["lat"] is None else shards_near(shards, r["lat"], r["lon"], self.config.prior_m)
+                for r in rows]
+
+    def __call__(self, batch: dict) -> pa.Table:
+        ids = [str(i) for i in batch["image_id"]]
+        hits = self.pool.search(np.asarray(batch["vector"], dtype=np.float32), self.config.top_k, self.allowed(ids))
+        rows = []
+        for q, ident in enumerate(ids):
+            ok = batch["status"][q] == "ok"
+            answer = located(str(batch["uri"][q]), hits, q, self.config.cluster_m) if ok else None
+            places = answer["places"] if answer else []
+            rows.append({"image_id": ident, "uri": str(batch["uri"][q]), "status": str(batch["status"][q]),
+                         "error": str(batch["error"][q]), "lat": answer["estimate"]["lat"] if answer else None,
+                         "lon": answer["estimate"]["lon"] if answer else None,
+                         "top_ids": [p["image_id"] for p in places], "top_lat": [p["lat"] for p in places],
+                         "top_lon": [p["lon"] for p in places], "top_heading": [p["heading"] for p in places],
+                         "similarity": [p["similarity"] for p in places]})
+        return pa.Table.from_pylist(rows, schema=ANSWER_SCHEMA)

@@ -1,15 +1,20 @@
-"""Shards of an index: which shard a row belongs to, the faiss index built for each, and the content hash that says
-whether a shard must be rebuilt.
+"""Shards of an index: which shard a row belongs to, and the faiss index built for each.
 
 Shards are UTM tiles (`utm-tile`: `tile_m` x `tile_m` metres of one UTM zone), the values of a `city` column, or
-one shard for all (`none`). Each is a faiss index over unit descriptors: exact inner product (`flat`, the default),
-or IVF-PQ (`ivfpq`) for millions of images, with its parameters chosen from the shard's size unless given. A shard too
-small to train IVF-PQ well (fewer than 39 points per centroid) is built flat, and the manifest says so.
+one shard for all (`none`). Each is a faiss index over unit descriptors, searched by inner product:
+- `flat`: exact.
+- `ivfpq`: an inverted file of `nlist` lists over product-quantised codes of `m` bytes, wrapped in faiss's
+  `IndexRefineFlat`, which keeps the vectors themselves beside the codes: a search takes `rerank` x k candidates
+  from the codes and re-ranks them exactly, so the scores returned are exact inner products and only a candidate the
+  codes missed can be lost. Its parameters follow the shard's size (`ivfpq_params`, the rule benchmarks/ivfpq_study.py
+  measured); a shard too small to gain from it is built flat, and the manifest says so.
+
+The vectors of a shard are its part of the index's file; both kinds load memory-mapped (`faiss.IO_FLAG_MMAP_IFC`), so
+a search process holds in memory only what it touches (the codes of an IVF-PQ shard, the vectors a flat search reads).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -18,7 +23,8 @@ import pyarrow as pa
 
 SHARD_BY = ("utm-tile", "city", "none")
 KINDS = ("flat", "ivfpq")
-MIN_TRAIN_PER_CENTROID = 39  # faiss warns below this many training points per centroid
+IVF_MIN_ROWS = 50_000  # below this a flat shard searches fast enough and is exact (benchmarks/ivfpq_study.py)
+TRAIN_PER_LIST = 64  # training vectors per inverted list (faiss warns under 39; more costs time and gains little)
 
 
 def shard_keys(rows: pa.Table, shard_by: str, tile_m: float) -> np.ndarray:
@@ -43,38 +49,36 @@ def shard_keys(rows: pa.Table, shard_by: str, tile_m: float) -> np.ndarray:
     return keys
 
 
-def content_hash(ids: list[str], vectors: np.ndarray) -> str:
-    """A shard's content: its ids and their vectors, in the order the index holds them."""
-    digest = hashlib.sha256()
-    for ident in ids:
-        digest.update(ident.encode())
-        digest.update(b"\0")
-    digest.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
-    return digest.hexdigest()[:32]
-
-
 @dataclass(frozen=True)
 class IvfPq:
-    nlist: int  # coarse centroids
-    m: int  # sub-quantizers (bytes per vector at 8 bits)
+    nlist: int  # inverted lists (coarse centroids)
+    m: int  # bytes per code: sub-quantizers of 8 bits
+    nprobe: int  # lists searched per query
+    rerank: int  # candidates per result re-ranked exactly from the stored vectors (faiss k_factor)
+    train: int  # vectors the lists and codebooks are trained on (a random sample of the shard)
     nbits: int = 8
-    nprobe: int = 16  # lists searched per query
 
 
-def ivfpq_params(n: int, dim: int, nlist: int = 0, m: int = 0, nprobe: int = 0) -> IvfPq | None:
-    """IVF-PQ parameters for a shard of `n` vectors of `dim` (given ones win): about 4 sqrt(n) lists, sub-vectors of
-    16 dimensions, an 8th of the lists probed; None when the shard is too small to train them."""
-    nlist = nlist or max(1, int(4 * math.sqrt(n)))
-    m = m or max(1, dim // 16)
+def ivfpq_params(n: int, dim: int, nlist: int = 0, m: int = 0, nprobe: int = 0, rerank: int = 0) -> IvfPq | None:
+    """IVF-PQ parameters for a shard of `n` vectors of `dim` (given ones win), or None when it stays flat.
+
+    The rule (benchmarks/ivfpq_study.py on a million 512-d descriptors): about sqrt(n) lists, a power of two; codes
+    of dim/8 bytes (64 for 512-d); 1/64 of the lists probed (at least 16); 8 candidates re-ranked per result;
+    TRAIN_PER_LIST training vectors per list. Shards under IVF_MIN_ROWS stay flat unless `nlist` is given."""
+    if n < IVF_MIN_ROWS and not nlist:
+        return None
+    nlist = nlist or 2 ** max(4, round(math.log2(math.sqrt(n))))
+    m = m or max(1, dim // 8)
     while dim % m:
         m -= 1
-    if n < MIN_TRAIN_PER_CENTROID * max(nlist, 2**8):
+    if n < 39 * nlist:  # too few vectors to train the lists (faiss's own minimum)
         return None
-    return IvfPq(nlist=nlist, m=m, nprobe=nprobe or max(1, nlist // 8))
+    return IvfPq(nlist=nlist, m=m, nprobe=min(nlist, nprobe or max(16, nlist // 64)), rerank=rerank or 8,
+                 train=min(n, TRAIN_PER_LIST * nlist))
 
 
-def build(vectors: np.ndarray, kind: str, params: dict | None = None) -> tuple[bytes, dict]:
-    """A faiss index of unit `vectors` (inner product), serialised, and what was built."""
+def build_index(vectors: np.ndarray, kind: str, params: dict | None = None, seed: int = 0):
+    """A faiss index of unit `vectors` (inner product) and a record of what was built."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -82,13 +86,74 @@ def build(vectors: np.ndarray, kind: str, params: dict | None = None) -> tuple[b
     chosen = ivfpq_params(n, dim, **(params or {})) if kind == "ivfpq" else None
     if chosen is None:
         index = faiss.IndexFlatIP(dim)
-        built = {"kind": "flat", **({"requested": "ivfpq", "why": "too few vectors to train"} if kind == "ivfpq"
+        built = {"kind": "flat", **({"requested": "ivfpq", "why": "too few vectors for IVF"} if kind == "ivfpq"
                                     else {})}
     else:
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFPQ(quantizer, dim, chosen.nlist, chosen.m, chosen.nbits, faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors)
-        index.nprobe = chosen.nprobe
+        ivf = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, chosen.nlist, chosen.m, chosen.nbits,
+                               faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(seed).choice(n, chosen.train, replace=False) if chosen.train < n else None
+        ivf.train(vectors if sample is None else vectors[np.sort(sample)])
+        index = faiss.IndexRefineFlat(ivf)
         built = {"kind": "ivfpq", **asdict(chosen)}
     index.add(vectors)
-    return faiss.serialize_index(index).tobytes(), built
+    configure(index, built)
+    return index, built
+
+
+def configure(index, built: dict) -> None:
+    """Set a loaded index's search parameters from its record (faiss does not store nprobe and k_factor)."""
+    import faiss
+
+    if built["kind"] == "ivfpq":
+        index.k_factor = float(built["rerank"])
+        faiss.extract_index_ivf(index.base_index).nprobe = int(built["nprobe"])
+
+
+def write_index(index, path: str) -> None:
+    """Write a faiss index to a local path or a URL (through a local temporary file), whole or not at all."""
+    import os
+    import tempfile
+
+    import faiss
+
+    from vprlib.data.manifest import is_remote, url_to_fs
+
+    fs, target = url_to_fs(path)
+    folder = os.path.dirname(target) if not is_remote(path) else None
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    handle, temp = tempfile.mkstemp(suffix=".faiss", dir=folder)
+    os.close(handle)
+    try:
+        faiss.write_index(index, temp)
+        if folder:
+            os.replace(temp, target)
+        else:
+            fs.put_file(temp, target)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def read_index(path: str, built: dict, cache_dir: str | None = None):
+    """A shard's faiss index, memory-mapped (a URL is copied to `cache_dir` on this node first), configured."""
+    import os
+
+    import faiss
+
+    from vprlib.data.manifest import is_remote, url_to_fs
+
+    local = path
+    if is_remote(path):
+        import tempfile
+
+        fs, remote = url_to_fs(path)
+        folder = cache_dir or os.path.join(tempfile.gettempdir(), "vprlib-shards")
+        os.makedirs(folder, exist_ok=True)
+        local = os.path.join(folder, os.path.basename(remote))
+        if not os.path.exists(local):
+            fs.get_file(remote, local + ".part")
+            os.replace(local + ".part", local)
+    index = faiss.read_index(local, faiss.IO_FLAG_MMAP_IFC)
+    configure(index, built)
+    return index
