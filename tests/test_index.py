@@ -304,14 +304,15 @@ def test_locate_a_batch_on_ray_as_photo_by_photo(city, built, tmp_path, ray_sess
         assert answer["top_ids"] == [p["image_id"] for p in alone["places"]]
         assert answer["similarity"] == pytest.approx([p["similarity"] for p in alone["places"]], abs=1e-4)
         assert (answer["lat"], answer["lon"]) == pytest.approx((alone["estimate"]["lat"], alone["estimate"]["lon"]))
-    near = locate_batch(LocateConfig(index=str(built[0]), input=str(tmp_path / "photos.parquet"), prior_m=5.0,
-                                     output=str(tmp_path / "near.parquet"), top_k=3))
+    # With --prior-m, a photo with a prior position asks only the shards near it (the search over those shards is
+    # test_search_on_actors_equals_one_flat_index's).
+    import ray
+
+    from vprlib.index.locate import BatchLocator
+
+    config = LocateConfig(index=str(built[0]), input="x", output="y", prior_m=5.0)
     index = Index(str(built[0]))
-    narrowed = 0
-    for answer, prior in zip(pq.read_table(tmp_path / "near.parquet").to_pylist()[:5], photos.to_pylist(),
-                             strict=False):
-        shards = index.near(prior["lat"], prior["lon"], 5.0)
-        narrowed += len(shards) < len(index.shards)
-        held = {i for s in shards for i in index.group.rows(s)["image_id"].to_pylist()}
-        assert answer["top_ids"] and set(answer["top_ids"]) <= held  # only the shards near the prior were searched
-    assert near["located"] == 5 and narrowed
+    locator = BatchLocator(SearchPool(str(built[0]), manifest=index.manifest), ray.put(photos), config)
+    priors = photos.to_pylist()
+    assert locator.allowed([p["image_id"] for p in priors]) == [index.near(p["lat"], p["lon"], 5.0) for p in priors]
+    assert any(len(index.near(p["lat"], p["lon"], 5.0)) < len(index.shards) for p in priors)
