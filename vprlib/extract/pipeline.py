@@ -37,6 +37,7 @@ MAX_BLOCKS = 4096
 def run_extract(config: ExtractConfig) -> dict:
     """Run (or resume) the extraction job; return the summary (also written as _extract_summary.json)."""
     start = time.perf_counter()
+    requested_output = config.output  # `file://` (a folder every node mounts) is dropped by resolve_paths
     config = resolve_paths(config)
     spec, run = config.spec, config.run
     manifest = carry_columns(load_input(config.input))
@@ -44,6 +45,7 @@ def run_extract(config: ExtractConfig) -> dict:
     identity = zoo.identity(spec.models, spec.plan.models, spec.segmenter_side)
     check_config(config.output, config_record(config, identity, manifest.schema), write=False)  # before Ray starts
     cluster = connect(run.ray_address)
+    cluster.check_shared(requested_output, "--output")  # write tasks run on every node
     config = replace(config, run=replace(run, device=cluster.device(run.device)))
     check_gpus_per_process(config.run.device, config.run.gpus_per_actor, "--gpus-per-actor")
     cluster.check(actors_need(config.run, spec.side))
