@@ -28,7 +28,7 @@ from vprlib.extract.output import (
     summarise,
 )
 from vprlib.extract.stages import STAGES, FusedChain, plan_io
-from vprlib.maps import carry_columns, encode_batch, output_schema, part_files, write_part, write_spec
+from vprlib.maps import carry_columns, encode_batch, output_schema, part_files, part_name_of, write_part, write_spec
 from vprlib.models import zoo
 
 MAX_BLOCKS = 4096
@@ -143,7 +143,9 @@ class MapsSink(Datasink):
         table = pa.concat_tables([BlockAccessor.for_block(block).to_arrow() for block in blocks])
         counts: dict[str, int] = {}
         for start in range(0, table.num_rows, self.rows_per_file):
-            written = write_part(table.slice(start, self.rows_per_file), self.output, self.schema, self.manifest)
+            rows = table.slice(start, self.rows_per_file)
+            written = write_part(rows, self.output, self.schema, self.manifest,
+                                 name=part_name_of(rows["image_id"].to_pylist()))
             for status in written["status"].to_pylist():
                 counts[status] = counts.get(status, 0) + 1
         return counts
