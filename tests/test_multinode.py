@@ -82,6 +82,7 @@ def _load_job(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_jobs_refuse_a_local_output_on_a_cluster_of_several_nodes(ray_cluster, tmp_path, capsys):
     """Train, sweep and extract write from every node: a local --output is one line and exit 2 before any work, naming
     the flag and how to name shared storage. (Each job's main, in this process: the checks come before any maps are
