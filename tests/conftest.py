@@ -50,3 +50,49 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", address="local")
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """Start a Ray cluster of several nodes on this machine (`ray.cluster_utils.Cluster`): `start(head_cpus,
+    *node_cpus)` returns it; every node is shut down afterwards.
+
+    Its temp folder (and so the address file `ray start` and this class write, which a bare `ray.init()` follows) is
+    a private one, so no other Ray process on this machine joins it. Ray Train's placement-group cleaner asks the
+    State API of the head's dashboard, once a second, whether the run's controller is alive: the head runs a dashboard
+    of its own (one without it advertises the default port, where another cluster's dashboard may answer and refuse),
+    and RAY_API_SERVER_ADDRESS names it to every process (else each looks for the cluster among all on this machine,
+    and says so)."""
+    import shutil
+    import tempfile
+
+    from ray.cluster_utils import Cluster
+
+    folder = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    monkeypatch.setenv("RAY_TMPDIR", folder)
+    started = []
+
+    def start(head_cpus: float, *node_cpus: float) -> Cluster:
+        port = _free_port()
+        monkeypatch.setenv("RAY_API_SERVER_ADDRESS", f"http://127.0.0.1:{port}")
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": head_cpus, "include_dashboard": True, "dashboard_port": port,
+            "dashboard_agent_listen_port": None})
+        started.append(cluster)
+        for cpus in node_cpus:
+            cluster.add_node(num_cpus=cpus)
+        cluster.wait_for_nodes()
+        return cluster
+
+    yield start
+    for cluster in started:
+        cluster.shutdown()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

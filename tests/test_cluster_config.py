@@ -1,7 +1,9 @@
-"""cluster.yaml is a valid Ray cluster launcher config (checked against Ray's own schema, offline)."""
+"""cluster.yaml is a valid Ray cluster launcher config (checked against Ray's own schema, offline), and what the jobs
+read from the cluster they run on: GPU node types the launcher may add, and whether a local folder can be shared."""
 
 from pathlib import Path
 
+import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
@@ -15,7 +17,6 @@ def test_cluster_yaml_validates_against_ray_schema():
     assert config["head_node_type"] == "head"
     assert {"cpu_worker", "gpu_worker"} <= set(types)
     assert sum(t.get("max_workers", 0) for n, t in types.items() if n != "head") <= config["max_workers"]
-    assert any("pip install" in c and "vprlib" in c for c in config["setup_commands"])
 
 
 def test_device_auto_picks_cuda_where_the_launcher_may_start_gpu_nodes(tmp_path):
@@ -39,3 +40,27 @@ def test_device_auto_picks_cuda_where_the_launcher_may_start_gpu_nodes(tmp_path)
     bootstrap.write_text(yaml.safe_dump(config))
     assert head_alone(str(bootstrap), {"CPU": 8.0}).device("auto") == "cpu"
     assert head_alone(str(tmp_path / "absent.yaml"), {"CPU": 16.0, "GPU": 1.0}).device("auto") == "cuda"
+
+
+def test_a_local_output_is_refused_where_work_spans_several_machines(tmp_path):
+    """One node: any folder. Several nodes, or a launcher that may add some: only URLs, `file://` for a folder every
+    node mounts."""
+    from vprlib.cluster import Cluster, SharedStorageError, launcher_worker_types
+
+    config = prepare_config(yaml.safe_load(CLUSTER_YAML.read_text()))
+    bootstrap = tmp_path / "ray_bootstrap_config.yaml"
+    bootstrap.write_text(yaml.safe_dump(config))
+    assert launcher_worker_types(str(bootstrap)) == ["cpu_worker", "gpu_worker"]
+
+    def cluster(nodes: int, worker_types: tuple = ()) -> Cluster:
+        return Cluster(resources={"CPU": 8.0}, node_memory=2.0**34, started_here=False, gpu_node_types=(),
+                       nodes=nodes, worker_node_types=worker_types)
+
+    cluster(1).check_shared("out/maps", "--output")
+    for spread in (cluster(3), cluster(1, tuple(launcher_worker_types(str(bootstrap))))):
+        for url in ("s3://bucket/maps", "file:///mnt/shared/maps", "gs://bucket/maps"):
+            spread.check_shared(url, "--output")
+        with pytest.raises(SharedStorageError, match=r"^--output out/maps is a folder on one machine, but the cluster "
+                                                      r"spans .*: give s3://\.\.\. \(or another fsspec URL\), or "
+                                                      r"file:///.*/out/maps if every node mounts it$"):
+            spread.check_shared("out/maps", "--output")

@@ -1,10 +1,11 @@
 """The Ray cluster every job runs on: connect (or start a local one), choose the device, check that the work fits.
 
 `connect(address)` returns a `Cluster`: what it has now, whether this process started it (a local Ray never grows)
-and which GPU node types the cluster launcher may still add (an autoscaling cluster such as cluster.yaml's, whose
-GPU nodes start at zero). `Cluster.device("auto")` picks cuda or cpu from that, and `Cluster.check(Need(...))` fails
+and which node types the cluster launcher may still add (an autoscaling cluster such as cluster.yaml's, whose
+workers start at zero). `Cluster.device("auto")` picks cuda or cpu from that, and `Cluster.check(Need(...))` fails
 at once, with one line naming the flag to change, when the requested actors or workers can never start, instead of
-letting Ray wait for resources that will not come. Only public Ray APIs are used.
+letting Ray wait for resources that will not come. `Cluster.check_shared(path, flag)` refuses a local folder for
+files that tasks on several machines write. Only public Ray APIs are used.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ DEVICES = ("auto", "cpu", "cuda")
 
 class ResourceError(ValueError):
     """The Ray cluster can never run what was asked of it."""
+
+
+class SharedStorageError(ValueError):
+    """A folder on one machine given where processes on several machines read and write."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,28 @@ class Cluster:
     node_memory: float  # the largest `memory` of any alive node (bytes): what one task may reserve at most
     started_here: bool  # this process started a local Ray: nothing will ever add nodes
     gpu_node_types: tuple[str, ...]  # GPU node types the cluster launcher may start
+    nodes: int = 1  # alive nodes when connected
+    worker_node_types: tuple[str, ...] = ()  # worker node types (any) the cluster launcher may start
 
     @property
     def can_grow(self) -> bool:
         return not self.started_here
+
+    @property
+    def multi_node(self) -> bool:
+        """Whether tasks and workers may run on more than one machine: several nodes now, or more may be added."""
+        return self.nodes > 1 or bool(self.worker_node_types)
+
+    def check_shared(self, path: str, flag: str) -> None:
+        """Refuse a local folder (no URL scheme) for `flag` on a cluster of several machines: each process would write
+        its share to its own machine's disk. `file://` names a folder every node mounts (NFS, EFS) and is accepted."""
+        if not self.multi_node or "://" in path:
+            return
+        where = (f"{self.nodes} nodes" if self.nodes > 1
+                 else f"the nodes the launcher adds ({', '.join(self.worker_node_types)})")
+        raise SharedStorageError(f"{flag} {path} is a folder on one machine, but the cluster spans {where}: give "
+                                 f"s3://... (or another fsspec URL), or file://{absolute_path(path)} if every node "
+                                 f"mounts it")
 
     def device(self, requested: str) -> str:
         """`requested`, or for "auto": cuda when the cluster has GPUs or the launcher may add GPU nodes, else cpu."""
@@ -118,7 +141,9 @@ def connect(address: str = "", bootstrap_config: str = BOOTSTRAP_CONFIG, **init_
         check_ray_address(address)
         ray.init(address=address or None, logging_level="WARNING", **init_args)
     return Cluster(resources=ray.cluster_resources(), node_memory=max_node_memory(),
-                   started_here=_started_here(), gpu_node_types=tuple(launcher_gpu_types(bootstrap_config)))
+                   started_here=_started_here(), gpu_node_types=tuple(launcher_gpu_types(bootstrap_config)),
+                   nodes=sum(1 for node in ray.nodes() if node.get("Alive")),
+                   worker_node_types=tuple(launcher_worker_types(bootstrap_config)))
 
 
 def _started_here() -> bool:
@@ -137,19 +162,29 @@ def max_node_memory() -> float:
 def launcher_gpu_types(path: str = BOOTSTRAP_CONFIG) -> list[str]:
     """The worker node types with GPUs that the Ray cluster launcher may start: read from the config `ray up` leaves
     on the head node (resources filled in per instance type), where `ray job submit` runs the driver. [] elsewhere."""
+    return [name for name, spec in _launcher_worker_types(path).items()
+            if float((spec.get("resources") or {}).get("GPU", 0)) > 0]
+
+
+def launcher_worker_types(path: str = BOOTSTRAP_CONFIG) -> list[str]:
+    """Every worker node type the Ray cluster launcher may start (from the head's bootstrap config; [] elsewhere)."""
+    return list(_launcher_worker_types(path))
+
+
+def _launcher_worker_types(path: str) -> dict[str, dict]:
     import yaml  # a dependency of ray
 
     file = Path(path).expanduser()
     try:
         config = yaml.safe_load(file.read_text()) if file.is_file() else None
     except (OSError, yaml.YAMLError):
-        return []
+        return {}
     if not isinstance(config, dict):
-        return []
+        return {}
     head = config.get("head_node_type")
     types = config.get("available_node_types") or {}
-    return [name for name, spec in types.items() if name != head and isinstance(spec, dict)
-            and float((spec.get("resources") or {}).get("GPU", 0)) > 0 and spec.get("max_workers", 1) > 0]
+    return {name: spec for name, spec in types.items() if name != head and isinstance(spec, dict)
+            and spec.get("max_workers", 1) > 0}
 
 
 def storage_env() -> dict[str, str]:

@@ -25,6 +25,7 @@ table two writers filled at once, rewriting parts atomically.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import posixpath
@@ -171,6 +172,13 @@ def _encode_ok(maps: np.ndarray, ok: np.ndarray, encode) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- part files
 def part_name() -> str:
     return f"part-{uuid.uuid4().hex}.parquet"
+
+
+def part_name_of(image_ids: list[str]) -> str:
+    """A part name made from the ids it holds: a write retried after its node was lost rewrites the same file (atomic
+    rename) instead of adding a second copy of its rows."""
+    digest = hashlib.sha256("\n".join(image_ids).encode()).hexdigest()
+    return f"part-{digest[:32]}.parquet"
 
 
 def is_part_name(name: str) -> bool:

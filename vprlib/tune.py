@@ -31,6 +31,7 @@ from vprlib.train.config import TrainConfig, with_options
 
 SCHEDULERS = ("asha", "fifo")
 SCORE = "recall@1"
+TRIAL_RETRIES = 2  # times Tune starts a failed trial again
 
 
 def _help(text: str) -> dict:
@@ -133,16 +134,19 @@ def run_sweep(sweep: SweepConfig) -> pa.Table:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from vprlib.cluster import connect
+    from vprlib.train.loop import ray_storage
 
     start = time.perf_counter()
     cluster = connect(sweep.base.ray_address)
+    cluster.check_shared(sweep.base.output, "--output")  # trials write there from any node
     concurrent = sweep.concurrent_trials or concurrent_trials(cluster.resources, sweep.base)
-    storage = _storage(sweep.base.output)
+    storage, filesystem = ray_storage(posixpath.join(sweep.base.output, "_tune"))
     trainable = tune.with_resources(tune.with_parameters(_trial, base=sweep.base.to_dict(), output=sweep.base.output),
                                     {"cpu": 0.01})  # the trial only drives its Ray Train run, whose workers hold CPUs
-    if tune.Tuner.can_restore(posixpath.join(storage, "sweep")):
+    if tune.Tuner.can_restore(posixpath.join(storage, "sweep"), storage_filesystem=filesystem):
         print("tune: resuming the sweep in this output: finished trials are kept", flush=True)
-        tuner = tune.Tuner.restore(posixpath.join(storage, "sweep"), trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(posixpath.join(storage, "sweep"), trainable, resume_errored=True,
+                                   storage_filesystem=filesystem)
     else:
         scheduler = (ASHAScheduler(time_attr="epoch", max_t=sweep.base.epochs, grace_period=sweep.grace_period,
                                    reduction_factor=sweep.reduction_factor) if sweep.scheduler == "asha"
@@ -152,7 +156,10 @@ def run_sweep(sweep: SweepConfig) -> pa.Table:
             tune_config=tune.TuneConfig(metric=SCORE, mode="max", scheduler=scheduler,
                                         num_samples=sweep.samples if sweep.lr_range else 1,
                                         max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=1))
+            # A trial whose run fails (its node lost with the driver of its Ray Train run) starts again, resuming
+            # from its own last.pt.
+            run_config=tune.RunConfig(name="sweep", storage_path=storage, storage_filesystem=filesystem, verbose=1,
+                                      failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)))
     grid = tuner.fit()
     table = results_table(grid, sweep)
     write_results(sweep, table, time.perf_counter() - start)
@@ -167,11 +174,6 @@ def concurrent_trials(resources: dict, base: TrainConfig) -> int:
     if gpus:
         fits = min(fits, resources.get("GPU", 0) / (base.workers * gpus))
     return max(1, int(fits))
-
-
-def _storage(output: str) -> str:
-    path = posixpath.join(output, "_tune")
-    return path if "://" in path else os.path.abspath(path)
 
 
 def results_table(grid, sweep: SweepConfig) -> pa.Table:

@@ -28,7 +28,7 @@ from vprlib.extract.output import (
     summarise,
 )
 from vprlib.extract.stages import STAGES, FusedChain, plan_io
-from vprlib.maps import carry_columns, encode_batch, output_schema, part_files, write_part, write_spec
+from vprlib.maps import carry_columns, encode_batch, output_schema, part_files, part_name_of, write_part, write_spec
 from vprlib.models import zoo
 
 MAX_BLOCKS = 4096
@@ -37,6 +37,7 @@ MAX_BLOCKS = 4096
 def run_extract(config: ExtractConfig) -> dict:
     """Run (or resume) the extraction job; return the summary (also written as _extract_summary.json)."""
     start = time.perf_counter()
+    requested_output = config.output  # `file://` (a folder every node mounts) is dropped by resolve_paths
     config = resolve_paths(config)
     spec, run = config.spec, config.run
     manifest = carry_columns(load_input(config.input))
@@ -44,6 +45,7 @@ def run_extract(config: ExtractConfig) -> dict:
     identity = zoo.identity(spec.models, spec.plan.models, spec.segmenter_side)
     check_config(config.output, config_record(config, identity, manifest.schema), write=False)  # before Ray starts
     cluster = connect(run.ray_address)
+    cluster.check_shared(requested_output, "--output")  # write tasks run on every node
     config = replace(config, run=replace(run, device=cluster.device(run.device)))
     check_gpus_per_process(config.run.device, config.run.gpus_per_actor, "--gpus-per-actor")
     cluster.check(actors_need(config.run, spec.side))
@@ -156,7 +158,9 @@ class MapsSink(Datasink):
         table = pa.concat_tables([BlockAccessor.for_block(block).to_arrow() for block in blocks])
         counts: dict[str, int] = {}
         for start in range(0, table.num_rows, self.rows_per_file):
-            written = write_part(table.slice(start, self.rows_per_file), self.output, self.schema, self.manifest)
+            rows = table.slice(start, self.rows_per_file)
+            written = write_part(rows, self.output, self.schema, self.manifest,
+                                 name=part_name_of(rows["image_id"].to_pylist()))
             for status in written["status"].to_pylist():
                 counts[status] = counts.get(status, 0) + 1
         return counts

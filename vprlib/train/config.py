@@ -218,6 +218,9 @@ class TrainConfig:
     side: int = field(default=0, metadata=_help("maps are resized to side x side for training (0 = their own)"))
     seed: int = field(default=0, metadata=_help("seed of weights, shuffling and sampling"))
     workers: int = field(default=1, metadata=_help("Ray Train workers (DDP when more than one)"))
+    min_workers: int = field(default=1, metadata=_help(
+        "fewest workers a run goes on with when a node is lost and none replaces it (Ray Train's elastic scaling: "
+        "the batch is split among the workers left); --workers keeps the group fixed"))
     gpus_per_worker: float = field(default=-1.0, metadata=_help(
         "GPUs per worker (0 on CPU; -1 = 1 when the cluster has or may add GPUs, else 0)"))
     cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs reserved per worker"))
@@ -233,9 +236,11 @@ class TrainConfig:
             raise ValueError(f"{self.family} needs {OPTIONS[self.family].__name__}, got {type(self.options).__name__}")
         if self.family == "refiner" and not self.targets:
             raise ValueError("the refiners need --targets, the ground-truth maps of the training images")
-        for name in ("epochs", "batch_size", "workers"):
+        for name in ("epochs", "batch_size", "workers", "min_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_workers > self.workers:
+            raise ValueError(f"min_workers {self.min_workers} is more than workers {self.workers}")
         if self.lr <= 0 or self.side < 0 or self.cpus_per_worker < 0 or self.options.threads < 0:
             raise ValueError("lr must be > 0, side, cpus_per_worker and threads >= 0")
         if self.precision not in ("bf16", "fp32"):

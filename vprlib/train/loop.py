@@ -64,6 +64,7 @@ def run_training(config: TrainConfig, callbacks: tuple = ()) -> dict:
     family = FAMILIES[config.family]
     check_resume(config, family.architecture(config))
     cluster = connect(config.ray_address)
+    cluster.check_shared(config.output, "--output")  # every worker reads the checkpoints rank 0 writes
     gpus = config.gpus_per_worker
     if gpus < 0:
         gpus = 1.0 if cluster.device("auto") == "cuda" else 0.0
@@ -89,17 +90,26 @@ def _trainer(config: TrainConfig, train_func, prepared: Prepared, gpus: float, c
     from ray.train.torch import TorchTrainer
 
     resources = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
-    scaling = ScalingConfig(num_workers=config.workers, use_gpu=gpus > 0, resources_per_worker=resources)
-    run = RunConfig(name="train", storage_path=_storage(config.output), failure_config=FailureConfig(max_failures=2),
-                    checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks))
+    workers = config.workers if config.min_workers == config.workers else (config.min_workers, config.workers)
+    scaling = ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources)
+    path, filesystem = ray_storage(posixpath.join(config.output, RAY_DIR))
+    run = RunConfig(name="train", storage_path=path, storage_filesystem=filesystem,
+                    failure_config=FailureConfig(max_failures=2), checkpoint_config=CheckpointConfig(num_to_keep=2),
+                    callbacks=list(callbacks))
     return TorchTrainer(train_func, train_loop_config={"config": config.to_dict(), **prepared.payload},
                         scaling_config=scaling, run_config=run, datasets=prepared.datasets,
                         dataset_config=DataConfig(datasets_to_split=prepared.split))
 
 
-def _storage(output: str) -> str:
-    path = posixpath.join(output, RAY_DIR)
-    return path if "://" in path else os.path.abspath(path)
+def ray_storage(folder: str):
+    """Ray Train's or Tune's storage_path and storage_filesystem for `folder`: a local path as it is (made absolute);
+    a URL through its fsspec filesystem, so Ray writes with the job's own storage settings to any fsspec store."""
+    if "://" not in folder:
+        return os.path.abspath(folder), None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = url_to_fs(folder)
+    return path, PyFileSystem(FSSpecHandler(fs))
 
 
 def check_resume(config: TrainConfig, architecture: dict) -> None:
@@ -228,23 +238,27 @@ class WorkerRun:
                 return
 
     def restore(self) -> dict | None:
-        """The training state to continue from: Ray's last checkpoint of this run (a restarted worker, a rerun), or
-        `last.pt` in the output (a rerun after Ray's run directory was lost); None to start afresh."""
+        """The training state to continue from, None to start afresh: the later of Ray's last checkpoint of this run
+        (a restarted worker group, a rerun) and `last.pt` in the output (rank 0 writes it as soon as an epoch is
+        done, so it may hold an epoch whose Ray checkpoint a lost node kept from being registered; and a rerun whose
+        Ray run directory is gone). Every worker reads the same files, so all ranks continue from one epoch."""
         import ray.train
 
+        found = []
         checkpoint = ray.train.get_checkpoint()
-        state, source = None, ""
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
                 state = torch.load(os.path.join(folder, LAST), map_location="cpu", weights_only=True)
-            source = "the run's last checkpoint"
-        elif self.config.resume:
-            state = _load(self.config.output, LAST)
-            source = f"{posixpath.join(self.config.output, LAST)}"
+            found.append((state, "the run's last checkpoint"))
+        state = _load(self.config.output, LAST)  # this run's or one to resume: --no-resume removed any other
         if state is not None:
-            self.history, self.best = list(state["history"]), state["best"]
-            if self.rank == 0:
-                say(f"train: resuming from epoch {state['epoch']} ({source})")
+            found.append((state, posixpath.join(self.config.output, LAST)))
+        if not found:
+            return None
+        state, source = max(found, key=lambda pair: pair[0]["epoch"])  # the first of equals: Ray's
+        self.history, self.best = list(state["history"]), state["best"]
+        if self.rank == 0:
+            say(f"train: resuming from epoch {state['epoch']} ({source})")
         return state
 
     def share(self, value):
@@ -286,12 +300,14 @@ class WorkerRun:
             ray.train.report(_plain(row))
             return improved
         state = {**state, "epoch": epoch, "history": self.history, "best": self.best}
+        # best.pt first, last.pt next: last.pt marks the epoch done (restore continues after it), so a best.pt it
+        # counts on is already there; metrics.parquet then shows only done epochs.
+        if improved:
+            save_file(self.config.output, BEST, best_checkpoint())
+        save_file(self.config.output, LAST, state)
+        self._write_metrics()
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, os.path.join(folder, LAST))
-            save_file(self.config.output, LAST, state)
-            if improved:
-                save_file(self.config.output, BEST, best_checkpoint())
-            self._write_metrics()
             ray.train.report(_plain(row), checkpoint=ray.train.Checkpoint.from_directory(folder))
         say("train: " + ", ".join(f"{k} {_cell(v)}" for k, v in row.items()) + (" *" if improved else ""))
         return improved
@@ -330,7 +346,8 @@ def save_file(output: str, name: str, value) -> None:
     fs, root = url_to_fs(output)
     fs.makedirs(root, exist_ok=True)
     final = posixpath.join(root, name)
-    temp = final if "://" in output else posixpath.join(root, f".tmp-{name}")
+    # A local or mounted folder renames atomically; an object store makes an object visible only once whole.
+    temp = posixpath.join(root, f".tmp-{name}") if "file" in fs.protocol else final
     with fs.open(temp, "wb") as f:
         f.write(buffer.getvalue())
     if temp != final:
