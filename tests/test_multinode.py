@@ -194,7 +194,9 @@ def test_extraction_that_loses_a_node_writes_every_row_once_and_the_maps_one_nod
                                     "--ray-address", cluster.address),
                                env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     _wait(job, lambda: len(list(output.glob("part-*.parquet"))) >= 2, 300)
-    cluster.remove_node((nodes_hosting(cluster, "_MapWorker") or list(cluster.worker_nodes))[0])
+    hosts = nodes_hosting(cluster, "MapWorker(MapBatches(FusedChain))")
+    assert hosts, {a["ActorClassName"] for a in cluster.global_state.actor_table(None).values()}
+    cluster.remove_node(hosts[0])
     text = _finish(job, log, 400)
     assert job.returncode == 0, text[-3000:]
     assert _maps_by_id(output) == _maps_by_id(one_node)  # every row once, byte for byte what one node wrote
@@ -257,3 +259,58 @@ def test_a_rerun_after_the_head_is_lost_resumes_training_on_a_new_cluster(ray_cl
     assert second.returncode == 0, text[-3000:]
     assert f"train: resuming from epoch {done} " in text, text[-3000:]
     assert [row["epoch"] for row in pq.read_table(output / "metrics.parquet").to_pylist()] == [0, 1, 2]
+
+
+def _parted_maps(city: str, folder: Path, rows_per_part: int = 16) -> str:
+    """The city's ground-truth maps written again in parts of `rows_per_part` rows: many units of indexing work."""
+    from vprlib.maps import read_maps, read_spec, table_schema, write_part, write_spec
+
+    gt = os.path.join(city, GT_MAPS)
+    table = read_maps(gt)
+    write_spec(str(folder), read_spec(gt))
+    for start in range(0, table.num_rows, rows_per_part):
+        write_part(table.slice(start, rows_per_part), str(folder), table_schema(gt))
+    return str(folder)
+
+
+@pytest.mark.long
+def test_a_reindex_that_loses_a_node_builds_every_shard_once_and_the_index_one_node_builds(ray_cluster, city,
+                                                                                          tmp_path):
+    """Two embedding actors on two nodes; the node of one goes while they embed: the job finishes on the node left,
+    each maps part has one embeddings file, each shard was built once, and the index is the one a single node
+    builds (files are named by their content, so equal names are equal indexes)."""
+    from vprlib.index.search import EMBEDDINGS, read_manifest, read_parts
+    from vprlib.maps import part_files, read_spec
+    from vprlib.models.cosplace import CosPlace, CosPlaceConfig
+    from vprlib.models.encodings import EncodingConfig
+
+    maps = _parted_maps(city, tmp_path / "maps")
+    torch.manual_seed(0)
+    model = str(tmp_path / "model.pt")
+    CosPlace(CosPlaceConfig(backbone="resnet18", descriptor_size=16, encoding=EncodingConfig(num_classes=4))).save(
+        model, map_spec=read_spec(maps), input_side=32)
+    argv = ["--maps", maps, "--model", model, "--split", "all", "--tile-m", "40", "--actors", "2",
+            "--cpus-per-actor", "1", "--batch-size", "4"]
+    alone = subprocess.run(_job("index", *argv, "--output", str(tmp_path / "one-node"), "--ray-address", "local"),
+                           capture_output=True, text=True, env=_env(), timeout=400)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    cluster = ray_cluster(0, 2, 2)  # the head only drives
+    local = subprocess.run(_job("index", *argv, "--output", str(tmp_path / "local"), "--ray-address",
+                                cluster.address), capture_output=True, text=True, env=_env(), timeout=300)
+    assert local.returncode == 2 and f"--output {tmp_path / 'local'} is a folder on one machine" in local.stderr
+    output = tmp_path / "index"
+    log = tmp_path / "index.log"
+    with log.open("w") as out:
+        job = subprocess.Popen(_job("index", *argv, "--output", f"file://{output}", "--ray-address", cluster.address),
+                               env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait(job, lambda: len(list((output / EMBEDDINGS).glob("part-*.parquet"))) >= 2, 300)
+    hosts = nodes_hosting(cluster, "MapWorker(MapBatches(PartEmbedder))")
+    assert len(hosts) == 2, {a["ActorClassName"] for a in cluster.global_state.actor_table(None).values()}
+    cluster.remove_node(hosts[0])
+    text = _finish(job, log, 400)
+    assert job.returncode == 0, text[-3000:]
+    manifest, reference = read_manifest(str(output)), read_manifest(str(tmp_path / "one-node"))
+    assert manifest["shards"] == reference["shards"] and manifest["rows"] == reference["rows"]
+    parts = read_parts(str(output))
+    assert parts.num_rows == len(part_files(maps)) == len(list((output / EMBEDDINGS).glob("*.parquet")))
+    assert f"shards built {len(manifest['shards'])}, reused 0" in text

@@ -186,7 +186,7 @@ def embed_parts(config: IndexConfig, record: RetrieverRecord, kept: list[str], t
     import ray
     from ray.data import ActorPoolStrategy
 
-    cluster = connect(config.ray_address)
+    cluster = _cluster(config)
     device = cluster.device(config.device)
     gpus = config.gpus_per_actor if device == "cuda" else 0.0
     check_gpus_per_process(device, gpus, "--gpus-per-actor")
@@ -203,6 +203,13 @@ def embed_parts(config: IndexConfig, record: RetrieverRecord, kept: list[str], t
                             num_cpus=config.cpus_per_actor, num_gpus=gpus, **io_task_args())
     entries = {r["file"]: {"rows": int(r["rows"]), "shards": json.loads(r["shards"])} for r in done.take_all()}
     return [{**p, **entries[p["file"]]} for p in todo]
+
+
+def _cluster(config: IndexConfig):
+    """The cluster the index's workers write from: they write into --output, so it must be storage they all reach."""
+    cluster = connect(config.ray_address)
+    cluster.check_shared(config.output, "--output")
+    return cluster
 
 
 @dataclass(frozen=True)
@@ -339,7 +346,7 @@ def build_shards(config: IndexConfig, table: pa.Table, previous: dict | None, di
         else:
             todo[name] = (stem, files)
     if todo:
-        cluster = connect(config.ray_address)
+        cluster = _cluster(config)
         pending = {}
         for name, (stem, files) in todo.items():
             memory = SHARD_MEMORY_FACTOR * counts[name] * dim * 4 + 2**28
