@@ -201,12 +201,12 @@ def _handmade_queries(maps: str, output: str) -> pa.Table:
 
 @pytest.mark.slow
 def test_landmark_and_positives_modes_equal_brute_force(index, maps, model, tmp_path, monkeypatch):
-    from vprlib.index import evaluate
+    from vprlib.index import build, evaluate
 
     queries = _handmade_queries(maps, str(tmp_path / "queries"))
     vectors = embed_directly(model, queries)
     ids = queries["image_id"].to_pylist()
-    monkeypatch.setattr(evaluate, "embed", lambda *args, **kwargs: dict(zip(ids, vectors, strict=True)))
+    monkeypatch.setattr(build, "embed", lambda *args, **kwargs: dict(zip(ids, vectors, strict=True)))
     database, stored = _database(index)
     db_ids, db_landmarks = database["image_id"].to_pylist(), database["landmark_id"].to_pylist()
     landmarks, positives = queries["landmark_id"].to_pylist(), queries["positives"].to_pylist()

@@ -25,8 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vprlib.data.manifest import url_to_fs
-from vprlib.models.cosplace import BACKBONES
-from vprlib.models.encodings import MODALITIES
+from vprlib.models.archs import BACKBONES, MODALITIES
 from vprlib.train.config import TrainConfig, with_options
 
 SCHEDULERS = ("asha", "fifo")

@@ -20,6 +20,7 @@ import json
 import posixpath
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -28,12 +29,13 @@ import pyarrow.parquet as pq
 
 from vprlib.cluster import DEVICES, Need, absolute_path, check_gpus_per_process, connect
 from vprlib.data.manifest import url_to_fs
-from vprlib.index.build import embed
-from vprlib.index.embed import ModelError, RetrieverRecord, retriever_record
 from vprlib.index.search import Index, read_manifest
 from vprlib.maps import MapSpecError, read_maps, read_spec, table_schema
 from vprlib.metrics import GPS_THRESHOLD_M, haversine_m, manifest_positives, metric_frame, recall_at_n
 from vprlib.spec import spec_mismatch
+
+if TYPE_CHECKING:  # the retriever's module imports torch: only where an evaluation runs, not for --help
+    from vprlib.index.embed import RetrieverRecord
 
 RESULTS, SUMMARY, REPORT = "results.parquet", "summary.json", "report.html"
 # Query columns read besides the maps: positions and ground truth for the metrics, the photo for the report.
@@ -135,6 +137,8 @@ def check_queries(queries: str, manifest: dict, index: str) -> None:
 
 def retriever(config: EvaluateConfig, manifest: dict) -> RetrieverRecord:
     """The record of the retriever that built the index (its recorded path, or --model), checked by its sha256."""
+    from vprlib.index.embed import ModelError, retriever_record
+
     path = absolute_path(config.model or manifest["model"]["path"])
     record = retriever_record(path)
     if record.sha256 != manifest["model"]["sha256"]:
@@ -194,6 +198,8 @@ def ground_truth(config: EvaluateConfig, queries: pa.Table, database: pa.Table, 
 
 def embed_queries(config: EvaluateConfig, queries: pa.Table, record: RetrieverRecord) -> np.ndarray:
     """Descriptors (Q, D) of the query rows, in their order, by the index's retriever on a Ray Data actor pool."""
+    from vprlib.index.build import embed
+
     cluster = connect(config.ray_address)
     device = cluster.device(config.device)
     gpus = config.gpus_per_actor if device == "cuda" else 0.0

@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from vprlib.models.cosplace import BACKBONES
-from vprlib.models.dpt import DPT_ARCHS
-from vprlib.models.encodings import MODALITIES, SEG_ENCODINGS
-from vprlib.models.lama import LAMA_ARCHS
-from vprlib.models.refiner import REFINER_ARCHS
-from vprlib.models.segformer import SEGFORMER_ARCHS
+from vprlib.models.archs import (
+    BACKBONES,
+    DPT_ARCHS,
+    LAMA_ARCHS,
+    MODALITIES,
+    REFINER_ARCHS,
+    SEG_ENCODING_NAMES,
+    SEGFORMER_ARCHS,
+)
 
 
 def _help(text: str) -> dict:
@@ -64,14 +67,14 @@ class RetrieverOptions(CpuOptions):
     input: str = field(default="depth+seg", metadata=_help(
         f"maps the retriever sees: {', '.join(MODALITIES)} (the paper's best: both; the others are its ablations)"))
     seg_encoding: str = field(default="label", metadata=_help(
-        f"segmentation as channels: {', '.join(SEG_ENCODINGS)} (the paper: the label map as one channel)"))
+        f"segmentation as channels: {', '.join(SEG_ENCODING_NAMES)} (the paper: the label map as one channel)"))
     imagenet: str = field(default="", metadata=_help(
         "a local torchvision ImageNet state dict for the backbone (first convolution adapted to the maps' "
         "channels); '' = random weights (nothing is downloaded)"))
 
     def __post_init__(self):
         for name, value, known in (("input", self.input, MODALITIES), ("seg_encoding", self.seg_encoding,
-                                                                      SEG_ENCODINGS)):
+                                                                      SEG_ENCODING_NAMES)):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
 
