@@ -381,6 +381,8 @@ def read_spec(path: str) -> dict:
     """A maps table's recorded MapSpec; MapSpecError when the folder holds no maps table."""
     fs, root = url_to_fs(path)
     file = posixpath.join(root, SPEC_FILE)
+    if not fs.exists(root):
+        raise MapSpecError(f"{path} does not exist")
     if not fs.exists(file):
         raise MapSpecError(f"{path} is not a maps table: no {SPEC_FILE} (written by jobs/extract.py, or by "
                            f"jobs/synthcity.py for ground truth)")

@@ -214,10 +214,10 @@ class TrainConfig:
     val_maps: str = field(default="", metadata=_help("maps validated on ('' = --maps)"))
     train_split: str = field(default="train", metadata=_help("rows trained on: this split of --maps"))
     val_split: str = field(default="val", metadata=_help("rows validated on: this split of --val-maps"))
-    epochs: int = field(default=0, metadata=_help("epochs (0 = the family's default)"))
-    lr: float = field(default=0.0, metadata=_help("learning rate of the network (0 = the family's default)"))
+    epochs: int = field(default=0, metadata=_help("epochs, at least 1 (the family's recipe unless given)"))
+    lr: float = field(default=0.0, metadata=_help("learning rate of the network (the family's recipe unless given)"))
     batch_size: int = field(default=0, metadata=_help(
-        "images per step, all workers together (NetVLAD: triplets; 0 = the family's default)"))
+        "images per step, all workers together (NetVLAD: triplets; the family's recipe unless given)"))
     side: int = field(default=0, metadata=_help("maps are resized to side x side for training (0 = their own)"))
     seed: int = field(default=0, metadata=_help("seed of weights, shuffling and sampling"))
     workers: int = field(default=1, metadata=_help("Ray Train workers (DDP when more than one)"))
@@ -258,7 +258,8 @@ class TrainConfig:
 
 def train_config(family: str, maps: str, output: str, **flat) -> TrainConfig:
     """A TrainConfig from flat keyword arguments (the command line's, a sweep's, a test's): each goes to the config
-    or to the family's options by name; epochs, lr and batch_size left at 0 (or out) take the family's defaults."""
+    or to the family's options by name; epochs, lr and batch_size left out (or None) take the family's defaults. A
+    value given is kept, so `epochs=0` is refused rather than silently trained for the family's 50."""
     if family not in OPTIONS:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(OPTIONS)}")
     option_names = {f.name for f in fields(OPTIONS[family])}
@@ -269,9 +270,22 @@ def train_config(family: str, maps: str, output: str, **flat) -> TrainConfig:
     options = OPTIONS[family](**{k: v for k, v in flat.items() if k in option_names})
     common = {k: v for k, v in flat.items() if k in config_names}
     for name, default in FAMILY_DEFAULTS[family].items():
-        if not common.get(name):
+        if common.get(name) is None:
             common[name] = default
     return TrainConfig(family=family, maps=maps, output=output, options=options, **common)
+
+
+def check_inputs(config: TrainConfig) -> None:
+    """Every folder the run reads exists: a mistyped --maps is one line naming it, before Ray starts (and before a
+    sweep's search space is looked at), not a missing _map_spec.json after it."""
+    from vprlib.data.manifest import url_to_fs
+
+    for flag, path in (("--maps", config.maps), ("--targets", config.targets), ("--val-maps", config.val_maps)):
+        if not path:
+            continue
+        fs, root = url_to_fs(path)
+        if not fs.exists(root):
+            raise ValueError(f"{flag} {path} does not exist")
 
 
 def with_options(config: TrainConfig, **changes) -> TrainConfig:

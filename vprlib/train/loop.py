@@ -34,7 +34,7 @@ import torch
 
 from vprlib.cluster import Need, connect
 from vprlib.data.manifest import url_to_fs
-from vprlib.train.config import TrainConfig
+from vprlib.train.config import TrainConfig, check_inputs
 
 LAST, BEST, METRICS, CONFIG, MODEL = "last.pt", "best.pt", "metrics.parquet", "config.json", "model.json"
 RAY_DIR = "_ray"
@@ -62,6 +62,7 @@ def run_training(config: TrainConfig, callbacks: tuple = ()) -> dict:
     from vprlib.train import FAMILIES
 
     family = FAMILIES[config.family]
+    check_inputs(config)
     check_resume(config, family.architecture(config))
     cluster = connect(config.ray_address)
     gpus = config.gpus_per_worker

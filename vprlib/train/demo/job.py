@@ -68,8 +68,8 @@ def role_config(config: DemoConfig, role: str):
     family = ROLE_FAMILIES[role]
     sized = {"input_size": config.input_size} if role == "segmenter" else {}
     return train_config(family, config.city, posixpath.join(config.output, role), arch=config.arch,
-                        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, workers=config.workers,
-                        cpus_per_worker=config.cpus_per_worker, resume=config.resume,
+                        epochs=config.epochs or None, batch_size=config.batch_size or None, seed=config.seed,
+                        workers=config.workers, cpus_per_worker=config.cpus_per_worker, resume=config.resume,
                         threads=config.threads or max(1, (os.cpu_count() or 1) // config.workers),
                         ray_address=config.ray_address, **sized)
 
