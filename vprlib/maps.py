@@ -431,7 +431,7 @@ def maps_dataset(path: str, split: str | None = None, columns: tuple[str, ...] =
     fs, _ = url_to_fs(parts[0])
     wanted = ["status", "depth", "seg", "map_height", "map_width", *columns] + (["split"] if split else [])
     ds = ray.data.read_parquet([url_to_fs(p)[1] for p in parts], filesystem=PyFileSystem(FSSpecHandler(fs)),
-                               ray_remote_args={"num_cpus": num_cpus})
+                               num_cpus=num_cpus)
     ds = ds.select_columns(list(dict.fromkeys(wanted)))
 
     def keep(batch: pa.Table) -> pa.Table:

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import torch
 
 from vprlib.cluster import Need, connect
+from vprlib.console import train_logging
 from vprlib.data.manifest import url_to_fs
 from vprlib.train.config import TrainConfig, check_inputs
 
@@ -93,6 +94,7 @@ def _trainer(config: TrainConfig, train_func, prepared: Prepared, gpus: float, c
     scaling = ScalingConfig(num_workers=config.workers, use_gpu=gpus > 0, resources_per_worker=resources)
     run = RunConfig(name="train", storage_path=_storage(config.output), failure_config=FailureConfig(max_failures=2),
                     checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks))
+    run.logging_config = train_logging()
     return TorchTrainer(train_func, train_loop_config={"config": config.to_dict(), **prepared.payload},
                         scaling_config=scaling, run_config=run, datasets=prepared.datasets,
                         dataset_config=DataConfig(datasets_to_split=prepared.split))
