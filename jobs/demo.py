@@ -17,7 +17,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 
 
 def _help(text: str) -> dict:
@@ -128,4 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -12,7 +12,7 @@ results.parquet and summary.json (and report.html with --report) in --output. Ex
 import dataclasses
 import sys
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 from vprlib.index.evaluate import EvaluateConfig
 
 EXCLUSIVE = ("radius_m", "landmarks")  # GPS mode or landmark mode
@@ -42,4 +42,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -9,7 +9,7 @@ arguments or input: an unreadable photo, or an index this call cannot use (one l
 import json
 import sys
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 from vprlib.index.locate import LocateConfig
 
 
@@ -38,4 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

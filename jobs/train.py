@@ -11,7 +11,7 @@ bad arguments or input (one line on stderr).
 
 import sys
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 from vprlib.train.config import FAMILY_DEFAULTS, OPTIONS, TrainConfig, check_inputs, train_config
 
 
@@ -51,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

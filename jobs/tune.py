@@ -11,7 +11,7 @@ Rerunning the same command resumes an interrupted sweep. Exit status 2 on bad ar
 import argparse
 import sys
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 from vprlib.train.config import FAMILY_DEFAULTS, OPTIONS, TrainConfig, train_config
 from vprlib.tune import SweepConfig, parse_range
 
@@ -77,4 +77,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))
