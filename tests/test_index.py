@@ -173,8 +173,16 @@ def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path, capsy
     assert abs(estimate["lat"] - best["lat"]) < 1e-3 and abs(estimate["lon"] - best["lon"]) < 1e-3
     assert [p["similarity"] for p in located[0]["places"]] == sorted((p["similarity"] for p in located[0]["places"]),
                                                                      reverse=True)
+    sure = located[0]["confidence"]
+    assert 0 < sure["ratio"] <= 1 and sure["sure"] == (sure["ratio"] <= 0.75) and sure["other_m"] > 25
     table = _in_process(capsys, "--index", str(index), photo)
-    assert table.returncode == 0 and "estimated at" in table.stdout
+    assert table.returncode == 0 and "estimated at" in table.stdout and "sure (distance ratio" in table.stdout
+    from PIL import Image
+
+    Image.new("RGB", (1, 1), (120, 120, 120)).save(tmp_path / "dot.png")
+    dot = _job("--index", str(index), str(tmp_path / "dot.png"))
+    assert dot.returncode == 2 and dot.stderr == (f"locate: error: {tmp_path / 'dot.png'} is 1x1 pixels: too small to "
+                                                  f"show a street (the shorter side must be at least --min-side 32)\n")
     broken = _in_process(capsys, "--index", str(index), str(built[0].parent / "model.pt"))
     assert broken.returncode == 2 and broken.stderr.startswith("locate: error: cannot read the photo")
     manifest = read_manifest(str(index))
