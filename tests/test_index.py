@@ -174,7 +174,7 @@ def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path, capsy
     assert [p["similarity"] for p in located[0]["places"]] == sorted((p["similarity"] for p in located[0]["places"]),
                                                                      reverse=True)
     sure = located[0]["confidence"]
-    assert 0 < sure["ratio"] <= 1 and sure["sure"] == (sure["ratio"] <= 0.75) and sure["other_m"] > 25
+    assert 0 < sure["ratio"] <= 1 and sure["sure"] == (sure["ratio"] <= 0.75) and sure["other_rank"] >= 2
     table = _in_process(capsys, "--index", str(index), photo)
     assert table.returncode == 0 and "estimated at" in table.stdout and "sure (distance ratio" in table.stdout
     from PIL import Image
