@@ -23,7 +23,6 @@ import io
 import json
 import math
 import os
-import signal
 import zipfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -813,10 +812,7 @@ VISITS_PER_PART = 16  # visits per worker task, and per part file of the ground-
 
 
 def _init_worker(config: CityConfig) -> None:
-    """A rendering process: the city built once; Ctrl-C left to the parent, which stops the pool (and says so once)
-    rather than every worker printing its own traceback."""
     global _WORKER_CITY
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_CITY = build_city(config)
 
 
@@ -912,11 +908,7 @@ def generate_city(config: CityConfig, output: str) -> pa.Table:
         else:
             with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
                 done = pool.map(_write_visits, range(len(parts)), parts, [output] * len(parts))
-                try:
-                    results = [_counted(progress, result) for result in done]
-                except KeyboardInterrupt:  # the parts not started are dropped: only those running are finished
-                    pool.shutdown(cancel_futures=True)
-                    raise
+                results = [_counted(progress, result) for result in done]
     rows = [row for visit_rows, _ in results for row in visit_rows]
     counts = sum(c for _, c in results)
     table = _manifest(city, rows)
