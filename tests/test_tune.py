@@ -72,12 +72,13 @@ def _started(output: Path) -> int:
 
 @pytest.mark.long
 def test_sweep_stops_cleanly_on_ctrl_c_resumes_and_asha_stops_trials(city, tmp_path):
-    """Ctrl-C once a trial has finished: no training process is left. The same command then resumes the sweep,
-    keeps the finished trial (not trained again) and runs the rest under ASHA, which stops some early; the results
-    table, best config and best checkpoint follow."""
+    """Ctrl-C once a trial has finished: the job says so in one line and exits 130, and no training process is left.
+    The same command then resumes the sweep, keeps the finished trial (not trained again) and runs the rest under
+    ASHA, which stops some early; the results table, best config and best checkpoint follow."""
     output = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    sweep = subprocess.Popen(_sweep(city, output), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    said = tmp_path / "said.txt"
+    sweep = subprocess.Popen(_sweep(city, output), env=env, stdout=subprocess.DEVNULL, stderr=said.open("w"),
                              start_new_session=True)
     try:
         deadline = time.time() + 400
@@ -90,6 +91,7 @@ def test_sweep_stops_cleanly_on_ctrl_c_resumes_and_asha_stops_trials(city, tmp_p
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
     time.sleep(3)
+    assert sweep.returncode == 130 and said.read_text().splitlines()[-1] == "tune: interrupted", said.read_text()
     assert _alive_training_processes() == []
     first = min(output.glob("trials/*/metrics.parquet"), key=lambda p: p.stat().st_mtime)
     stamp = first.stat().st_mtime
