@@ -49,6 +49,8 @@ RAY_NOISE = (
      "a line per checkpoint from each training worker; the run prints its own line per epoch"),
     ("ray.train.v2._internal.execution.controller.placement_group_cleaner", "Detected that the Ray Train controller",
      "the clean-up after every finished training run"),
+    ("ray.train.v2._internal.execution.preemption", "PreemptionWatcher poll failed",
+     "a traceback from Ray Train's watch for preempted nodes when the job's Ray shuts down under it (Ctrl-C)"),
 )
 
 
