@@ -14,7 +14,7 @@ status 2 on bad arguments or input (one line on stderr).
 import dataclasses
 import sys
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 from vprlib.index.evaluate import EvaluateConfig
 
 EXCLUSIVE = ("radius_m", "landmarks")  # GPS mode or landmark mode
@@ -44,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -10,7 +10,7 @@ input (a bad manifest, storage that cannot be reached or refuses access: one lin
 
 import sys
 
-from vprlib.cli import OneLineParser, add_flags, from_ray
+from vprlib.cli import OneLineParser, add_flags, from_ray, run
 from vprlib.data.manifest import StorageError, check_reachable, one_line, storage_errors
 from vprlib.extract.config import ExtractConfig, RunOptions, extract_config
 from vprlib.spec import MapSpec
@@ -53,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

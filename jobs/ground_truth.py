@@ -13,7 +13,7 @@ on stderr), 1 when a row failed (its error is in the table).
 import argparse
 import sys
 
-from vprlib.cli import OneLineParser
+from vprlib.cli import OneLineParser, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,4 +39,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

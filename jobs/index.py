@@ -9,7 +9,7 @@ rebuilds only the shards whose content changed. Exit status 2 on bad arguments o
 
 import sys
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 from vprlib.index.build import IndexConfig
 
 
@@ -35,4 +35,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -12,7 +12,7 @@ line on stderr); in a batch an unreadable photo is a row with its error.
 import json
 import sys
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 from vprlib.index.locate import LocateConfig
 
 
@@ -44,4 +44,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

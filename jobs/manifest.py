@@ -22,7 +22,7 @@ import sys
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vprlib.cli import OneLineParser
+from vprlib.cli import OneLineParser, run
 from vprlib.data.folder import folder_manifest
 from vprlib.data.gldv2 import USAGES, gldv2_paper_manifest, gldv2_retrieval_manifest, paper_counts
 from vprlib.data.holicity import SPLIT_FOLDERS, holicity_manifest
@@ -150,4 +150,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 
-from vprlib.cli import OneLineParser
+from vprlib.cli import OneLineParser, run
 from vprlib.data.synthcity import CityConfig, generate_city, resolve_workers
 
 
@@ -58,4 +58,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

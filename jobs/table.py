@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 
 
 @dataclass(frozen=True)
@@ -397,4 +397,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

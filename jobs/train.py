@@ -11,8 +11,8 @@ bad arguments or input (one line on stderr).
 
 import sys
 
-from vprlib.cli import OneLineParser, add_flags
-from vprlib.train.config import FAMILY_DEFAULTS, OPTIONS, TrainConfig, train_config
+from vprlib.cli import OneLineParser, add_flags, run
+from vprlib.train.config import FAMILY_DEFAULTS, OPTIONS, TrainConfig, check_inputs, train_config
 
 
 def build_parser() -> OneLineParser:
@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     try:
-        return train_config(args.pop("family"), args.pop("maps"), args.pop("output"), **args)
+        config = train_config(args.pop("family"), args.pop("maps"), args.pop("output"), **args)
+        check_inputs(config)  # a mistyped folder in one line, before torch and Ray load
+        return config
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -49,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

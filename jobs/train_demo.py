@@ -12,7 +12,7 @@ OUTPUT/evaluation.json the figures. Exit status: 0 on success, 2 on bad argument
 
 import sys
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 from vprlib.train.demo.job import DemoConfig, train_demo
 
 
@@ -38,4 +38,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

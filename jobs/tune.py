@@ -5,15 +5,16 @@
     python jobs/tune.py --maps out/maps --output out/sweep-nv --model netvlad --lr-range 1e-5:1e-3 --samples 4
 
 Every other flag of jobs/train.py (--side, --batch-size, --min-images-per-class, ...) is passed to every trial.
-Rerunning the same command resumes an interrupted sweep. Exit status 2 on bad arguments or input (one line).
+Rerunning the same command resumes an interrupted sweep. Exit status 2 on bad arguments or input, 1 when every trial
+failed (one line each, naming the first trial's error); a sweep where some trials failed says how many.
 """
 
 import argparse
 import sys
 
-from vprlib.cli import OneLineParser, add_flags
+from vprlib.cli import OneLineParser, add_flags, run
 from vprlib.train.config import FAMILY_DEFAULTS, OPTIONS, TrainConfig, train_config
-from vprlib.tune import SweepConfig, parse_range
+from vprlib.tune import SweepConfig, SweepFailed, check_maps, parse_range
 
 
 def _listed(kind):
@@ -59,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> SweepConfig:
         if max_epochs:
             args["epochs"] = max_epochs
         base = train_config(family, args.pop("maps"), args.pop("output"), workers=workers, **args)
+        check_maps(base)  # the maps first: a mistyped --maps before the search space
         return SweepConfig(base=base, lr_range=parse_range(lr_range) if lr_range else None, **space, **sweep)
     except ValueError as exc:
         parser.error(str(exc))
@@ -73,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"tune: error: {exc}", file=sys.stderr)
         return 2
+    except SweepFailed as exc:  # every trial failed: nothing to choose from
+        print(f"tune: FAILED: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))

@@ -1,6 +1,9 @@
 """jobs/demo.py's own checks (the run itself is `make demo`, minutes long): flags and the shipped retrievers."""
 
 import importlib.util
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -65,3 +68,36 @@ def test_the_demo_identity_is_its_content_wherever_the_package_lies():
     identity = zoo.identity(zoo.DEMO)
     assert set(identity) == set(zoo.ROLES) and all("sha256:" in v for v in identity.values())
     assert not any(str(zoo.DEMO_DIR) in v or "/" in v.split("@")[0] for v in identity.values()), identity
+
+
+def console_problems(output: str, max_lines: int = 60) -> list[str]:
+    """What is wrong with a successful run's console: a traceback, Ray's logged progress, or too many lines."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    problems = [f"a traceback: {line}" for line in lines if "Traceback" in line]
+    problems += [f"Ray's progress: {line}" for line in lines
+                 if "logging_progress.py" in line or "Running Dataset" in line]
+    return problems + ([f"{len(lines)} lines (at most {max_lines})"] if len(lines) > max_lines else [])
+
+
+def test_the_console_check_finds_tracebacks_ray_progress_and_length():
+    clean = "demo: [1/8] the synthetic city\n" * 59
+    assert console_problems(clean) == []
+    noisy = ("(ListFiles pid=1) Traceback (most recent call last):\n"
+             "2026-12-03 12:02:20,701\tINFO logging_progress.py:174 -- ======= Running Dataset: d_0 =======\n")
+    assert [p.split(":")[0] for p in console_problems(noisy)] == ["a traceback", "Ray's progress"]
+    assert console_problems(clean * 2) == ["118 lines (at most 60)"]
+
+
+@pytest.mark.long
+def test_the_demo_s_console_is_short_and_says_where_it_is(tmp_path):
+    """make demo from scratch (about 4 minutes on 2 idle cores): no traceback, no Ray progress dump, under 60 lines;
+    each step announced, each located photo's error against its truth, whether within 25 m, and how sure."""
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "demo.py"), "--output", str(tmp_path / "out")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=1800)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert console_problems(output) == [], output
+    assert [int(n) for n in re.findall(r"^demo: \[(\d)/8\] ", done.stdout, re.MULTILINE)] == list(range(1, 9))
+    located = re.findall(r"^  \d+\.png: taken at .*: (\d+) m off, (within|not within) 25 m; (sure|not sure) "
+                         r"\(distance ratio ", done.stdout, re.MULTILINE)
+    assert len(located) == 3 and all((int(m) <= 25) == (w == "within") for m, w, _ in located), done.stdout

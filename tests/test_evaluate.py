@@ -309,10 +309,11 @@ def test_report_is_one_self_contained_page_framed_by_the_results(gps_run):
         assert [p[2] for p in section["preds"]] == [str(c).lower() for c in correct]
         assert section["right"] == str(results[section["id"]]["first_correct_rank"] == 1).lower()
     rights = [s["right"] for s in page.sections]
-    assert rights == sorted(rights) and "false" in rights  # wrong ones first
+    assert rights == sorted(rights) and "false" in rights and "true" in rights  # a mix: the wrong ones first
     assert "figure.pred.correct { border-color: #1f9d55; }" in text and "figure.pred.wrong { border-color: #d7263d; }" \
         in text
-    assert page.tags.count("svg") == 1 and page.tags.count("polyline") == 1
+    assert page.tags.count("svg") == 2 and page.tags.count("polyline") == 1  # the Recall@N curve and the map
+    assert text.count('<line class="match"') == len(page.sections)
     points = text.split('<polyline points="')[1].split('"')[0].split()
     assert len(points) == summary["k"]
     assert f"Recall@1 {summary['recall@1']:.1%}" in text
@@ -422,3 +423,46 @@ def test_mixed_utm_frames_are_refused_in_one_line_before_any_work(index, maps, t
     assert code == 2 and err.count("\n") == 1, err
     assert "8 query and 0 database row(s) have UTM coordinates and no zone: they share no metric frame" in err
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------- the report's sample
+def _results(first_ranks: list, distances: list) -> pa.Table:
+    """A results table as the evaluation writes it, for queries whose first right rank (None: none in the top 3)
+    and first prediction's distance are given; query i stands at longitude -0.1 + i / 10,000."""
+    n = len(first_ranks)
+    correct = [[rank == r for r in (1, 2, 3)] for rank in first_ranks]
+    return pa.table({"image_id": [f"q{i}" for i in range(n)], "lat": [51.5] * n,
+                     "lon": [-0.1 + i / 1e4 for i in range(n)],
+                     "top_ids": [[f"d{i}", "x", "y"] for i in range(n)], "scores": [[0.9, 0.8, 0.7]] * n,
+                     "distances_m": [[d, 50.0, 60.0] for d in distances], "correct": correct,
+                     "first_correct_rank": pa.array(first_ranks, pa.int32()), "positives": [1] * n})
+
+
+def test_the_sample_is_a_mix_of_the_worst_near_misses_and_right_ones():
+    from vprlib.index.report import pick_sample
+
+    ranks = [None, None, None, None, 2, 3, 2, 1, 1, 1, 1, 1]
+    distances = [40.0, 300.0, 90.0, 150.0, 30.0, 30.0, 30.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    picked = pick_sample(_results(ranks, distances), 9, seed=0)
+    groups = [g for g, _ in picked]
+    assert groups == ["worst"] * 3 + ["near"] * 3 + ["right"] * 3
+    assert [i for g, i in picked if g == "worst"] == [1, 3, 2]  # the farthest first predictions of the four
+    assert {i for g, i in picked if g == "right"} <= {7, 8, 9, 10, 11}
+    few_near = pick_sample(_results([None, 2, 1, 1, 1, 1], [9.0, 9.0, 1.0, 1.0, 1.0, 1.0]), 5, seed=0)
+    assert [g for g, _ in few_near] == ["worst", "near", "right", "right", "right"]  # the others fill the shares
+
+
+def test_the_map_joins_each_shown_query_to_its_first_prediction():
+    from vprlib.index.report import Prediction, QueryView, positions_svg
+
+    database = pa.table({"image_id": ["d0", "d1", "d2"], "lat": [51.5, 51.5005, 51.5], "lon": [-0.1, -0.1, -0.099],
+                         "utm_zone": pa.array([30, 30, 30], pa.int32())})
+    views = [QueryView(f"q{i}", None, np.zeros((2, 2)), np.zeros((2, 2), np.uint8), 1 if ok else None, 1,
+                       [Prediction(1, f"d{i}", None, 0.9, 5.0, ok)]) for i, ok in enumerate((True, False))]
+    svg = positions_svg(views, [(51.5, -0.1001), (51.5004, -0.1)], database)
+    page = _Page()
+    page.feed(svg)
+    assert page.tags.count("svg") == 1 and svg.count('class="indexed"') == 3
+    assert svg.count('<line class="match"') == 2 and 'data-query="q0"' in svg and 'stroke="#1f9d55"' in svg
+    assert 'stroke="#d7263d"' in svg and ">1</text>" in svg and ">2</text>" in svg and " m</text></svg>" in svg
+    assert positions_svg(views, [(float("nan"), float("nan"))] * 2, database) == ""  # no GPS: no map

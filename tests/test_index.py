@@ -257,7 +257,7 @@ def _job(*argv: str) -> subprocess.CompletedProcess:
 
 
 def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path):
-    from vprlib.index.locate import LocateConfig, LocateError, locate
+    from vprlib.index.locate import LocateConfig, LocateError, format_table, locate
 
     root, _ = city
     index = tmp_path / "index"
@@ -274,6 +274,16 @@ def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path):
     assert [p["similarity"] for p in located[0]["places"]] == sorted((p["similarity"] for p in located[0]["places"]),
                                                                      reverse=True)
     assert locate(LocateConfig(index=str(index), photos=(photo,), top_k=3)) == located
+    sure = located[0]["confidence"]
+    assert 0 < sure["ratio"] <= 1 and sure["sure"] == (sure["ratio"] <= 0.75) and sure["other_rank"] >= 2
+    table = format_table(located)
+    assert "estimated at" in table and "sure (distance ratio" in table
+    from PIL import Image
+
+    Image.new("RGB", (1, 1), (120, 120, 120)).save(tmp_path / "dot.png")
+    dot = _job("--index", str(index), str(tmp_path / "dot.png"))
+    assert dot.returncode == 2 and dot.stderr == (f"locate: error: {tmp_path / 'dot.png'} is 1x1 pixels: too small to "
+                                                  f"show a street (the shorter side must be at least --min-side 32)\n")
     with pytest.raises(LocateError, match="cannot read the photo"):
         locate(LocateConfig(index=str(index), photos=(str(built[0].parent / "model.pt"),)))
     manifest = read_manifest(str(index))

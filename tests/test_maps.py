@@ -34,6 +34,11 @@ def test_check_spec_refuses_other_maps(gt_maps, tmp_path):
         read_spec(str(tmp_path))
 
 
+def test_a_folder_that_does_not_exist_is_named_so(tmp_path):
+    with pytest.raises(MapSpecError, match=f"^{tmp_path / 'nowhere'} does not exist$"):
+        read_spec(str(tmp_path / "nowhere"))
+
+
 @pytest.mark.slow
 def test_maps_dataset_yields_decoded_maps_of_a_split(gt_maps):
     ray = pytest.importorskip("ray")

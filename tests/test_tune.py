@@ -27,10 +27,13 @@ _spec.loader.exec_module(tune_job)
     (["--lr-range", "1e-3:1e-5", "--samples", "2"], "0 < low < high"),
     (["--model", "netvlad", "--backbones", "resnet18,resnet50"], "NetVLAD has one backbone"),
 ])
-def test_bad_search_spaces_are_one_line(capsys, argv, message):
+def test_bad_search_spaces_are_one_line(capsys, tmp_path, argv, message):
+    from vprlib.maps import write_spec
+
+    write_spec(str(tmp_path), {})  # a maps table as far as the first check goes: the search space is next
     with pytest.raises(SystemExit) as exit_:
-        tune_job.parse_args(["--maps", "m", "--output", "o", *argv] + ([] if "--model" in argv else
-                                                                        ["--model", "cosplace"]))
+        tune_job.parse_args(["--maps", str(tmp_path), "--output", "o", *argv] + ([] if "--model" in argv else
+                                                                                 ["--model", "cosplace"]))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and message in err, err
 
@@ -69,12 +72,13 @@ def _started(output: Path) -> int:
 
 @pytest.mark.long
 def test_sweep_stops_cleanly_on_ctrl_c_resumes_and_asha_stops_trials(city, tmp_path):
-    """Ctrl-C once a trial has finished: no training process is left. The same command then resumes the sweep,
-    keeps the finished trial (not trained again) and runs the rest under ASHA, which stops some early; the results
-    table, best config and best checkpoint follow."""
+    """Ctrl-C once a trial has finished: the job says so in one line and exits 130, and no training process is left.
+    The same command then resumes the sweep, keeps the finished trial (not trained again) and runs the rest under
+    ASHA, which stops some early; the results table, best config and best checkpoint follow."""
     output = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    sweep = subprocess.Popen(_sweep(city, output), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    said = tmp_path / "said.txt"
+    sweep = subprocess.Popen(_sweep(city, output), env=env, stdout=subprocess.DEVNULL, stderr=said.open("w"),
                              start_new_session=True)
     try:
         deadline = time.time() + 400
@@ -87,6 +91,7 @@ def test_sweep_stops_cleanly_on_ctrl_c_resumes_and_asha_stops_trials(city, tmp_p
         if sweep.poll() is None:
             os.killpg(sweep.pid, signal.SIGKILL)
     time.sleep(3)
+    assert sweep.returncode == 130 and said.read_text().splitlines()[-1] == "tune: interrupted", said.read_text()
     assert _alive_training_processes() == []
     first = min(output.glob("trials/*/metrics.parquet"), key=lambda p: p.stat().st_mtime)
     stamp = first.stat().st_mtime
@@ -102,3 +107,82 @@ def test_sweep_stops_cleanly_on_ctrl_c_resumes_and_asha_stops_trials(city, tmp_p
     assert (output / "best_config.json").is_file()
     assert load_retriever(output / "best.pt").descriptor_size == best["descriptor_size"]
     assert _alive_training_processes() == []
+
+
+def _tune(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "jobs" / "tune.py"), "--model", "cosplace", *argv],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=timeout)
+
+
+@pytest.mark.parametrize("space", [["--backbones", "resnet18,resnet50"], ["--backbones", "resnet18"]])
+def test_the_maps_are_checked_first_and_before_ray_starts(tmp_path, space):
+    """A --maps that does not exist, or is no maps table, is one line naming it, whatever the search space (even
+    one the sweep would refuse), before Ray starts."""
+    for maps, message in ((tmp_path / "nowhere", "does not exist"), (tmp_path, "is not a maps table")):
+        done = _tune("--maps", str(maps), "--output", str(tmp_path / "sweep"), *space)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith(f"tune.py: error: --maps {maps} {message}"), done.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_failure_note_counts_the_failed_trials():
+    import pyarrow as pa
+
+    from vprlib.tune import failure_note
+
+    def table(errors):
+        return pa.table({"trial": [f"t{i}" for i in range(len(errors))], "error": pa.array(errors, pa.string())})
+
+    assert failure_note(table([None, None])) == ""
+    assert failure_note(table([None, "TrainDataError: x", "ValueError: y"])).startswith(
+        "2 of 3 trials failed (their errors: results.parquet); the first: TrainDataError: x")
+    assert failure_note(table(["TrainDataError: x", "TrainDataError: x"])).startswith("all 2 trials failed")
+
+
+def test_root_error_names_what_the_training_raised_under_ray_s_wrappers():
+    from ray.exceptions import RayTaskError
+
+    from vprlib.train.data import TrainDataError
+    from vprlib.tune import root_error
+
+    cause = TrainDataError("--maps m: split 'train' has no ok rows")
+    wrapped = RayTaskError("_trial", "Traceback (most recent call last): ...", cause)
+    try:
+        raise RuntimeError("Training failed") from wrapped
+    except RuntimeError as exc:
+        assert root_error(exc) == "TrainDataError: --maps m: split 'train' has no ok rows"
+
+
+def _small_sweep(city: str, output: Path, *space: str, min_images: int = 6) -> list[str]:
+    return ["--maps", city, "--output", str(output), "--backbone", "resnet18", *space, "--max-epochs", "1",
+            "--batch-size", "8", "--min-images-per-class", str(min_images), "--groups", "2", "--iterations-per-epoch",
+            "0",
+            "--descriptor-size", "16", "--val-split", "database", "--concurrent-trials", "1", "--ray-address", "local"]
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_trials_all_fail_exits_1_in_one_line(city, tmp_path):
+    """Every trial refuses the maps (too few images per class for CosPlace): exit status 1, one line naming the
+    first trial's error, no traceback, no best.pt (and none named)."""
+    output = tmp_path / "sweep"
+    done = _tune(*_small_sweep(city, output, "--lrs", "1e-4,1e-3", min_images=500), timeout=600)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(
+        "tune: FAILED: all 2 trials failed (their errors: results.parquet); the first: TrainDataError: "), done.stderr
+    assert "Traceback" not in done.stdout + done.stderr and "best.pt" not in done.stdout + done.stderr
+    assert not (output / "best.pt").exists()
+    assert [r["error"].split(":")[0] for r in pq.read_table(output / "results.parquet").to_pylist()] == [
+        "TrainDataError", "TrainDataError"]
+
+
+@pytest.mark.long
+def test_a_sweep_where_some_trials_fail_says_how_many(city, tmp_path):
+    """One trial trains; the other asks for the photos, which ground-truth maps lack: exit status 0, best.pt of the
+    trial that trained, and a line saying 1 of 2 trials failed, with its error."""
+    output = tmp_path / "sweep"
+    done = _tune(*_small_sweep(city, output, "--inputs", "depth+seg,rgb"), timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert ("tune: warning: 1 of 2 trials failed (their errors: results.parquet); the first: TrainDataError: "
+            in done.stdout), done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert load_retriever(output / "best.pt").config.encoding.modalities == "depth+seg"

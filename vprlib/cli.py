@@ -1,9 +1,15 @@
-"""Command-line helpers shared by the thin jobs in jobs/: one-line errors, and flags made from config dataclasses."""
+"""Command-line helpers shared by the thin jobs in jobs/: one-line errors, flags made from config dataclasses, and
+what Ctrl-C does (`run`)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
+import sys
+
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -54,3 +60,16 @@ def from_ray(exc: BaseException) -> bool:
             return True
         tb = tb.tb_next
     return False
+
+
+def run(main) -> int:
+    """Run a job's `main()` and return its exit status: Ctrl-C, wherever it lands (Ray starting, a stage running,
+    Ray shutting down), is one line on stderr and status 130, not a traceback. A second Ctrl-C is ignored while the
+    job's Ray shuts down (at exit), so it cannot interrupt the clean-up either."""
+    name = os.path.basename(sys.argv[0]).removesuffix(".py")
+    try:
+        return main()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(f"{name}: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED

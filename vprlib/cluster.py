@@ -137,9 +137,13 @@ def connect(address: str = "", bootstrap_config: str = BOOTSTRAP_CONFIG, **init_
     local one; 'local' = always start one), unless this process is connected already."""
     import ray
 
+    from vprlib.console import quiet_ray, quiet_worker
+
+    quiet_ray()  # before ray.init: some of what it filters is said while Ray starts
     if not ray.is_initialized():
         check_ray_address(address)
-        ray.init(address=address or None, logging_level="WARNING", **init_args)
+        ray.init(address=address or None, logging_level="WARNING",
+                 runtime_env={"worker_process_setup_hook": quiet_worker}, **init_args)
     return Cluster(resources=ray.cluster_resources(), node_memory=max_node_memory(),
                    started_here=_started_here(), gpu_node_types=tuple(launcher_gpu_types(bootstrap_config)),
                    nodes=sum(1 for node in ray.nodes() if node.get("Alive")),

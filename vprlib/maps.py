@@ -409,6 +409,8 @@ def read_spec(path: str) -> dict:
     """A maps table's recorded MapSpec; MapSpecError when the folder holds no maps table."""
     fs, root = url_to_fs(path)
     file = posixpath.join(root, SPEC_FILE)
+    if not fs.exists(root):
+        raise MapSpecError(f"{path} does not exist")
     if not fs.exists(file):
         raise MapSpecError(f"{path} is not a maps table: no {SPEC_FILE} (written by jobs/extract.py, or by "
                            f"jobs/synthcity.py for ground truth)")
@@ -457,7 +459,7 @@ def maps_dataset(path: str, split: str | None = None, columns: tuple[str, ...] =
     fs, _ = url_to_fs(parts[0])
     wanted = ["status", "depth", "seg", "map_height", "map_width", *columns] + (["split"] if split else [])
     ds = ray.data.read_parquet([url_to_fs(p)[1] for p in parts], filesystem=PyFileSystem(FSSpecHandler(fs)),
-                               ray_remote_args={"num_cpus": num_cpus})
+                               num_cpus=num_cpus)
     ds = ds.select_columns(list(dict.fromkeys(wanted)))
 
     def keep(batch: pa.Table) -> pa.Table:

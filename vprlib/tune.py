@@ -13,11 +13,13 @@ wall time, checkpoint), `best_config.json`, and `best.pt`, the best trial's chec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import posixpath
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -25,8 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vprlib.data.manifest import url_to_fs
-from vprlib.models.cosplace import BACKBONES
-from vprlib.models.encodings import MODALITIES
+from vprlib.models.archs import BACKBONES, MODALITIES
 from vprlib.train.config import TrainConfig, with_options
 
 SCHEDULERS = ("asha", "fifo")
@@ -36,6 +37,10 @@ TRIAL_RETRIES = 2  # times Tune starts a failed trial again
 
 def _help(text: str) -> dict:
     return {"help": text}
+
+
+class SweepFailed(RuntimeError):
+    """Every trial of the sweep failed: no best trial, no best.pt."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,19 @@ class SweepConfig:
         return math.prod(len(v) for v in self.grid().values()) * (self.samples if self.lr_range else 1)
 
 
+def check_maps(base: TrainConfig) -> None:
+    """The sweep's maps, before its search space and before Ray starts: the folders exist and --maps is a maps
+    table (every trial would fail on it otherwise, each after starting)."""
+    from vprlib.maps import MapSpecError, read_spec
+    from vprlib.train.config import check_inputs
+
+    check_inputs(base)
+    try:
+        read_spec(base.maps)
+    except MapSpecError as exc:
+        raise ValueError(f"--maps {exc}") from None
+
+
 def parse_range(text: str) -> tuple[float, float]:
     """'1e-6:1e-3' -> (1e-6, 1e-3); ValueError naming the text otherwise."""
     low, sep, high = text.partition(":")
@@ -137,6 +155,9 @@ def run_sweep(sweep: SweepConfig) -> pa.Table:
     from vprlib.train.loop import ray_storage
 
     start = time.perf_counter()
+    # Tune's newer console output draws its configuration box and an error block per failed trial even when silent;
+    # the older one at verbose 0 says nothing, and the job prints its own line per trial (trial_lines).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     cluster = connect(sweep.base.ray_address)
     cluster.check_shared(sweep.base.output, "--output")  # trials write there from any node
     concurrent = sweep.concurrent_trials or concurrent_trials(cluster.resources, sweep.base)
@@ -158,12 +179,93 @@ def run_sweep(sweep: SweepConfig) -> pa.Table:
                                         max_concurrent_trials=concurrent),
             # A trial whose run fails (its node lost with the driver of its Ray Train run) starts again, resuming
             # from its own last.pt.
-            run_config=tune.RunConfig(name="sweep", storage_path=storage, storage_filesystem=filesystem, verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES)))
-    grid = tuner.fit()
+            run_config=tune.RunConfig(name="sweep", storage_path=storage, storage_filesystem=filesystem, verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=TRIAL_RETRIES),
+                                      callbacks=[trial_lines(sweep.trials())]))
+    with tune_stops_on_ctrl_c() as interrupted:
+        grid = tuner.fit()
+    if interrupted:
+        raise KeyboardInterrupt
     table = results_table(grid, sweep)
-    write_results(sweep, table, time.perf_counter() - start)
+    failed = failure_note(table)
+    write_results(sweep, table, time.perf_counter() - start, show=not failed.startswith("all"))
+    if failed.startswith("all"):
+        raise SweepFailed(failed)
+    if failed:
+        print(f"tune: warning: {failed}", flush=True)
     return table
+
+
+def trial_lines(total: int):
+    """A Tune callback that prints a line per trial as it ends (Tune's own status tables are off): its settings and
+    its last Recall@1, or its error. Made here rather than at import, so that reading a sweep's flags needs no Ray."""
+    from ray.tune import Callback
+
+    class TrialLines(Callback):
+        def __init__(self):
+            self.ended = 0
+
+        def say(self, trial, how: str) -> None:
+            self.ended += 1
+            settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in trial.config.items())
+            print(f"tune: trial {self.ended} of {total} ({settings}) {how}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            score = result.get(SCORE)
+            self.say(trial, f"ended after epoch {result.get('epoch', 0)}"
+                     + (f", Recall@1 {score:.3f}" if isinstance(score, float) else ""))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            error = trial.get_pickled_error()
+            self.say(trial, "failed" + (f": {root_error(error)}" if error is not None else ""))
+
+    return TrialLines()
+
+
+@contextlib.contextmanager
+def tune_stops_on_ctrl_c():
+    """While the sweep runs, Ctrl-C asks Tune to stop it as Tune's own handler would (SIGUSR1, which Tune always
+    handles: trials stopped, the sweep's state saved for the rerun that resumes it) and is remembered, so that the
+    job can say it was interrupted rather than report a finished sweep; a second Ctrl-C interrupts at once."""
+    interrupted = []
+
+    def first_ctrl_c(signum, frame):
+        interrupted.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune's own would swallow it
+    previous = signal.signal(signal.SIGINT, first_ctrl_c)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def failure_note(table: pa.Table) -> str:
+    """'' when no trial failed; else how many did, and the first one's error (the rest are in results.parquet)."""
+    errors = [e for e in table["error"].to_pylist() if e] if table.num_rows else []
+    if not errors:
+        return ""
+    share = f"all {table.num_rows}" if len(errors) == table.num_rows else f"{len(errors)} of {table.num_rows}"
+    return f"{share} trials failed (their errors: results.parquet); the first: {errors[0]}"
+
+
+def root_error(error: BaseException) -> str:
+    """A failed trial's error in one line: the exception the training raised, not the Ray layers wrapped around it
+    (a trial's error is Ray Tune's, holding Ray Train's, holding the task's)."""
+    from vprlib.data.manifest import one_line
+
+    seen = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = getattr(error, "cause", None) or error.__cause__
+    for candidate in reversed(seen):
+        if type(candidate).__module__.split(".")[0] != "ray":
+            return f"{type(candidate).__name__}: {one_line(candidate)}"[:300]
+    return one_line(seen[-1]).split(" Traceback ")[0][:300]
 
 
 def concurrent_trials(resources: dict, base: TrainConfig) -> int:
@@ -199,23 +301,27 @@ def results_table(grid, sweep: SweepConfig) -> pa.Table:
                      **{f"recall@{n}": best.get(f"recall@{n}") for n in (1, 5, 10)},
                      "best_epoch": best.get("epoch"), "epochs_run": last,
                      "stopped_early": result.error is None and last < sweep.base.epochs,
-                     "error": None if result.error is None else str(result.error).splitlines()[0][:200],
+                     "error": None if result.error is None else root_error(result.error),
                      "wall_s": float(sum(e.get("wall_s") or 0 for e in epochs)),
                      "checkpoint": posixpath.join(output, "best.pt")})
     return pa.Table.from_pylist(rows)
 
 
-def write_results(sweep: SweepConfig, table: pa.Table, seconds: float) -> None:
-    """results.parquet, best_config.json and best.pt (a copy of the best trial's checkpoint); a printed table."""
+def write_results(sweep: SweepConfig, table: pa.Table, seconds: float, show: bool = True) -> None:
+    """results.parquet, best_config.json and best.pt (a copy of the best trial's checkpoint); a printed table
+    (`show`: not when every trial failed, which the job says in one line)."""
     fs, root = url_to_fs(sweep.base.output)
     with fs.open(posixpath.join(root, "results.parquet"), "wb") as f:
         pq.write_table(table, f)
+    if not show:
+        return
     rows = sorted(table.to_pylist(), key=lambda r: -(r[SCORE] if r[SCORE] is not None else -1))
     print(format_results(rows, sweep, seconds), flush=True)
     output = sweep.base.output
-    print(f"tune: trials in {posixpath.join(output, 'trials')}; best: {posixpath.join(output, 'best.pt')}", flush=True)
     if not rows or rows[0][SCORE] is None:
+        print(f"tune: trials in {posixpath.join(output, 'trials')}; no trial scored, so no best.pt", flush=True)
         return
+    print(f"tune: trials in {posixpath.join(output, 'trials')}; best: {posixpath.join(output, 'best.pt')}", flush=True)
     best = rows[0]
     config = with_options(sweep.base, **{k: best[k] for k in ("backbone", "lr", "descriptor_size", "input")
                                          if best[k] is not None})

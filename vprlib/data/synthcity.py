@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from vprlib.console import Progress
 from vprlib.data.holicity import HOLICITY_CLASSES, holicity_to_refined
 from vprlib.data.manifest import join_uri, write_manifest
 from vprlib.maps import carry_columns, encode_batch, output_schema, write_part, write_spec
@@ -901,11 +902,13 @@ def generate_city(config: CityConfig, output: str) -> pa.Table:
     visits = plan_visits(city)
     parts = [visits[i : i + VISITS_PER_PART] for i in range(0, len(visits), VISITS_PER_PART)]
     workers = min(resolve_workers(config), len(parts))
-    if workers == 1:
-        results = [_write_visits(i, part, output, city) for i, part in enumerate(parts)]
-    else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
-            results = list(pool.map(_write_visits, range(len(parts)), parts, [output] * len(parts)))
+    with Progress("city", len(visits) * config.headings, "captures") as progress:
+        if workers == 1:
+            results = [_counted(progress, _write_visits(i, part, output, city)) for i, part in enumerate(parts)]
+        else:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(config,)) as pool:
+                done = pool.map(_write_visits, range(len(parts)), parts, [output] * len(parts))
+                results = [_counted(progress, result) for result in done]
     rows = [row for visit_rows, _ in results for row in visit_rows]
     counts = sum(c for _, c in results)
     table = _manifest(city, rows)
@@ -916,6 +919,12 @@ def generate_city(config: CityConfig, output: str) -> pa.Table:
     with open(os.path.join(output, "config.json"), "w") as f:  # what the city is (workers change no output)
         json.dump({k: v for k, v in dataclasses.asdict(config).items() if k != "workers"}, f, indent=1)
     return table
+
+
+def _counted(progress: Progress, result: tuple[list[dict], np.ndarray]) -> tuple[list[dict], np.ndarray]:
+    """A part's result, its captures counted on the progress line."""
+    progress.update(len(result[0]))
+    return result
 
 
 DEMO_CITY = {"dense_train": 6}  # the demo's city: the default city with 6 visits per train place (CosPlace's classes)

@@ -13,7 +13,6 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from vprlib.data.manifest import url_to_fs
 from vprlib.spec import spec_mismatch
@@ -67,6 +66,8 @@ def read_checkpoint(path: str) -> tuple[dict, bytes]:
         raise ModelError(f"--model {path}: no such file")
     with fs.open(fs_path, "rb") as f:
         data = f.read()
+    import torch
+
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), data
     except Exception as exc:  # a file that is no torch checkpoint, or one with pickled objects
@@ -107,16 +108,20 @@ class Embedder:
     unit-norm, passing every other key (ids, status) through and dropping the maps."""
 
     def __init__(self, checkpoint: str, device: str = "cpu", precision: str = "bf16"):
+        import torch
+
         self.device = torch.device(device)
         self.model = load_model(checkpoint).to(self.device)
         self.bf16 = precision == "bf16" and self.device.type == "cuda"
 
-    @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
-        depth = torch.from_numpy(np.array(batch["depth"], dtype=np.float32)).to(self.device)  # a writable copy
-        seg = torch.from_numpy(np.array(batch["seg"], dtype=np.uint8)).to(self.device)
-        rgb = torch.from_numpy(np.array(batch["rgb"], dtype=np.uint8)).to(self.device) if "rgb" in batch else None
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            vectors = self.model.embed(depth, seg, rgb)
+        import torch
+
+        with torch.inference_mode():
+            depth = torch.from_numpy(np.array(batch["depth"], dtype=np.float32)).to(self.device)  # a writable copy
+            seg = torch.from_numpy(np.array(batch["seg"], dtype=np.uint8)).to(self.device)
+            rgb = torch.from_numpy(np.array(batch["rgb"], dtype=np.uint8)).to(self.device) if "rgb" in batch else None
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                vectors = self.model.embed(depth, seg, rgb)
         kept = {k: v for k, v in batch.items() if k not in MAP_KEYS}
         return {**kept, "vector": vectors.float().cpu().numpy()}

@@ -26,6 +26,7 @@ import json
 import posixpath
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +35,6 @@ import pyarrow.parquet as pq
 
 from vprlib.cluster import DEVICES, Need, absolute_path, check_gpus_per_process, connect, io_task_args
 from vprlib.data.manifest import url_to_fs
-from vprlib.index.embed import Embedder, ModelError, RetrieverRecord, retriever_record
 from vprlib.index.search import SearchPool, read_manifest
 from vprlib.maps import MapSpecError, maps_dataset, read_maps, read_spec, table_schema
 from vprlib.metrics import (
@@ -46,7 +46,9 @@ from vprlib.metrics import (
     recall_from_ranks,
 )
 from vprlib.spec import spec_mismatch
-from vprlib.train.data import DATA_TASK_CPUS
+
+if TYPE_CHECKING:  # the retriever's module imports torch: only where an evaluation runs, not for --help
+    from vprlib.index.embed import RetrieverRecord
 
 RESULTS, SUMMARY, REPORT = "results.parquet", "summary.json", "report.html"
 # Query columns read besides the maps: positions and ground truth for the metrics, the photo for the report.
@@ -157,6 +159,8 @@ def check_queries(queries: str, manifest: dict, index: str) -> None:
 
 def retriever(config: EvaluateConfig, manifest: dict) -> RetrieverRecord:
     """The record of the retriever that built the index (its recorded path, or --model), checked by its sha256."""
+    from vprlib.index.embed import ModelError, retriever_record
+
     path = absolute_path(config.model or manifest["model"]["path"])
     record = retriever_record(path)
     if record.sha256 != manifest["model"]["sha256"]:
@@ -225,7 +229,8 @@ def score_queries(config: EvaluateConfig, record: RetrieverRecord, manifest: dic
     import ray
     from ray.data import ActorPoolStrategy
 
-    from vprlib.train.data import resize_maps
+    from vprlib.index.embed import Embedder
+    from vprlib.train.data import DATA_TASK_CPUS, resize_maps
 
     cluster = connect(config.ray_address)
     device = cluster.device(config.device)

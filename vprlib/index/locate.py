@@ -6,29 +6,32 @@ does, the strategy's models (from the index's map specification) make their maps
 shards are searched. The position estimate is the similarity-weighted mean of the top-k places that lie within
 `cluster_m` of the best match: the best match decides the neighbourhood, its agreeing neighbours refine it, and a
 far-away runner-up (another street that looks alike) does not pull the estimate between two places.
+
+How sure the answer is (`confidence`) is the ratio test of Lowe (2004) between places: the descriptor distance to the
+best match over the distance to the best match of another place (more than `cluster_m` from it). Near 1, another
+street looks as alike and the answer is a guess; the answer is "sure" at `sure_ratio` (0.75) or below, a threshold
+measured on the demo city's queries (docs/RESULTS.md). Photos too small to show a street (`min_side`) are refused
+before any model runs: a 1x1 image, resized up to the maps' side, would otherwise be matched like any photo, with as
+high a similarity.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
-import torch
 
 from vprlib.cluster import DEVICES
-from vprlib.extract.config import RunOptions
-from vprlib.extract.decode import DecodeError, load_image
-from vprlib.index.embed import ModelError, load_model, retriever_record
-from vprlib.index.search import Index, shards_near
+from vprlib.index.search import Index
 from vprlib.metrics import haversine_m
-from vprlib.models import zoo
 from vprlib.spec import MapSpec, spec_mismatch
-from vprlib.train.data import resize_maps
+
+# Places searched per photo for the confidence (at least top_k): deep enough to reach a place other than the best
+# match's (on the demo city, always among the first 10).
+CONFIDENCE_DEPTH = 50
 
 
 def _help(text: str) -> dict:
@@ -46,6 +49,11 @@ class LocateConfig:
         "extraction models ('' = the index's); must be what the index's maps were made with"))
     device: str = field(default="auto", metadata=_help("auto (cuda when present), cpu or cuda"))
     json: bool = field(default=False, metadata=_help("print JSON instead of a table"))
+    min_side: int = field(default=32, metadata=_help(
+        "photos whose shorter side has fewer pixels are refused: too small to show a street"))
+    sure_ratio: float = field(default=0.75, metadata=_help(
+        "an answer is sure when its descriptor distance to the best match is at most this share of the distance to "
+        "the best match of another place (Lowe's ratio test; docs/RESULTS.md says how 0.75 was chosen)"))
     input: str = field(default="", metadata=_help(
         "a batch instead of photos: a manifest (.parquet/.csv), a folder (manifest.parquet, or images + CSV) or "
         "s3://, located on Ray into one Parquet file, --output"))
@@ -63,6 +71,8 @@ class LocateConfig:
             raise ValueError("top_k must be >= 1, cluster_m and prior_m >= 0")
         if min(self.batch_size, self.actors, self.search_actors) < 1:
             raise ValueError("batch_size, actors and search_actors must be >= 1")
+        if self.min_side < 1 or not 0 < self.sure_ratio <= 1:
+            raise ValueError(f"min_side must be >= 1 and sure_ratio in (0, 1], got {self.min_side}, {self.sure_ratio}")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; known: {', '.join(DEVICES)}")
         if bool(self.photos) == bool(self.input):
@@ -79,6 +89,9 @@ class LocateError(ValueError):
 def check_index(index: Index, models: str) -> tuple[MapSpec, str]:
     """The index's map spec and retriever, after checking that this call would make the same maps (the same
     extraction models, with the same weights) and use the same retriever weights."""
+    from vprlib.index.embed import ModelError, retriever_record
+    from vprlib.models import zoo
+
     recorded = index.manifest["map_spec"]
     spec = MapSpec.from_record(recorded)
     if not spec.plan.stages:
@@ -102,6 +115,8 @@ def check_index(index: Index, models: str) -> tuple[MapSpec, str]:
 
 def photo_maps(photos: tuple[str, ...], spec: MapSpec, device: str) -> dict[str, np.ndarray]:
     """Maps of the photos by the strategy's chain (one batch): decoded as the extraction job decodes them."""
+    from vprlib.extract.config import RunOptions
+    from vprlib.extract.decode import DecodeError, load_image
     from vprlib.extract.stages import FusedChain
 
     images = []
@@ -114,6 +129,36 @@ def photo_maps(photos: tuple[str, ...], spec: MapSpec, device: str) -> dict[str,
     return FusedChain(spec, run).compute({"image": np.stack(images)})
 
 
+def check_photo_sizes(photos: tuple[str, ...], min_side: int) -> None:
+    """Refuse, in one line, a photo whose shorter side is under `min_side` pixels (read from its header). One that
+    cannot be read is left to `photo_maps`, which names why."""
+    from PIL import Image
+
+    from vprlib.extract.decode import DecodeError, read_bytes
+
+    for photo in photos:
+        try:
+            with Image.open(io.BytesIO(read_bytes(photo))) as image:
+                width, height = image.size
+        except (DecodeError, OSError):
+            continue
+        if min(width, height) < min_side:
+            raise LocateError(f"{photo} is {width}x{height} pixels: too small to show a street (the shorter side "
+                              f"must be at least --min-side {min_side})")
+
+
+def confidence(lat: np.ndarray, lon: np.ndarray, scores: np.ndarray, cluster_m: float, sure_ratio: float) -> dict:
+    """How sure the best match is, from the ranked places (similarities of unit descriptors, best first): the ratio
+    of the descriptor distance to it over that to the best place more than `cluster_m` from it (the distance of unit
+    vectors is sqrt(2 - 2 similarity)), sure at `sure_ratio` or below. When every ranked place is near the best, the
+    last one stands in for the other place: the ratio is then an upper bound."""
+    away = np.nonzero(haversine_m(lat[0], lon[0], lat, lon) > cluster_m)[0]
+    other = int(away[0]) if len(away) else len(scores) - 1
+    ratio = float(np.sqrt(max(1.0 - scores[0], 0.0) / max(1.0 - scores[other], 1e-12)))
+    return {"ratio": round(ratio, 4), "sure": ratio <= sure_ratio, "sure_ratio": sure_ratio,
+            "other_rank": other + 1, "other_m": round(float(haversine_m(lat[0], lon[0], lat[other], lon[other])), 1)}
+
+
 def estimate(lat: np.ndarray, lon: np.ndarray, scores: np.ndarray, cluster_m: float) -> tuple[float, float]:
     """Similarity-weighted mean position of the ranked places within `cluster_m` of the first."""
     near = haversine_m(lat[0], lon[0], lat, lon) <= cluster_m
@@ -122,10 +167,17 @@ def estimate(lat: np.ndarray, lon: np.ndarray, scores: np.ndarray, cluster_m: fl
 
 
 def locate(config: LocateConfig) -> list[dict]:
-    """For each photo: the top-k places (image id, lat, lon, heading, similarity) and the position estimate."""
+    """For each photo: the top-k places (image id, lat, lon, heading, similarity), the position estimate and how sure
+    it is (`confidence`)."""
+    import torch
+
+    from vprlib.index.embed import load_model, retriever_record
+    from vprlib.train.data import resize_maps
+
     index = Index(config.index)
     spec, model_path = check_index(index, config.models)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+    check_photo_sizes(config.photos, config.min_side)
     maps = photo_maps(config.photos, spec, device)
     record = retriever_record(model_path)
     photo = {"rgb": maps["image"]} if "image" in maps else {}  # maps with --rgb: the photo too
@@ -134,28 +186,32 @@ def locate(config: LocateConfig) -> list[dict]:
     with torch.inference_mode():
         tensors = {k: torch.from_numpy(np.array(v)).to(device) for k, v in resized.items()}
         vectors = model.embed(tensors["depth"], tensors["seg"], tensors.get("rgb")).float().cpu().numpy()
-    hits = index.search(vectors, config.top_k)
-    return [located(photo, hits, q, config.cluster_m) for q, photo in enumerate(config.photos)]
+    hits = index.search(vectors, max(config.top_k, CONFIDENCE_DEPTH))
+    return [located(photo, hits, q, config) for q, photo in enumerate(config.photos)]
 
 
-def located(photo: str, hits, q: int, cluster_m: float) -> dict:
-    """One photo's answer from its row `q` of the search's hits: its places, best first, and the estimate."""
+def located(photo: str, hits, q: int, config: LocateConfig) -> dict:
+    """One photo's answer from its row `q` of the search's hits (CONFIDENCE_DEPTH deep): its top-k places, best
+    first, the estimate and how sure it is."""
     found = [r for r in range(hits.ids.shape[1]) if hits.ids[q, r] is not None]
     column = lambda name: hits.columns.get(name, np.full(hits.ids.shape, None, object))[q, found]  # noqa: E731
     lat, lon = column("lat").astype(np.float64), column("lon").astype(np.float64)
     heading, scores = column("heading"), hits.scores[q, found]
-    places = [{"rank": rank + 1, "image_id": hits.ids[q, r], "lat": float(lat[rank]), "lon": float(lon[rank]),
-               "heading": None if heading[rank] is None else float(heading[rank]), "similarity": float(scores[rank])}
-              for rank, r in enumerate(found)]
-    at = estimate(lat, lon, scores, cluster_m) if found else (None, None)
-    return {"photo": photo, "estimate": {"lat": at[0], "lon": at[1]}, "places": places}
+    sure = confidence(lat, lon, scores, config.cluster_m, config.sure_ratio) if found else None
+    top = min(len(found), config.top_k)
+    places = [{"rank": rank + 1, "image_id": hits.ids[q, found[rank]], "lat": float(lat[rank]),
+               "lon": float(lon[rank]), "heading": None if heading[rank] is None else float(heading[rank]),
+               "similarity": float(scores[rank])} for rank in range(top)]
+    at = estimate(lat[:top], lon[:top], scores[:top], config.cluster_m) if found else (None, None)
+    return {"photo": photo, "estimate": {"lat": at[0], "lon": at[1]}, "confidence": sure, "places": places}
 
 
 def format_table(results: list[dict]) -> str:
     lines = []
     for result in results:
         at = result["estimate"]
-        lines.append(f"{result['photo']}: estimated at {at['lat']:.6f}, {at['lon']:.6f}")
+        lines.append(f"{result['photo']}: estimated at {at['lat']:.6f}, {at['lon']:.6f}; "
+                     f"{how_sure(result['confidence'])}")
         for place in result["places"]:
             heading = "" if place["heading"] is None else f", heading {place['heading']:.0f}"
             lines.append(f"  {place['rank']}. {place['image_id']}  {place['lat']:.6f}, {place['lon']:.6f}{heading}, "
@@ -163,12 +219,23 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def how_sure(confidence: dict) -> str:
+    """The confidence in words: 'sure (distance ratio 0.621 to the next place, ...)' or 'not sure (...)'."""
+    verdict = "sure" if confidence["sure"] else "not sure"
+    return (f"{verdict} (distance ratio {confidence['ratio']:.3f} to the next place, {confidence['other_m']:.0f} m "
+            f"from the best; sure at {confidence['sure_ratio']:g} or below)")
+
+
 # ----------------------------------------------------------------------------------------------- a batch, on Ray
-ANSWER_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("status", pa.string()),
-                           ("error", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
-                           ("top_ids", pa.list_(pa.string())), ("top_lat", pa.list_(pa.float64())),
-                           ("top_lon", pa.list_(pa.float64())), ("top_heading", pa.list_(pa.float64())),
-                           ("similarity", pa.list_(pa.float64()))])
+def answer_schema():
+    """One row per photo of a batch: its estimate, how sure it is, its top-k places; or its error."""
+    import pyarrow as pa
+
+    floats = pa.list_(pa.float64())
+    return pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("status", pa.string()),
+                      ("error", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()), ("sure", pa.bool_()),
+                      ("ratio", pa.float64()), ("top_ids", pa.list_(pa.string())), ("top_lat", floats),
+                      ("top_lon", floats), ("top_heading", floats), ("similarity", floats)])
 
 
 def locate_batch(config: LocateConfig) -> dict:
@@ -176,6 +243,9 @@ def locate_batch(config: LocateConfig) -> dict:
     extraction chain and retriever on actor pools, the search on the index's actors), and the answers (one row per
     photo, in the input's order: its estimate and top-k places, or its error) are written to one Parquet file.
     Returns a summary."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -183,6 +253,7 @@ def locate_batch(config: LocateConfig) -> dict:
     from vprlib.extract.config import extract_config
     from vprlib.extract.output import load_input
     from vprlib.extract.pipeline import photos_dataset
+    from vprlib.index.embed import retriever_record
     from vprlib.index.search import SearchPool
     from vprlib.storage import write_atomic
 
@@ -227,29 +298,34 @@ class PhotoEmbedder:
     def __init__(self, spec: MapSpec, run, checkpoint: str, side: int):
         from vprlib.extract.stages import FusedChain
         from vprlib.index.embed import Embedder
+        from vprlib.train.data import resize_maps
 
         self.chain = FusedChain(spec, run)
         self.embedder = Embedder(checkpoint, run.device)
-        self.side = side
+        self.side, self.resize = side, resize_maps
 
     def __call__(self, batch: dict) -> dict:
         maps = self.chain(batch)
         photo = {"rgb": maps["image"]} if "image" in maps else {}
-        resized = resize_maps({"depth": maps["depth"], "seg": maps["seg"], **photo}, self.side)
+        resized = self.resize({"depth": maps["depth"], "seg": maps["seg"], **photo}, self.side)
         kept = {k: maps[k] for k in ("image_id", "uri", "status", "error")}
         return self.embedder({**kept, **resized})
 
 
 class BatchLocator:
     """A Ray Data step: a batch of photo descriptors searched on the index's actors (only the shards near a row's
-    prior position with --prior-m), each photo's answer (`located`) as a row of ANSWER_SCHEMA."""
+    prior position with --prior-m), each photo's answer (`located`) as a row of `answer_schema()`."""
 
     def __init__(self, pool, priors, config: LocateConfig):
         self.pool, self.priors, self.config = pool, priors, config
 
     def allowed(self, ids: list[str]) -> list | None:
         """Per photo, the shards near its prior position (every shard without one); None: no priors asked for."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
         import ray
+
+        from vprlib.index.search import shards_near
 
         priors = ray.get(self.priors)
         if self.config.prior_m <= 0 or not {"lat", "lon"} <= set(priors.column_names):
@@ -259,18 +335,23 @@ class BatchLocator:
         return [list(shards) if r["lat"] is None else shards_near(shards, r["lat"], r["lon"], self.config.prior_m)
                 for r in rows]
 
-    def __call__(self, batch: dict) -> pa.Table:
+    def __call__(self, batch: dict):
+        import pyarrow as pa
+
         ids = [str(i) for i in batch["image_id"]]
-        hits = self.pool.search(np.asarray(batch["vector"], dtype=np.float32), self.config.top_k, self.allowed(ids))
+        depth = max(self.config.top_k, CONFIDENCE_DEPTH)
+        hits = self.pool.search(np.asarray(batch["vector"], dtype=np.float32), depth, self.allowed(ids))
         rows = []
         for q, ident in enumerate(ids):
             ok = batch["status"][q] == "ok"
-            answer = located(str(batch["uri"][q]), hits, q, self.config.cluster_m) if ok else None
+            answer = located(str(batch["uri"][q]), hits, q, self.config) if ok else None
             places = answer["places"] if answer else []
+            sure = (answer or {}).get("confidence") or {}
             rows.append({"image_id": ident, "uri": str(batch["uri"][q]), "status": str(batch["status"][q]),
                          "error": str(batch["error"][q]), "lat": answer["estimate"]["lat"] if answer else None,
-                         "lon": answer["estimate"]["lon"] if answer else None,
-                         "top_ids": [p["image_id"] for p in places], "top_lat": [p["lat"] for p in places],
-                         "top_lon": [p["lon"] for p in places], "top_heading": [p["heading"] for p in places],
+                         "lon": answer["estimate"]["lon"] if answer else None, "sure": sure.get("sure"),
+                         "ratio": sure.get("ratio"), "top_ids": [p["image_id"] for p in places],
+                         "top_lat": [p["lat"] for p in places], "top_lon": [p["lon"] for p in places],
+                         "top_heading": [p["heading"] for p in places],
                          "similarity": [p["similarity"] for p in places]})
-        return pa.Table.from_pylist(rows, schema=ANSWER_SCHEMA)
+        return pa.Table.from_pylist(rows, schema=answer_schema())

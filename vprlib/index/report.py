@@ -1,10 +1,13 @@
 """The evaluation report: one self-contained HTML page in the spirit of the paper's Fig. 5.
 
-For a sample of queries (wrong ones first) a row holds the query's photo, its segmentation map in a fixed palette
-(with a legend of the classes present), its depth as a colour map, and its top predictions' photos framed green when
-right and red when wrong, with rank, distance and similarity; the page opens with the recalls, the settings and a
-Recall@N curve. Everything is inline (images as base64 PNG/JPEG, the curve as SVG, CSS in the page): no script, no
-external file, so the page can be mailed or archived as it is.
+The page opens with the recalls, the settings, a Recall@N curve and a map of the shown queries (each query's
+position joined to its first prediction's, over the indexed images, on the UTM plane). Then a sample of queries in
+three groups, each said for what it is (`pick_sample`): the worst (no prediction right in the top k, the farthest
+first), near misses (wrong at rank 1, right further down) and some right at rank 1. A row holds the query's photo,
+its segmentation map in a fixed palette (with a legend of the classes present), its depth as a colour map, and its top
+predictions' photos framed green when right and red when wrong, with rank, distance and similarity. Everything is
+inline (images as base64 PNG/JPEG, the curve and the map as SVG, CSS in the page): no script, no external file, so the
+page can be mailed or archived as it is.
 """
 
 from __future__ import annotations
@@ -164,13 +167,30 @@ class QueryView:
         return self.first_correct_rank == 1
 
 
-def pick_sample(results: pa.Table, n: int, seed: int) -> list[int]:
-    """Up to n query rows with ground truth, the ones wrong at rank 1 first, each group in a seeded random order."""
+# The report's groups of queries, in page order, and how each is described.
+SAMPLE_GROUPS = {
+    "worst": "the worst: none right in the top {k}, the farthest first",
+    "near": "near misses: wrong at rank 1, right at a later rank",
+    "right": "right at rank 1",
+}
+
+
+def pick_sample(results: pa.Table, n: int, seed: int) -> list[tuple[str, int]]:
+    """Up to n query rows with ground truth as (group, row), a third of them from each group of SAMPLE_GROUPS (a
+    group with too few leaves its share to the others). The worst are ordered by their first prediction's distance,
+    farthest first (seeded random order without distances); the others are a seeded random draw."""
     first = results["first_correct_rank"].to_pylist()
     queries = [i for i, c in enumerate(results["correct"].to_pylist()) if c is not None]
-    order = np.random.default_rng(seed).permutation(len(queries))
-    shuffled = [queries[i] for i in order]
-    return ([i for i in shuffled if first[i] != 1] + [i for i in shuffled if first[i] == 1])[:n]
+    shuffled = [queries[i] for i in np.random.default_rng(seed).permutation(len(queries))]
+    distance = [d[0] if d and not math.isnan(d[0]) else -1.0 for d in results["distances_m"].to_pylist()]
+    groups = {"worst": sorted((i for i in shuffled if first[i] is None), key=lambda i: -distance[i]),
+              "near": [i for i in shuffled if first[i] is not None and first[i] > 1],
+              "right": [i for i in shuffled if first[i] == 1]}
+    share = {name: 0 for name in groups}
+    for _ in range(min(n, len(queries))):  # one at a time to the group furthest below its third that has more
+        name = min((g for g in groups if share[g] < len(groups[g])), key=lambda g: (share[g], list(groups).index(g)))
+        share[name] += 1
+    return [(name, i) for name in groups for i in groups[name][: share[name]]]
 
 
 def query_views(results: pa.Table, picked: list[int], queries: pa.Table, database: pa.Table, maps: str,
@@ -218,8 +238,9 @@ def _distance(metres: float) -> str:
     return "no GPS" if metres is None or math.isnan(metres) else f"{metres:.1f} m"
 
 
-def query_section(view: QueryView, seg_classes: str, k: int) -> str:
-    """One row of the page: the query's photo and maps, then its predictions framed by whether they are right."""
+def query_section(view: QueryView, seg_classes: str, k: int, number: int = 0) -> str:
+    """One row of the page: the query's photo and maps, then its predictions framed by whether they are right;
+    `number` is its label on the map."""
     seg_rgb, present = colour_seg(view.seg, seg_classes)
     verdict = "right at rank 1" if view.right else (
         f"wrong at rank 1; first right at rank {view.first_correct_rank}" if view.first_correct_rank else
@@ -236,7 +257,8 @@ def query_section(view: QueryView, seg_classes: str, k: int) -> str:
                    f'sim {p.score:.3f}<br><small>{html.escape(p.image_id)}</small>')
         tiles.append(_photo_tile(p.uri, caption, f" pred {state}", f' data-correct="{str(p.correct).lower()}"'))
     return (f'<section class="query {"right" if view.right else "wrong"}" data-image-id="{html.escape(view.image_id)}"'
-            f' data-right="{str(view.right).lower()}"><h3>{html.escape(view.image_id)} <span class="verdict">'
+            f' data-right="{str(view.right).lower()}"><h3>{f"{number}. " if number else ""}'
+            f'{html.escape(view.image_id)} <span class="verdict">'
             f'{verdict}</span> <small>{view.positives} positive(s) in the index</small></h3>'
             f'<div class="row">{"".join(tiles)}</div></section>')
 
@@ -280,6 +302,8 @@ h3 {{ font-size: 14px; margin: 0 0 6px; font-weight: 600; }} h3 small {{ color: 
 .settings {{ color: #444; margin: 2px 0; }} .settings code {{ background: #f3f3f3; padding: 0 3px; }}
 .recall-curve text {{ font: 12px system-ui, sans-serif; fill: #333; }}
 .recall-curve text.mark {{ font-weight: 600; fill: #1e40af; }}
+.positions text {{ font: 11px system-ui, sans-serif; fill: #111; }}
+h3.group {{ font-size: 15px; margin: 20px 0 4px; }}
 section.query {{ border-top: 1px solid #ddd; padding: 12px 0; }}
 section.query.wrong .verdict {{ color: {RED}; }} section.query.right .verdict {{ color: {GREEN}; }}
 .row {{ display: flex; flex-wrap: wrap; gap: 12px; align-items: flex-start; }}
@@ -299,8 +323,51 @@ ul.legend {{ list-style: none; padding: 0; margin: 4px 0 0; font-size: 11px; }}
 """
 
 
-def render(summary: dict, views: list[QueryView], seg_classes: str) -> str:
-    """The whole page."""
+def positions_svg(views: list[QueryView], query_at: list[tuple[float, float]], database: pa.Table) -> str:
+    """A map of the shown queries on the UTM plane: every indexed image a grey dot, each query a black dot numbered
+    as on the page, joined to its first prediction (green when right, red when wrong); a scale bar. '' when the
+    queries have no positions (no GPS)."""
+    from vprlib.data.synthcity import latlon_to_utm
+
+    db_lat, db_lon = (database[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in ("lat", "lon"))
+    q_lat, q_lon = np.array(query_at, np.float64).reshape(-1, 2).T
+    if not len(q_lat) or not np.isfinite(q_lat).any() or not np.isfinite(db_lat).any():
+        return ""
+    zone = None if "utm_zone" not in database.column_names else database["utm_zone"][0].as_py()
+    db_e, db_n, zone = latlon_to_utm(db_lat, db_lon, zone)
+    q_e, q_n, _ = latlon_to_utm(q_lat, q_lon, zone)
+    ids = {ident: j for j, ident in enumerate(database["image_id"].to_pylist())}
+    width, height, pad = 640, 480, 24
+    e0, e1, n0, n1 = np.nanmin(db_e), np.nanmax(db_e), np.nanmin(db_n), np.nanmax(db_n)
+    scale = min((width - 2 * pad) / max(e1 - e0, 1.0), (height - 2 * pad) / max(n1 - n0, 1.0))
+
+    def at(east: float, north: float) -> tuple[float, float]:
+        return pad + (east - e0) * scale, height - pad - (north - n0) * scale
+
+    parts = [f'<svg class="positions" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+             f'width="{width}" height="{height}" role="img"><title>Query and prediction positions</title>',
+             f'<rect width="{width}" height="{height}" fill="#fafafa"/>']
+    parts += ['<circle class="indexed" cx="{:.1f}" cy="{:.1f}" r="1.5" fill="#bbb"/>'.format(*at(e, n))
+              for e, n in zip(db_e, db_n, strict=True) if np.isfinite(e)]
+    for number, (view, e, n) in enumerate(zip(views, q_e, q_n, strict=True), start=1):
+        first = view.predictions[0] if view.predictions else None
+        if first is None or first.image_id not in ids or not np.isfinite(e):
+            continue
+        (qx, qy), (px, py) = at(e, n), at(db_e[ids[first.image_id]], db_n[ids[first.image_id]])
+        colour = GREEN if first.correct else RED
+        parts.append(f'<line class="match" data-query="{html.escape(view.image_id)}" x1="{qx:.1f}" y1="{qy:.1f}" '
+                     f'x2="{px:.1f}" y2="{py:.1f}" stroke="{colour}" stroke-width="2"/><circle class="prediction" '
+                     f'cx="{px:.1f}" cy="{py:.1f}" r="4" fill="{colour}"/><circle class="query" cx="{qx:.1f}" '
+                     f'cy="{qy:.1f}" r="4" fill="#111"/><text x="{qx + 6:.1f}" y="{qy - 6:.1f}">{number}</text>')
+    quarter = max((width - 2 * pad) / scale / 4, 1.0)  # metres: the scale bar is the longest 1, 2 or 5 x 10^n below
+    bar = max(step * 10 ** math.floor(math.log10(quarter / step)) for step in (1, 2, 5))
+    parts.append(f'<line x1="{pad}" y1="{height - 8}" x2="{pad + bar * scale:.1f}" y2="{height - 8}" stroke="#333" '
+                 f'stroke-width="3"/><text x="{pad + bar * scale + 6:.1f}" y="{height - 4}">{bar:g} m</text></svg>')
+    return "".join(parts)
+
+
+def render(summary: dict, views: list[QueryView], seg_classes: str, groups: list[str], positions: str) -> str:
+    """The whole page; `groups` names each view's group (SAMPLE_GROUPS), `positions` is the map (positions_svg)."""
     recalls = " · ".join(f"Recall@{key.split('@')[1]} {summary[key]:.1%}" for key in summary if key.startswith(
         "recall@"))
     right = "right within {:g} m".format(summary["radius_m"]) if summary["mode"] == "gps" else \
@@ -311,15 +378,34 @@ def render(summary: dict, views: list[QueryView], seg_classes: str) -> str:
         f"{html.escape(summary['mode'])} mode, {html.escape(right)}; distances: {html.escape(summary['distances'])}",
         f"index <code>{html.escape(summary['index'])}</code>; retriever {html.escape(summary['model']['family'])} "
         f"sha256 <code>{summary['model']['sha256'][:12]}</code>; {html.escape(summary['time'])}"]
-    wrong = sum(not v.right for v in views)
-    body = "".join(query_section(v, seg_classes, summary["k"]) for v in views)
+    counts = {name: groups.count(name) for name in SAMPLE_GROUPS if name in groups}
+    said = "; ".join(f"{n} {SAMPLE_GROUPS[name].format(k=summary['k'])}" for name, n in counts.items())
+    body, number = [], 0
+    for name in counts:
+        body.append(f'<h3 class="group" id="{name}">{html.escape(SAMPLE_GROUPS[name].format(k=summary["k"]))} '
+                    f'({counts[name]})</h3>')
+        for view, group in zip(views, groups, strict=True):
+            if group == name:
+                number += 1
+                body.append(query_section(view, seg_classes, summary["k"], number))
+    where = (f"<h2>Where the shown queries are</h2><p class=settings>each query (numbered as below) joined to its "
+             f"first prediction, over the {summary['index_rows']} indexed images (grey), on the UTM plane</p>"
+             f"{positions}" if positions else "")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>vprlib evaluation: '
             f'{html.escape(recalls)}</title><style>{STYLE}</style></head><body>'
             f'<header><h1>{html.escape(recalls)}</h1>{"".join(f"<p class=settings>{s}</p>" for s in settings)}'
-            f'</header><h2>Recall@N</h2>{recall_svg(summary["recall_curve"], _ns(summary))}'
-            f'<h2>{len(views)} of {summary["queries"]} queries ({wrong} wrong at rank 1 first); '
+            f'</header><h2>Recall@N</h2>{recall_svg(summary["recall_curve"], _ns(summary))}{where}'
+            f'<h2>{len(views)} of {summary["queries"]} queries: {html.escape(said)}</h2><p class=settings>'
             f'predictions framed <span style="color:{GREEN}">green</span> when right, '
-            f'<span style="color:{RED}">red</span> when wrong</h2>{body}</body></html>\n')
+            f'<span style="color:{RED}">red</span> when wrong</p>{"".join(body)}</body></html>\n')
+
+
+def _position(results: pa.Table, row: int) -> tuple[float, float]:
+    """A query row's (lat, lon), NaN when it has no GPS (its distances are NaN: GLDv2's lat = lon = 0)."""
+    distances = results["distances_m"][row].as_py()
+    if not distances or math.isnan(distances[0]):
+        return math.nan, math.nan
+    return results["lat"][row].as_py(), results["lon"][row].as_py()
 
 
 def _ns(summary: dict) -> tuple[int, ...]:
@@ -330,8 +416,11 @@ def write_report(config: EvaluateConfig, summary: dict, results: pa.Table, queri
                  map_spec: dict) -> str:
     """Render the report of an evaluation and write it as report.html in the output folder; its path."""
     picked = pick_sample(results, config.report_queries, config.seed)
-    views = query_views(results, picked, queries, database, config.queries, config.report_top)
-    page = render(summary, views, map_spec.get("seg_classes", "ade20k"))
+    rows = [i for _, i in picked]
+    views = query_views(results, rows, queries, database, config.queries, config.report_top)
+    query_at = [_position(results, i) for i in rows]
+    page = render(summary, views, map_spec.get("seg_classes", "ade20k"), [g for g, _ in picked],
+                  positions_svg(views, query_at, database))
     fs, root = url_to_fs(config.output)
     path = posixpath.join(root, "report.html")
     with fs.open(path, "w", encoding="utf-8") as f:

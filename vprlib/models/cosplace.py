@@ -22,11 +22,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from vprlib.models.archs import BACKBONES
 from vprlib.models.encodings import EncodingConfig
 from vprlib.models.retriever import Retriever
-
-# Channels of the last convolution of each backbone (CosPlace's CHANNELS_NUM_IN_LAST_CONV).
-BACKBONES = {"resnet18": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048, "vgg16": 512}
 
 
 @dataclass(frozen=True)

@@ -21,90 +21,10 @@ import torch
 import torch.nn.functional as F
 from transformers import BitConfig, DPTConfig, DPTForDepthEstimation
 
+from vprlib.models.archs import DPT_ARCHS
 from vprlib.models.hf_image import HFImageModel, StrictRemap, processor_settings, read_checkpoint
 
 MIDAS_CHECKPOINT = "dpt_hybrid-midas-501f0c75.pt"  # isl-org/DPT and MiDaS v3 release
-
-# Architectures by name. "hybrid" is the config of Intel/dpt-hybrid-midas (~123M parameters), hard-coded so it
-# builds offline; "tiny" is the same hybrid family, small, for tests and CPU runs; "demo" (0.5M), a little larger at
-# 128 px, is the one trained on the synthetic city (vprlib.train.demo).
-DPT_ARCHS: dict[str, dict] = {
-    "hybrid": dict(
-        backbone=dict(
-            layer_type="bottleneck",
-            global_padding="same",
-            depths=[3, 4, 9],
-            hidden_sizes=[256, 512, 1024, 2048],
-            embedding_size=64,
-            num_groups=32,
-            out_features=["stage1", "stage2", "stage3"],
-            embedding_dynamic_padding=True,
-        ),
-        dpt=dict(
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            image_size=384,
-            patch_size=16,
-            backbone_out_indices=[2, 5, 8, 11],
-            neck_hidden_sizes=[256, 512, 768, 768],
-            reassemble_factors=[1, 1, 1, 0.5],
-            backbone_featmap_shape=[1, 1024, 24, 24],
-            fusion_hidden_size=256,
-        ),
-    ),
-    "tiny": dict(
-        backbone=dict(
-            layer_type="bottleneck",
-            global_padding="same",
-            depths=[1, 1, 1],
-            hidden_sizes=[16, 32, 64, 128],
-            embedding_size=8,
-            num_groups=4,
-            out_features=["stage1", "stage2", "stage3"],
-            embedding_dynamic_padding=True,
-        ),
-        dpt=dict(
-            hidden_size=32,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            intermediate_size=64,
-            image_size=64,
-            patch_size=16,
-            backbone_out_indices=[0, 1, 2, 3],
-            neck_hidden_sizes=[16, 32, 32, 32],
-            reassemble_factors=[1, 1, 1, 0.5],
-            backbone_featmap_shape=[1, 64, 4, 4],
-            fusion_hidden_size=16,
-        ),
-    ),
-    "demo": dict(
-        backbone=dict(
-            layer_type="bottleneck",
-            global_padding="same",
-            depths=[1, 1, 1],
-            hidden_sizes=[32, 64, 128, 256],
-            embedding_size=16,
-            num_groups=8,
-            out_features=["stage1", "stage2", "stage3"],
-            embedding_dynamic_padding=True,
-        ),
-        dpt=dict(
-            hidden_size=64,
-            num_hidden_layers=4,
-            num_attention_heads=2,
-            intermediate_size=128,
-            image_size=128,
-            patch_size=16,
-            backbone_out_indices=[0, 1, 2, 3],
-            neck_hidden_sizes=[32, 64, 64, 64],
-            reassemble_factors=[1, 1, 1, 0.5],
-            backbone_featmap_shape=[1, 128, 8, 8],
-            fusion_hidden_size=32,
-        ),
-    ),
-}
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Which maps the retriever sees: (uses depth, uses segmentation, uses the photo). "rgb" is the appearance baseline
-# (the maps table's `rgb` column, extracted with --rgb), not the method.
-MODALITIES = {"depth": (True, False, False), "seg": (False, True, False), "depth+seg": (True, True, False),
-              "rgb": (False, False, True)}
+from vprlib.models.archs import MODALITIES, SEG_ENCODING_NAMES
+
 # ImageNet's channel statistics: the photo is normalised as torchvision's backbones expect it.
 RGB_MEAN, RGB_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -144,7 +142,7 @@ class LearnedEmbedding(nn.Module):
         return (self.embedding(labels) * known[..., None]).permute(0, 3, 1, 2)
 
 
-SEG_ENCODINGS = {"label": LabelChannel, "probabilities": Probabilities, "onehot": OneHot, "embedding": LearnedEmbedding}
+SEG_ENCODINGS = dict(zip(SEG_ENCODING_NAMES, (LabelChannel, Probabilities, OneHot, LearnedEmbedding), strict=True))
 
 
 class InputEncoder(nn.Module):

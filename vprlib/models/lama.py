@@ -20,31 +20,12 @@ traced from the bare generator (one B,4,H,W input) are accepted too and run thro
 
 import collections
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class LamaConfig:
-    ngf: int = 64  # channels after the first 7x7 convolution
-    n_downsampling: int = 3  # stride-2 FFC convolutions; the bottleneck has ngf * 2**n_downsampling channels
-    n_blocks: int = 18  # FFC ResNet blocks at the bottleneck (big-lama: 18)
-    ratio_global: float = 0.75  # share of bottleneck channels on the spectral (global) branch
-    max_features: int = 1024  # channel cap, as LaMa's generator
-    pad_modulo: int = 8  # inputs are padded to a multiple of this
-    bf16: bool = True  # bf16 autocast on CUDA for the eager generator; FFTs run in float32
-
-
-# Architectures by name: big-lama (the published model), a tiny one for tests, and "demo" (0.7M), the one trained on
-# the synthetic city (vprlib.train.demo).
-LAMA_ARCHS: dict[str, LamaConfig] = {
-    "big-lama": LamaConfig(),
-    "tiny": LamaConfig(ngf=8, n_downsampling=3, n_blocks=2),
-    "demo": LamaConfig(ngf=16, n_downsampling=3, n_blocks=3),
-}
+from vprlib.models.archs import LAMA_ARCHS, LamaConfig
 
 
 class FourierUnit(nn.Module):
@@ -177,7 +158,7 @@ def _generator_layers(config: LamaConfig) -> list[nn.Module]:
 class LamaGenerator(nn.Module):
     """FFC ResNet generator. B,4,H,W (masked image ++ mask; H,W multiples of 2**n_downsampling) -> B,3,H,W in [0,1]."""
 
-    def __init__(self, config: LamaConfig = LamaConfig()):
+    def __init__(self, config: LamaConfig = LAMA_ARCHS["big-lama"]):
         super().__init__()
         self.model = nn.Sequential(*_generator_layers(config))
 
@@ -219,7 +200,7 @@ class LamaInpainter(nn.Module):
     Pixels outside the mask are returned unchanged (bit for bit). Any H,W: inputs are padded to `pad_modulo`.
     """
 
-    def __init__(self, net: nn.Module, config: LamaConfig = LamaConfig()):
+    def __init__(self, net: nn.Module, config: LamaConfig = LAMA_ARCHS["big-lama"]):
         super().__init__()
         self.net = net
         self.config = config

@@ -16,38 +16,22 @@ refiner from a state dict written by training; `vprlib.models.zoo.load_refiners(
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vprlib.models.archs import REFINER_ARCHS, RefinerConfig
 from vprlib.spec import REFINED_CLASSES
 
 DEPTH_FILE = "refiner_depth.pt"
 SEG_FILE = "refiner_seg.pt"
 
 
-@dataclass(frozen=True)
-class RefinerConfig:
-    depth_channels: int = 1  # relative inverse depth from DPT
-    seg_channels: int = 1  # ADE20K label map as one channel (label / 149); 150 for class probabilities
-    out_channels: int = 1  # 1 for the depth refiner F_d, 4 for the segmentation refiner F_s
-    base_width: int = 32  # channels of the first encoder block, doubled after every MaxPool
-    levels: int = 5  # encoder blocks: 512x512x32 ... 32x32x512 in the paper
-
-    def widths(self) -> list[int]:
-        """Channels of each encoder block, e.g. [32, 64, 128, 256, 512]."""
-        return [self.base_width * 2**i for i in range(self.levels)]
-
-
 PAPER_DEPTH = RefinerConfig(out_channels=1)
 PAPER_SEG = RefinerConfig(out_channels=len(REFINED_CLASSES))
-# Architectures by name (out_channels set per refiner): the paper's, a small one for tests, and the demo preset's
-# (trained on the synthetic city on a CPU: jobs/demo_models.sh).
-REFINER_ARCHS = {"tiny": RefinerConfig(base_width=8, levels=3), "demo": RefinerConfig(base_width=16, levels=4),
-                 "paper": RefinerConfig()}
 
 
 class DoubleConv(nn.Sequential):

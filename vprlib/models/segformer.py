@@ -29,48 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
+from vprlib.models.archs import SEGFORMER_ARCHS
 from vprlib.models.hf_image import HFImageModel, StrictRemap, processor_settings, read_checkpoint
 
 NUM_ADE20K_CLASSES = 150
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PAPER_CHECKPOINT = "segformer_mit-b5_512x512_160k_ade20k_20210726_145235-94cedf59.pth"  # OpenMMLab model zoo
-
-# Architectures by name. "b5" is exactly the config of nvidia/segformer-b5-finetuned-ade-640-640 (~85M parameters);
-# "tiny" is a small random-weight stand-in for tests and CPU runs; "demo" (0.8M) is the one trained on the synthetic
-# city (vprlib.train.demo) at 128 px.
-SEGFORMER_ARCHS: dict[str, dict] = {
-    "b5": dict(
-        depths=[3, 6, 40, 3],
-        hidden_sizes=[64, 128, 320, 512],
-        num_attention_heads=[1, 2, 5, 8],
-        sr_ratios=[8, 4, 2, 1],
-        patch_sizes=[7, 3, 3, 3],
-        strides=[4, 2, 2, 2],
-        mlp_ratios=[4, 4, 4, 4],
-        decoder_hidden_size=768,
-    ),
-    "tiny": dict(
-        depths=[1, 1, 1, 1],
-        hidden_sizes=[8, 16, 32, 64],
-        num_attention_heads=[1, 1, 2, 2],
-        sr_ratios=[8, 4, 2, 1],
-        patch_sizes=[7, 3, 3, 3],
-        strides=[4, 2, 2, 2],
-        mlp_ratios=[2, 2, 2, 2],
-        decoder_hidden_size=32,
-    ),
-    "demo": dict(
-        depths=[2, 2, 2, 2],
-        hidden_sizes=[16, 32, 64, 128],
-        num_attention_heads=[1, 1, 2, 4],
-        sr_ratios=[8, 4, 2, 1],
-        patch_sizes=[7, 3, 3, 3],
-        strides=[4, 2, 2, 2],
-        mlp_ratios=[4, 4, 4, 4],
-        decoder_hidden_size=64,
-    ),
-}
 
 
 @dataclass(frozen=True)

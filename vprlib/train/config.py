@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from vprlib.models.cosplace import BACKBONES
-from vprlib.models.dpt import DPT_ARCHS
-from vprlib.models.encodings import MODALITIES, SEG_ENCODINGS
-from vprlib.models.lama import LAMA_ARCHS
-from vprlib.models.refiner import REFINER_ARCHS
-from vprlib.models.segformer import SEGFORMER_ARCHS
+from vprlib.models.archs import (
+    BACKBONES,
+    DPT_ARCHS,
+    LAMA_ARCHS,
+    MODALITIES,
+    REFINER_ARCHS,
+    SEG_ENCODING_NAMES,
+    SEGFORMER_ARCHS,
+)
 
 
 def _help(text: str) -> dict:
@@ -64,14 +67,14 @@ class RetrieverOptions(CpuOptions):
     input: str = field(default="depth+seg", metadata=_help(
         f"maps the retriever sees: {', '.join(MODALITIES)} (the paper's best: both; the others are its ablations)"))
     seg_encoding: str = field(default="label", metadata=_help(
-        f"segmentation as channels: {', '.join(SEG_ENCODINGS)} (the paper: the label map as one channel)"))
+        f"segmentation as channels: {', '.join(SEG_ENCODING_NAMES)} (the paper: the label map as one channel)"))
     imagenet: str = field(default="", metadata=_help(
         "a local torchvision ImageNet state dict for the backbone (first convolution adapted to the maps' "
         "channels); '' = random weights (nothing is downloaded)"))
 
     def __post_init__(self):
         for name, value, known in (("input", self.input, MODALITIES), ("seg_encoding", self.seg_encoding,
-                                                                      SEG_ENCODINGS)):
+                                                                      SEG_ENCODING_NAMES)):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
 
@@ -211,10 +214,10 @@ class TrainConfig:
     val_maps: str = field(default="", metadata=_help("maps validated on ('' = --maps)"))
     train_split: str = field(default="train", metadata=_help("rows trained on: this split of --maps"))
     val_split: str = field(default="val", metadata=_help("rows validated on: this split of --val-maps"))
-    epochs: int = field(default=0, metadata=_help("epochs (0 = the family's default)"))
-    lr: float = field(default=0.0, metadata=_help("learning rate of the network (0 = the family's default)"))
+    epochs: int = field(default=0, metadata=_help("epochs, at least 1 (the family's recipe unless given)"))
+    lr: float = field(default=0.0, metadata=_help("learning rate of the network (the family's recipe unless given)"))
     batch_size: int = field(default=0, metadata=_help(
-        "images per step, all workers together (NetVLAD: triplets; 0 = the family's default)"))
+        "images per step, all workers together (NetVLAD: triplets; the family's recipe unless given)"))
     side: int = field(default=0, metadata=_help("maps are resized to side x side for training (0 = their own)"))
     seed: int = field(default=0, metadata=_help("seed of weights, shuffling and sampling"))
     workers: int = field(default=1, metadata=_help("Ray Train workers (DDP when more than one)"))
@@ -260,7 +263,8 @@ class TrainConfig:
 
 def train_config(family: str, maps: str, output: str, **flat) -> TrainConfig:
     """A TrainConfig from flat keyword arguments (the command line's, a sweep's, a test's): each goes to the config
-    or to the family's options by name; epochs, lr and batch_size left at 0 (or out) take the family's defaults."""
+    or to the family's options by name; epochs, lr and batch_size left out (or None) take the family's defaults. A
+    value given is kept, so `epochs=0` is refused rather than silently trained for the family's 50."""
     if family not in OPTIONS:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(OPTIONS)}")
     option_names = {f.name for f in fields(OPTIONS[family])}
@@ -271,9 +275,22 @@ def train_config(family: str, maps: str, output: str, **flat) -> TrainConfig:
     options = OPTIONS[family](**{k: v for k, v in flat.items() if k in option_names})
     common = {k: v for k, v in flat.items() if k in config_names}
     for name, default in FAMILY_DEFAULTS[family].items():
-        if not common.get(name):
+        if common.get(name) is None:
             common[name] = default
     return TrainConfig(family=family, maps=maps, output=output, options=options, **common)
+
+
+def check_inputs(config: TrainConfig) -> None:
+    """Every folder the run reads exists: a mistyped --maps is one line naming it, before Ray starts (and before a
+    sweep's search space is looked at), not a missing _map_spec.json after it."""
+    from vprlib.data.manifest import url_to_fs
+
+    for flag, path in (("--maps", config.maps), ("--targets", config.targets), ("--val-maps", config.val_maps)):
+        if not path:
+            continue
+        fs, root = url_to_fs(path)
+        if not fs.exists(root):
+            raise ValueError(f"{flag} {path} does not exist")
 
 
 def with_options(config: TrainConfig, **changes) -> TrainConfig:

@@ -33,8 +33,9 @@ import pyarrow.parquet as pq
 import torch
 
 from vprlib.cluster import Need, connect
+from vprlib.console import train_logging
 from vprlib.data.manifest import url_to_fs
-from vprlib.train.config import TrainConfig
+from vprlib.train.config import TrainConfig, check_inputs
 
 LAST, BEST, METRICS, CONFIG, MODEL = "last.pt", "best.pt", "metrics.parquet", "config.json", "model.json"
 RAY_DIR = "_ray"
@@ -62,6 +63,7 @@ def run_training(config: TrainConfig, callbacks: tuple = ()) -> dict:
     from vprlib.train import FAMILIES
 
     family = FAMILIES[config.family]
+    check_inputs(config)
     check_resume(config, family.architecture(config))
     cluster = connect(config.ray_address)
     cluster.check_shared(config.output, "--output")  # every worker reads the checkpoints rank 0 writes
@@ -96,6 +98,7 @@ def _trainer(config: TrainConfig, train_func, prepared: Prepared, gpus: float, c
     run = RunConfig(name="train", storage_path=path, storage_filesystem=filesystem,
                     failure_config=FailureConfig(max_failures=2), checkpoint_config=CheckpointConfig(num_to_keep=2),
                     callbacks=list(callbacks))
+    run.logging_config = train_logging()
     return TorchTrainer(train_func, train_loop_config={"config": config.to_dict(), **prepared.payload},
                         scaling_config=scaling, run_config=run, datasets=prepared.datasets,
                         dataset_config=DataConfig(datasets_to_split=prepared.split))

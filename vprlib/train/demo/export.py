@@ -15,7 +15,6 @@ import torch
 from vprlib.models import zoo
 from vprlib.train.loop import BEST, _load
 
-ROLE_FAMILIES = {"segmenter": "demo-segmenter", "depth": "demo-depth", "inpainter": "demo-inpainter"}
 DTYPE = torch.float16
 
 

@@ -14,13 +14,10 @@ import posixpath
 from dataclasses import asdict, dataclass, field, replace
 
 from vprlib.data.manifest import url_to_fs
-from vprlib.models import zoo
 from vprlib.train.config import train_config
-from vprlib.train.demo.evaluate import evaluate_models, format_figures
-from vprlib.train.demo.export import ROLE_FAMILIES, export_weights, install
-from vprlib.train.loop import run_training
 
 WEIGHTS, EVALUATION = "weights", "evaluation.json"
+ROLE_FAMILIES = {"segmenter": "demo-segmenter", "depth": "demo-depth", "inpainter": "demo-inpainter"}
 
 
 def _help(text: str) -> dict:
@@ -71,14 +68,18 @@ def role_config(config: DemoConfig, role: str):
     family = ROLE_FAMILIES[role]
     sized = {"input_size": config.input_size} if role == "segmenter" else {}
     return train_config(family, config.city, posixpath.join(config.output, role), arch=config.arch,
-                        epochs=config.epochs, batch_size=config.batch_size, seed=config.seed, workers=config.workers,
-                        cpus_per_worker=config.cpus_per_worker, resume=config.resume,
+                        epochs=config.epochs or None, batch_size=config.batch_size or None, seed=config.seed,
+                        workers=config.workers, cpus_per_worker=config.cpus_per_worker, resume=config.resume,
                         threads=config.threads or max(1, (os.cpu_count() or 1) // config.workers),
                         ray_address=config.ray_address, **sized)
 
 
 def train_demo(config: DemoConfig) -> dict:
     """Train (or resume) each role, export, install if asked, measure if asked; return the figures (or {})."""
+    from vprlib.models import zoo
+    from vprlib.train.demo.export import export_weights, install
+    from vprlib.train.loop import run_training
+
     # Local paths made absolute: the training workers run in a folder of Ray's, not in this one.
     config = replace(config, city=_absolute(config.city), output=_absolute(config.output))
     if config.evaluate_only:
@@ -102,6 +103,8 @@ def train_demo(config: DemoConfig) -> dict:
 
 
 def measure(config: DemoConfig, models: str) -> dict:
+    from vprlib.train.demo.evaluate import evaluate_models, format_figures
+
     figures = evaluate_models(config.city, models, dilation=config.dilation, limit=config.limit)
     print(format_figures(figures), flush=True)
     fs, root = url_to_fs(config.output)
@@ -112,6 +115,8 @@ def measure(config: DemoConfig, models: str) -> dict:
 
 
 def _default_models(config: DemoConfig) -> str:
+    from vprlib.models import zoo
+
     fs, root = url_to_fs(config.output)
     weights = posixpath.join(root, WEIGHTS)
     return weights if fs.exists(posixpath.join(weights, zoo.SMALL_FILE)) else zoo.DEMO
