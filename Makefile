@@ -3,6 +3,8 @@ PY ?= python3
 VENV ?= .venv
 # The tested stack's exact versions (deploy/constraints.txt): the venv and the cluster image install with them.
 PINS := deploy/constraints.txt
+# The test tools' versions (deploy/constraints-dev.txt), for the venv only.
+DEV_PINS := deploy/constraints-dev.txt
 TORCH_SPEC ?= torch torchvision
 OUT ?= out
 STAMP := $(VENV)/.installed
@@ -15,11 +17,11 @@ IMAGE_TAG := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)-ray$(RA
 
 .PHONY: demo demo-models table study test test-all image image-tag push clean
 
-$(STAMP): pyproject.toml $(PINS)
+$(STAMP): pyproject.toml $(PINS) $(DEV_PINS)
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -c $(PINS) $(TORCH_SPEC)
-	$(VENV)/bin/python -m pip install -q -c $(PINS) -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q -c $(PINS) -c $(DEV_PINS) -e '.[dev]'
 	touch $(STAMP)
 
 # The method end to end with the shipped demo models: city, maps (inpaint and synthetic), indexes, Recall@1/5/10,

@@ -31,15 +31,18 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     try:
-        config = train_config(args.pop("family"), args.pop("maps"), args.pop("output"), **args)
-        check_inputs(config)  # a mistyped folder in one line, before torch and Ray load
-        return config
+        return train_config(args.pop("family"), args.pop("maps"), args.pop("output"), **args)
     except ValueError as exc:
         parser.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    try:
+        check_inputs(config)  # a mistyped folder in one line, before torch and Ray load
+    except ValueError as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)  # as the parser words a bad flag
+        return 2
     from vprlib.train.loop import run_training
 
     try:

@@ -21,14 +21,15 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 PINS = ROOT / "deploy" / "constraints.txt"
+DEV_PINS = ROOT / "deploy" / "constraints-dev.txt"
 KUBERAY = ROOT / "deploy" / "kuberay"
 CRDS = Path(__file__).resolve().parent / "data" / "kuberay"
 
 
-def pins() -> dict[str, str]:
+def pins(path: Path = PINS) -> dict[str, str]:
     """Package (canonical name) -> pinned version."""
     found = {}
-    for line in PINS.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             requirement = Requirement(line)
             (spec,) = requirement.specifier
@@ -60,6 +61,21 @@ def test_every_dependency_has_one_pin_within_its_range_and_the_tests_run_on_the_
         installed = Version(importlib.metadata.version(name))
         assert installed.public == version, f"the tests run on {name} {installed}, the pin says {version}"
     assert sys.version_info[:2] == pinned_python()
+
+
+def test_every_test_tool_has_one_pin_within_its_range_and_the_tests_run_on_the_pins():
+    """A fresh venv resolves without backtracking (an unpinned moto[server] once walked back to Python 2 packages)."""
+    tomllib = pytest.importorskip("tomllib")
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    ranges = {canonicalize_name(r.name): r.specifier for r in map(Requirement, dev)}
+    pinned = pins(DEV_PINS)
+    assert set(ranges) <= set(pinned)
+    for name, version in pinned.items():
+        if name in ranges:
+            assert Version(version) in ranges[name], f"{name}=={version} is outside pyproject's {ranges[name]}"
+        installed = Version(importlib.metadata.version(name))
+        assert installed.public == version, f"the tests run on {name} {installed}, the pin says {version}"
+    assert "-c $(DEV_PINS) -e '.[dev]'" in (ROOT / "Makefile").read_text()
 
 
 def test_make_builds_the_image_from_rays_image_of_the_pinned_versions():

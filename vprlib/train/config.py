@@ -288,8 +288,12 @@ def check_inputs(config: TrainConfig) -> None:
     for flag, path in (("--maps", config.maps), ("--targets", config.targets), ("--val-maps", config.val_maps)):
         if not path:
             continue
-        fs, root = url_to_fs(path)
-        if not fs.exists(root):
+        try:
+            fs, root = url_to_fs(path)
+            found = fs.exists(root)
+        except Exception as exc:  # no credentials, an unknown bucket, a storage without its fsspec package
+            raise ValueError(f"{flag} {path} cannot be read: {type(exc).__name__}: {exc}") from None
+        if not found:
             raise ValueError(f"{flag} {path} does not exist")
 
 
