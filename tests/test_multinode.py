@@ -18,6 +18,7 @@ import torch
 
 from vprlib.data.manifest import write_manifest
 from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
+from vprlib.maps import write_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 # What Ray Train's placement-group cleaner logs, about a line a second, when the cluster's State API does not answer
@@ -92,11 +93,13 @@ def test_jobs_refuse_a_local_output_on_a_cluster_of_several_nodes(ray_cluster, t
     manifest = tmp_path / "manifest.parquet"
     write_manifest(pa.table({"image_id": ["a"], "uri": ["a.jpg"], "lat": [0.0], "lon": [0.0]}), str(manifest))
     local = str(tmp_path / "out")
+    maps = str(tmp_path / "m")  # a maps table's record is enough: the refusal comes before any row is read
+    write_spec(maps, {"strategy": "synthetic"})
     cluster = ray_cluster(1, 1)
     address = ["--ray-address", cluster.address]
     try:
-        codes = [_load_job("train").main(["cosplace", "--maps", "m", "--output", local, *address]),
-                 _load_job("tune").main(["--model", "cosplace", "--maps", "m", "--output", local, "--lrs", "1e-4,1e-3",
+        codes = [_load_job("train").main(["cosplace", "--maps", maps, "--output", local, *address]),
+                 _load_job("tune").main(["--model", "cosplace", "--maps", maps, "--output", local, "--lrs", "1e-4,1e-3",
                                          *address]),
                  _load_job("extract").main(["--input", str(manifest), "--output", local, "--models", "tiny",
                                             *address])]
