@@ -50,31 +50,31 @@ def image_tag() -> str:
     return f"{version}-ray{pins()['ray']}-py{major}{minor}"
 
 
-def test_every_dependency_has_one_pin_within_its_range_and_the_tests_run_on_the_pins():
-    tomllib = pytest.importorskip("tomllib")
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    ranges = {canonicalize_name(r.name): r.specifier for r in map(Requirement, project["dependencies"])}
-    pinned = pins()
-    assert set(pinned) == set(ranges)
-    for name, version in pinned.items():
-        assert Version(version) in ranges[name], f"{name}=={version} is outside pyproject's {ranges[name]}"
-        installed = Version(importlib.metadata.version(name))
-        assert installed.public == version, f"the tests run on {name} {installed}, the pin says {version}"
-    assert sys.version_info[:2] == pinned_python()
-
-
-def test_every_test_tool_has_one_pin_within_its_range_and_the_tests_run_on_the_pins():
-    """A fresh venv resolves without backtracking (an unpinned moto[server] once walked back to Python 2 packages)."""
-    tomllib = pytest.importorskip("tomllib")
-    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
-    ranges = {canonicalize_name(r.name): r.specifier for r in map(Requirement, dev)}
-    pinned = pins(DEV_PINS)
+def check_pins(requirements: list[str], pinned: dict[str, str]) -> None:
+    """Every pin of a requirement lies within its range, and the installed version is the pin."""
+    ranges = {canonicalize_name(r.name): r.specifier for r in map(Requirement, requirements)}
     assert set(ranges) <= set(pinned)
     for name, version in pinned.items():
         if name in ranges:
             assert Version(version) in ranges[name], f"{name}=={version} is outside pyproject's {ranges[name]}"
         installed = Version(importlib.metadata.version(name))
         assert installed.public == version, f"the tests run on {name} {installed}, the pin says {version}"
+
+
+def project() -> dict:
+    return pytest.importorskip("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_every_dependency_has_one_pin_within_its_range_and_the_tests_run_on_the_pins():
+    dependencies = project()["dependencies"]
+    assert set(pins()) == {canonicalize_name(Requirement(r).name) for r in dependencies}
+    check_pins(dependencies, pins())
+    assert sys.version_info[:2] == pinned_python()
+
+
+def test_every_test_tool_has_one_pin_within_its_range_and_the_tests_run_on_the_pins():
+    """A fresh venv resolves without backtracking (an unpinned moto[server] once walked back to Python 2 packages)."""
+    check_pins(project()["optional-dependencies"]["dev"], pins(DEV_PINS))
     assert "-c $(DEV_PINS) -e '.[dev]'" in (ROOT / "Makefile").read_text()
 
 
