@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--nlist", default="1024,4096", help="lists to try")
     parser.add_argument("--m", default="32,64", help="code bytes to try")
     parser.add_argument("--nprobe", default="16,32,64,128", help="lists probed to try")
-    parser.add_argument("--rerank", default="2,4,8,16", help="candidates per result re-ranked exactly to try")
+    parser.add_argument("--refine", default="2,4,8,16", help="candidates per result re-ranked exactly to try")
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
 
@@ -96,16 +96,16 @@ def main() -> None:
         index, built = build_index(database, "ivfpq", {"nlist": nlist, "m": m})
         build_s = time.perf_counter() - start
         say(f"RESULT build nlist {nlist} m {m} (trained on {built['train']}): {build_s:.1f} s")
-        for nprobe, rerank in itertools.product(ints(args.nprobe), ints(args.rerank)):
+        for nprobe, refine in itertools.product(ints(args.nprobe), ints(args.refine)):
             if nprobe > nlist:
                 continue
-            configure(index, {**built, "nprobe": nprobe, "rerank": rerank})
+            configure(index, {**built, "nprobe": nprobe, "refine": refine})
             found, rate = timed_search(index, queries, args.k)
             top1 = float(np.mean(found[:, 0] == exact[:, 0]))
             place = float(np.mean(place_of[np.maximum(found[:, 0], 0)] == query_place))
-            chosen = " <- rule" if rule and (nlist, m, nprobe, rerank) == (rule.nlist, rule.m, rule.nprobe,
-                                                                            rule.rerank) else ""
-            say(f"RESULT nlist {nlist} m {m} nprobe {nprobe} rerank {rerank}: {rate:.0f} queries/s "
+            chosen = " <- rule" if rule and (nlist, m, nprobe, refine) == (rule.nlist, rule.m, rule.nprobe,
+                                                                            rule.refine) else ""
+            say(f"RESULT nlist {nlist} m {m} nprobe {nprobe} refine {refine}: {rate:.0f} queries/s "
                 f"({rate / flat_rate:.1f}x flat), exact top-1 {top1:.3f}, place Recall@1 {place:.3f} "
                 f"(flat {flat_place:.3f}){chosen}")
         del index

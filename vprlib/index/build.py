@@ -71,7 +71,7 @@ class IndexConfig:
     nlist: int = field(default=0, metadata=_help("ivfpq: inverted lists (0 = the power of two nearest sqrt(rows))"))
     pq_m: int = field(default=0, metadata=_help("ivfpq: bytes per code (0 = descriptor size / 8)"))
     nprobe: int = field(default=0, metadata=_help("ivfpq: lists searched per query (0 = nlist / 64, at least 16)"))
-    rerank: int = field(default=0, metadata=_help(
+    refine: int = field(default=0, metadata=_help(
         "ivfpq: candidates per result re-ranked exactly from the stored vectors (0 = 8)"))
     batch_size: int = field(default=64, metadata=_help("maps per embedding batch"))
     actors: int = field(default=1, metadata=_help("embedding actors"))
@@ -88,14 +88,14 @@ class IndexConfig:
                 raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
         if self.tile_m <= 0 or min(self.batch_size, self.actors, self.cpus_per_shard) < 1:
             raise ValueError("tile_m must be > 0, batch_size, actors and cpus_per_shard >= 1")
-        if min(self.nlist, self.pq_m, self.nprobe, self.rerank) < 0:
-            raise ValueError("nlist, pq_m, nprobe and rerank must be >= 0 (0 = from the shard's size)")
+        if min(self.nlist, self.pq_m, self.nprobe, self.refine) < 0:
+            raise ValueError("nlist, pq_m, nprobe and refine must be >= 0 (0 = from the shard's size)")
 
     @property
     def shard_params(self) -> dict:
         """The IVF-PQ settings given on the command line (the others follow each shard's size)."""
         return {k: v for k, v in (("nlist", self.nlist), ("m", self.pq_m), ("nprobe", self.nprobe),
-                                  ("rerank", self.rerank)) if v}
+                                  ("refine", self.refine)) if v}
 
 
 def run_index(config: IndexConfig) -> dict:

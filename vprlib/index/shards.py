@@ -4,7 +4,7 @@ Shards are UTM tiles (`utm-tile`: `tile_m` x `tile_m` metres of one UTM zone), t
 one shard for all (`none`). Each is a faiss index over unit descriptors, searched by inner product:
 - `flat`: exact.
 - `ivfpq`: an inverted file of `nlist` lists over product-quantised codes of `m` bytes, wrapped in faiss's
-  `IndexRefineFlat`, which keeps the vectors themselves beside the codes: a search takes `rerank` x k candidates
+  `IndexRefineFlat`, which keeps the vectors themselves beside the codes: a search takes `refine` x k candidates
   from the codes and re-ranks them exactly, so the scores returned are exact inner products and only a candidate the
   codes missed can be lost. Its parameters follow the shard's size (`ivfpq_params`, the rule benchmarks/ivfpq_study.py
   measured); a shard too small to gain from it is built flat, and the manifest says so.
@@ -54,12 +54,12 @@ class IvfPq:
     nlist: int  # inverted lists (coarse centroids)
     m: int  # bytes per code: sub-quantizers of 8 bits
     nprobe: int  # lists searched per query
-    rerank: int  # candidates per result re-ranked exactly from the stored vectors (faiss k_factor)
+    refine: int  # candidates per result re-ranked exactly from the stored vectors (faiss k_factor)
     train: int  # vectors the lists and codebooks are trained on (a random sample of the shard)
     nbits: int = 8
 
 
-def ivfpq_params(n: int, dim: int, nlist: int = 0, m: int = 0, nprobe: int = 0, rerank: int = 0) -> IvfPq | None:
+def ivfpq_params(n: int, dim: int, nlist: int = 0, m: int = 0, nprobe: int = 0, refine: int = 0) -> IvfPq | None:
     """IVF-PQ parameters for a shard of `n` vectors of `dim` (given ones win), or None when it stays flat.
 
     The rule: about sqrt(n) lists, a power of two; codes of dim/8 bytes (64 for 512-d); 1/64 of the lists probed (at
@@ -75,7 +75,7 @@ def ivfpq_params(n: int, dim: int, nlist: int = 0, m: int = 0, nprobe: int = 0, 
         m -= 1
     if n < 39 * nlist:  # too few vectors to train the lists (faiss's own minimum)
         return None
-    return IvfPq(nlist=nlist, m=m, nprobe=min(nlist, nprobe or max(16, nlist // 64)), rerank=rerank or 8,
+    return IvfPq(nlist=nlist, m=m, nprobe=min(nlist, nprobe or max(16, nlist // 64)), refine=refine or 8,
                  train=min(n, TRAIN_PER_LIST * nlist))
 
 
@@ -107,7 +107,7 @@ def configure(index, built: dict) -> None:
     import faiss
 
     if built["kind"] == "ivfpq":
-        index.k_factor = float(built["rerank"])
+        index.k_factor = float(built["refine"])
         faiss.extract_index_ivf(index.base_index).nprobe = int(built["nprobe"])
 
 
