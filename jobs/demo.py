@@ -19,23 +19,19 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from vprlib.cli import OneLineParser, add_flags, run
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
+from vprlib.cli import OneLineParser, add_flags, help_text, run
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     """The demo's settings (the shipped demo retrievers were trained on maps of this city's kind and side)."""
 
-    output: str = field(default="out", metadata=_help("folder for the city, maps, indexes and evaluations"))
-    strategies: str = field(default="inpaint,synthetic", metadata=_help(
+    output: str = field(default="out", metadata=help_text("folder for the city, maps, indexes and evaluations"))
+    strategies: str = field(default="inpaint,synthetic", metadata=help_text(
         "strategies run, comma-separated (each needs its shipped demo retriever)"))
-    locate: int = field(default=3, metadata=_help("query photos located at the end (0: none)"))
-    actors: int = field(default=1, metadata=_help("actors per model pool in the extraction"))
-    ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
+    locate: int = field(default=3, metadata=help_text("query photos located at the end (0: none)"))
+    actors: int = field(default=1, metadata=help_text("actors per model pool in the extraction"))
+    ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
     @property
     def strategy_list(self) -> tuple[str, ...]:

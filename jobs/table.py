@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from vprlib.cli import OneLineParser, add_flags, run
+from vprlib.cli import OneLineParser, add_flags, help_text, run
 
 
 @dataclass(frozen=True)
@@ -57,36 +57,33 @@ ROWS = (
 EXTRACTED = ("none", "inpaint", "synthetic")  # strategies extracted here (ground-truth maps come with the city)
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass(frozen=True)
 class TableConfig:
     """The table's settings; the defaults take 75 minutes on a 2-core CPU (docs/RESULTS.md has the run)."""
 
-    output: str = field(default="out", metadata=_help(
+    output: str = field(default="out", metadata=help_text(
         "folder: the city (<output>/city, shared with make demo) and the table's work (<output>/table)"))
-    parts: str = field(default="table", metadata=_help(
+    parts: str = field(default="table", metadata=help_text(
         "what runs, comma-separated: table (ROWS), study (the appearance study: CosPlace on photos and on maps, by "
         "look and crowd)"))
-    rows: str = field(default="", metadata=_help(
+    rows: str = field(default="", metadata=help_text(
         f"rows run, comma-separated names ('' = all): {', '.join(r.name for r in ROWS)}"))
-    side: int = field(default=48, metadata=_help("maps' side in pixels, for every row (the paper: 512)"))
-    descriptor_size: int = field(default=128, metadata=_help("CosPlace descriptor size (the paper: 512)"))
-    cosplace_epochs: int = field(default=16, metadata=_help("CosPlace epochs, one group each (the paper: 50)"))
-    cosplace_iterations: int = field(default=30, metadata=_help(
+    side: int = field(default=48, metadata=help_text("maps' side in pixels, for every row (the paper: 512)"))
+    descriptor_size: int = field(default=128, metadata=help_text("CosPlace descriptor size (the paper: 512)"))
+    cosplace_epochs: int = field(default=16, metadata=help_text("CosPlace epochs, one group each (the paper: 50)"))
+    cosplace_iterations: int = field(default=30, metadata=help_text(
         "CosPlace batches per epoch (CosPlace: 10,000; 0 = one pass over the group); 30 of 32 images pass about four "
         "times over a group of the demo city"))
-    netvlad_epochs: int = field(default=3, metadata=_help(
+    netvlad_epochs: int = field(default=3, metadata=help_text(
         "NetVLAD epochs of 128 queries each (the paper: 50 of all queries)"))
-    refiner_epochs: int = field(default=2, metadata=_help("refiner epochs (the paper: 30)"))
-    study_epochs: int = field(default=40, metadata=_help(
+    refiner_epochs: int = field(default=2, metadata=help_text("refiner epochs (the paper: 30)"))
+    study_epochs: int = field(default=40, metadata=help_text(
         "epochs of the study's photo retriever (the shipped demo retrievers': 40)"))
-    seed: int = field(default=0, metadata=_help("seed of every training run"))
-    threads: int = field(default=0, metadata=_help(
+    seed: int = field(default=0, metadata=help_text("seed of every training run"))
+    threads: int = field(default=0, metadata=help_text(
         "torch threads of each training run (0 = this machine's CPUs: the table trains one model at a time)"))
-    ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
+    ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
     @property
     def row_list(self) -> tuple[Row, ...]:

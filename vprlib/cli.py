@@ -19,6 +19,11 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def help_text(text: str) -> dict:
+    """A config field's metadata carrying its --help line (`field(default=1, metadata=help_text("..."))`)."""
+    return {"help": text}
+
+
 def on_off(value: bool) -> str:
     """How --help shows an on/off flag's default."""
     return "on" if value else "off"

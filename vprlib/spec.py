@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from vprlib.cli import help_text
+
 # Label sets of `seg`: name -> class names. ADE20K ids are 0-based as SegFormer outputs them (150 classes; only the
 # count matters here). refined4 is the synthetic refiner's output and the ground truth's: HoliCity's road is merged
 # into terrain (paper III-A).
@@ -61,27 +63,24 @@ STRATEGIES: dict[str, Strategy] = {
 EXTRACTION_STRATEGIES = tuple(name for name, strategy in STRATEGIES.items() if strategy.stages)
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass(frozen=True)
 class MapSpec:
     """What a maps table's maps are; recorded as `_map_spec.json` beside it (with the models' identity)."""
 
-    strategy: str = field(default="inpaint", metadata=_help(
+    strategy: str = field(default="inpaint", metadata=help_text(
         "; ".join(f"{name}: {STRATEGIES[name].summary}" for name in EXTRACTION_STRATEGIES)))
-    models: str = field(default="paper", metadata=_help(
+    models: str = field(default="paper", metadata=help_text(
         "paper (published weights), tiny (small random, offline), paper-random (paper-size architectures, random "
         "weights: benchmarks) or a local models folder"))
-    side: int = field(default=512, metadata=_help("maps are side x side pixels (paper: 512, HoliCity's size)"))
-    segmenter_side: int = field(default=0, metadata=_help(
+    side: int = field(default=512, metadata=help_text("maps are side x side pixels (paper: 512, HoliCity's size)"))
+    segmenter_side: int = field(default=0, metadata=help_text(
         "side the segmenter sees (0 = the side its checkpoint was trained at: the paper's OpenMMLab SegFormer 512, "
         "the Hugging Face one 640)"))
-    dilation: int = field(default=0, metadata=_help("pixels the dynamic-object mask is grown by before LaMa"))
-    seg_probabilities: bool = field(default=False, metadata=_help(
+    dilation: int = field(default=0, metadata=help_text("pixels the dynamic-object mask is grown by before LaMa"))
+    seg_probabilities: bool = field(default=False, metadata=help_text(
         "synthetic: also store the refined 4-class probabilities (float16)"))
-    rgb: bool = field(default=False, metadata=_help(
+    rgb: bool = field(default=False, metadata=help_text(
         "also store the photo at the maps' side (column `rgb`, PNG; inpaint: the inpainted photo): what a retriever "
         "with --input rgb sees, the appearance baseline the geometry is compared with"))
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vprlib.cli import help_text
 from vprlib.data.manifest import url_to_fs
 from vprlib.models.archs import BACKBONES, MODALITIES
 from vprlib.train.config import TrainConfig, with_options
@@ -34,9 +35,6 @@ SCHEDULERS = ("asha", "fifo")
 SCORE = "recall@1"
 TRIAL_RETRIES = 2  # times Tune starts a failed trial again
 
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 class SweepFailed(RuntimeError):
@@ -48,18 +46,18 @@ class SweepConfig:
     """A sweep: its search space and scheduler; `base` holds every other training setting, shared by all trials."""
 
     base: TrainConfig
-    backbones: tuple[str, ...] = field(default=(), metadata=_help("CosPlace backbones to try (grid)"))
-    lrs: tuple[float, ...] = field(default=(), metadata=_help("learning rates to try (grid)"))
-    lr_range: tuple[float, float] | None = field(default=None, metadata=_help(
+    backbones: tuple[str, ...] = field(default=(), metadata=help_text("CosPlace backbones to try (grid)"))
+    lrs: tuple[float, ...] = field(default=(), metadata=help_text("learning rates to try (grid)"))
+    lr_range: tuple[float, float] | None = field(default=None, metadata=help_text(
         "low:high: learning rates drawn log-uniformly, --samples of them"))
-    descriptor_sizes: tuple[int, ...] = field(default=(), metadata=_help("CosPlace descriptor sizes (grid)"))
-    inputs: tuple[str, ...] = field(default=(), metadata=_help(f"input maps (grid): {', '.join(MODALITIES)}"))
-    samples: int = field(default=1, metadata=_help("draws from --lr-range (each grid point, that many times)"))
-    scheduler: str = field(default="asha", metadata=_help(
+    descriptor_sizes: tuple[int, ...] = field(default=(), metadata=help_text("CosPlace descriptor sizes (grid)"))
+    inputs: tuple[str, ...] = field(default=(), metadata=help_text(f"input maps (grid): {', '.join(MODALITIES)}"))
+    samples: int = field(default=1, metadata=help_text("draws from --lr-range (each grid point, that many times)"))
+    scheduler: str = field(default="asha", metadata=help_text(
         "asha (stop trials whose Recall@1 trails at the rungs) or fifo (every trial to the end)"))
-    grace_period: int = field(default=1, metadata=_help("asha: epochs every trial runs before it may be stopped"))
-    reduction_factor: int = field(default=2, metadata=_help("asha: 1 in this many trials goes on at each rung"))
-    concurrent_trials: int = field(default=0, metadata=_help("trials at once (0 = as many as the resources allow)"))
+    grace_period: int = field(default=1, metadata=help_text("asha: epochs every trial runs before it may be stopped"))
+    reduction_factor: int = field(default=2, metadata=help_text("asha: 1 in this many trials goes on at each rung"))
+    concurrent_trials: int = field(default=0, metadata=help_text("trials at once (0 = as many as the resources allow)"))
 
     def __post_init__(self):
         family = self.base.family

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vprlib.cli import help_text
 from vprlib.cluster import DEVICES, Need, check_gpus_per_process, connect, io_task_args
 from vprlib.data.manifest import url_to_fs
 from vprlib.index.embed import Embedder, RetrieverRecord, retriever_record
@@ -52,34 +53,31 @@ KEPT_COLUMNS = ("lat", "lon", "heading", "utm_east", "utm_north", "utm_zone", "e
 SHARD_MEMORY_FACTOR = 3.0  # a shard build holds its vectors about three times (read, sorted, in the faiss index)
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass(frozen=True)
 class IndexConfig:
-    maps: str = field(metadata=_help("the maps table to index (jobs/extract.py output, or a city's gt_maps)"))
-    model: str = field(metadata=_help("the retriever checkpoint (best.pt of jobs/train.py cosplace|netvlad)"))
-    output: str = field(metadata=_help("the index folder (local or s3://); an index already there is updated"))
-    split: str = field(default="database", metadata=_help("rows indexed: this split of --maps, or all"))
-    shard_by: str = field(default="utm-tile", metadata=_help(
+    maps: str = field(metadata=help_text("the maps table to index (jobs/extract.py output, or a city's gt_maps)"))
+    model: str = field(metadata=help_text("the retriever checkpoint (best.pt of jobs/train.py cosplace|netvlad)"))
+    output: str = field(metadata=help_text("the index folder (local or s3://); an index already there is updated"))
+    split: str = field(default="database", metadata=help_text("rows indexed: this split of --maps, or all"))
+    shard_by: str = field(default="utm-tile", metadata=help_text(
         "utm-tile (tiles of --tile-m metres), city (a `city` column) or none (one shard)"))
-    tile_m: float = field(default=1000.0, metadata=_help("side of a UTM tile shard, metres"))
-    kind: str = field(default="flat", metadata=_help(
+    tile_m: float = field(default=1000.0, metadata=help_text("side of a UTM tile shard, metres"))
+    kind: str = field(default="flat", metadata=help_text(
         "flat (exact inner product) or ivfpq (for shards of millions: inverted lists of compressed codes, candidates "
         "re-ranked exactly; settings from the shard's size; shards under 50,000 rows stay flat)"))
-    nlist: int = field(default=0, metadata=_help("ivfpq: inverted lists (0 = the power of two nearest sqrt(rows))"))
-    pq_m: int = field(default=0, metadata=_help("ivfpq: bytes per code (0 = descriptor size / 8)"))
-    nprobe: int = field(default=0, metadata=_help("ivfpq: lists searched per query (0 = nlist / 64, at least 16)"))
-    refine: int = field(default=0, metadata=_help(
+    nlist: int = field(default=0, metadata=help_text("ivfpq: inverted lists (0 = the power of two nearest sqrt(rows))"))
+    pq_m: int = field(default=0, metadata=help_text("ivfpq: bytes per code (0 = descriptor size / 8)"))
+    nprobe: int = field(default=0, metadata=help_text("ivfpq: lists searched per query (0 = nlist / 64, at least 16)"))
+    refine: int = field(default=0, metadata=help_text(
         "ivfpq: candidates per result re-ranked exactly from the stored vectors (0 = 8)"))
-    batch_size: int = field(default=64, metadata=_help("maps per embedding batch"))
-    actors: int = field(default=1, metadata=_help("embedding actors"))
-    device: str = field(default="auto", metadata=_help("auto (cuda when the cluster has GPUs), cpu or cuda"))
-    gpus_per_actor: float = field(default=1.0, metadata=_help("GPUs per embedding actor on cuda"))
-    cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs per embedding actor"))
-    cpus_per_shard: int = field(default=1, metadata=_help("CPUs (faiss threads) per shard build task"))
-    ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
+    batch_size: int = field(default=64, metadata=help_text("maps per embedding batch"))
+    actors: int = field(default=1, metadata=help_text("embedding actors"))
+    device: str = field(default="auto", metadata=help_text("auto (cuda when the cluster has GPUs), cpu or cuda"))
+    gpus_per_actor: float = field(default=1.0, metadata=help_text("GPUs per embedding actor on cuda"))
+    cpus_per_actor: float = field(default=1.0, metadata=help_text("CPUs per embedding actor"))
+    cpus_per_shard: int = field(default=1, metadata=help_text("CPUs (faiss threads) per shard build task"))
+    ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
         for name, value, known in (("shard_by", self.shard_by, SHARD_BY), ("kind", self.kind, KINDS),

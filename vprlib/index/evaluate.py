@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vprlib.cli import help_text
 from vprlib.cluster import DEVICES, Need, absolute_path, check_gpus_per_process, connect, io_task_args
 from vprlib.data.manifest import url_to_fs
 from vprlib.index.search import SearchPool, read_manifest
@@ -56,40 +57,37 @@ QUERY_COLUMNS = ("lat", "lon", "has_gps", "utm_east", "utm_north", "utm_zone", "
                  "landmark_ids", "positives", "uri")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    index: str = field(metadata=_help("the index folder (jobs/index.py output)"))
-    queries: str = field(metadata=_help("the maps table of the query photos (same kind of maps as the index's)"))
-    output: str = field(metadata=_help("folder for results.parquet, summary.json and report.html"))
-    recall: str = field(default="1,5,10", metadata=_help("the N of Recall@N, comma-separated"))
-    radius_m: float = field(default=GPS_THRESHOLD_M, metadata=_help(
+    index: str = field(metadata=help_text("the index folder (jobs/index.py output)"))
+    queries: str = field(metadata=help_text("the maps table of the query photos (same kind of maps as the index's)"))
+    output: str = field(metadata=help_text("folder for results.parquet, summary.json and report.html"))
+    recall: str = field(default="1,5,10", metadata=help_text("the N of Recall@N, comma-separated"))
+    radius_m: float = field(default=GPS_THRESHOLD_M, metadata=help_text(
         "GPS mode: a prediction within this many metres of the query is right (paper: 25)"))
-    landmarks: bool = field(default=False, metadata=_help(
+    landmarks: bool = field(default=False, metadata=help_text(
         "landmark mode: a prediction of the query's landmark (landmark_id or landmark_ids) is right"))
-    exclude_no_positive: bool = field(default=False, metadata=_help(
+    exclude_no_positive: bool = field(default=False, metadata=help_text(
         "leave queries with no positive in the index (none within --radius-m, none of their landmark) out of "
         "Recall@N's denominator; off, they count as misses, as the VPR community's evaluation does"))
-    query_split: str = field(default="query", metadata=_help("rows of --queries evaluated: this split, or all"))
-    model: str = field(default="", metadata=_help(
+    query_split: str = field(default="query", metadata=help_text("rows of --queries evaluated: this split, or all"))
+    model: str = field(default="", metadata=help_text(
         "the retriever checkpoint when it moved since indexing ('' = the path index.json records); same sha256"))
-    report: bool = field(default=False, metadata=_help("also write report.html: sample queries, maps, predictions"))
-    report_queries: int = field(default=20, metadata=_help("queries shown in the report (wrong ones first)"))
-    report_top: int = field(default=3, metadata=_help("predictions shown per query in the report"))
-    seed: int = field(default=0, metadata=_help("seed of the report's sample of queries"))
-    batch_size: int = field(default=64, metadata=_help("maps per embedding batch"))
-    actors: int = field(default=1, metadata=_help("embedding actors"))
-    device: str = field(default="auto", metadata=_help("auto (cuda when the cluster has GPUs), cpu or cuda"))
-    gpus_per_actor: float = field(default=1.0, metadata=_help("GPUs per embedding actor on cuda"))
-    cpus_per_actor: float = field(default=1.0, metadata=_help("CPUs per embedding actor"))
-    search_actors: int = field(default=1, metadata=_help("actors holding the index's shards (each a share of them)"))
-    search_cpus: float = field(default=0.0, metadata=_help(
+    report: bool = field(default=False, metadata=help_text("also write report.html: sample queries, maps, predictions"))
+    report_queries: int = field(default=20, metadata=help_text("queries shown in the report (wrong ones first)"))
+    report_top: int = field(default=3, metadata=help_text("predictions shown per query in the report"))
+    seed: int = field(default=0, metadata=help_text("seed of the report's sample of queries"))
+    batch_size: int = field(default=64, metadata=help_text("maps per embedding batch"))
+    actors: int = field(default=1, metadata=help_text("embedding actors"))
+    device: str = field(default="auto", metadata=help_text("auto (cuda when the cluster has GPUs), cpu or cuda"))
+    gpus_per_actor: float = field(default=1.0, metadata=help_text("GPUs per embedding actor on cuda"))
+    cpus_per_actor: float = field(default=1.0, metadata=help_text("CPUs per embedding actor"))
+    search_actors: int = field(default=1, metadata=help_text("actors holding the index's shards (each a share)"))
+    search_cpus: float = field(default=0.0, metadata=help_text(
         "CPUs reserved per search actor (0: it searches while the step that asked it waits, on the CPU that step "
         "frees)"))
-    ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
+    ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
         parse_ns(self.recall)

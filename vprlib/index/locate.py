@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vprlib.cli import help_text
 from vprlib.cluster import DEVICES
 from vprlib.index.search import Index
 from vprlib.metrics import haversine_m
@@ -34,37 +35,34 @@ from vprlib.spec import MapSpec, spec_mismatch
 CONFIDENCE_DEPTH = 50
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass(frozen=True)
 class LocateConfig:
-    index: str = field(metadata=_help("the index folder (jobs/index.py output)"))
+    index: str = field(metadata=help_text("the index folder (jobs/index.py output)"))
     photos: tuple[str, ...] = ()
-    top_k: int = field(default=5, metadata=_help("places returned per photo"))
-    cluster_m: float = field(default=25.0, metadata=_help(
+    top_k: int = field(default=5, metadata=help_text("places returned per photo"))
+    cluster_m: float = field(default=25.0, metadata=help_text(
         "the estimate averages the top-k places within this many metres of the best match"))
-    models: str = field(default="", metadata=_help(
+    models: str = field(default="", metadata=help_text(
         "extraction models ('' = the index's); must be what the index's maps were made with"))
-    device: str = field(default="auto", metadata=_help("auto (cuda when present), cpu or cuda"))
-    json: bool = field(default=False, metadata=_help("print JSON instead of a table"))
-    min_side: int = field(default=32, metadata=_help(
+    device: str = field(default="auto", metadata=help_text("auto (cuda when present), cpu or cuda"))
+    json: bool = field(default=False, metadata=help_text("print JSON instead of a table"))
+    min_side: int = field(default=32, metadata=help_text(
         "photos whose shorter side has fewer pixels are refused: too small to show a street"))
-    sure_ratio: float = field(default=0.75, metadata=_help(
+    sure_ratio: float = field(default=0.75, metadata=help_text(
         "an answer is sure when its descriptor distance to the best match is at most this share of the distance to "
         "the best match of another place (Lowe's ratio test; docs/RESULTS.md says how 0.75 was chosen)"))
-    input: str = field(default="", metadata=_help(
+    input: str = field(default="", metadata=help_text(
         "a batch instead of photos: a manifest (.parquet/.csv), a folder (manifest.parquet, or images + CSV) or "
         "s3://, located on Ray into one Parquet file, --output"))
-    output: str = field(default="", metadata=_help("the batch's answers (a .parquet file, local or s3://)"))
-    prior_m: float = field(default=0.0, metadata=_help(
+    output: str = field(default="", metadata=help_text("the batch's answers (a .parquet file, local or s3://)"))
+    prior_m: float = field(default=0.0, metadata=help_text(
         "batch: search only the shards within this many metres of a row's lat/lon (a prior position, e.g. a phone's "
         "GPS); 0 = every shard"))
-    batch_size: int = field(default=32, metadata=_help("batch: photos per model batch"))
-    actors: int = field(default=1, metadata=_help("batch: extraction and embedding actors"))
-    search_actors: int = field(default=1, metadata=_help("batch: actors holding the index's shards"))
-    ray_address: str = field(default="", metadata=_help("batch: Ray cluster address ('' = connect or start local)"))
+    batch_size: int = field(default=32, metadata=help_text("batch: photos per model batch"))
+    actors: int = field(default=1, metadata=help_text("batch: extraction and embedding actors"))
+    search_actors: int = field(default=1, metadata=help_text("batch: actors holding the index's shards"))
+    ray_address: str = field(default="", metadata=help_text("batch: Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
         if self.top_k < 1 or self.cluster_m < 0 or self.prior_m < 0:

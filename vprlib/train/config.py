@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from vprlib.cli import help_text
 from vprlib.models.archs import (
     BACKBONES,
     DPT_ARCHS,
@@ -21,15 +22,11 @@ from vprlib.models.archs import (
 )
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
 class CpuOptions:
     """What every family's options share: the worker's torch threads on a CPU (applied by WorkerRun)."""
 
-    threads: int = field(default=0, metadata=_help(
+    threads: int = field(default=0, metadata=help_text(
         "torch threads per worker on a CPU (0 = --cpus-per-worker). More than the worker reserves is for a machine "
         "the run has to itself: the CPU left for data tasks mostly waits once the maps are cached"))
 
@@ -38,15 +35,15 @@ class CpuOptions:
 class RefinerOptions(CpuOptions):
     """The two refiners of paper III-A (Fig. 3), trained from unrefined maps to the ground truth."""
 
-    target: str = field(default="both", metadata=_help(
+    target: str = field(default="both", metadata=help_text(
         "depth, seg or both: which refiner to train (both: two networks with their own losses and optimisers, in "
         "one pass over the data)"))
-    arch: str = field(default="paper", metadata=_help(f"refiner size: {', '.join(REFINER_ARCHS)}"))
-    max_depth_m: float = field(default=200.0, metadata=_help(
+    arch: str = field(default="paper", metadata=help_text(f"refiner size: {', '.join(REFINER_ARCHS)}"))
+    max_depth_m: float = field(default=200.0, metadata=help_text(
         "ground truth farther than this (metres) is left out of the depth loss and metrics"))
-    plateau_patience: int = field(default=3, metadata=_help(
+    plateau_patience: int = field(default=3, metadata=help_text(
         "epochs without a better validation loss before the learning rate drops tenfold (ReduceLROnPlateau)"))
-    early_stop: int = field(default=6, metadata=_help(
+    early_stop: int = field(default=6, metadata=help_text(
         "epochs without a better validation loss before training stops (0: never)"))
 
     def __post_init__(self):
@@ -64,11 +61,11 @@ class RefinerOptions(CpuOptions):
 class RetrieverOptions(CpuOptions):
     """What every retriever family shares: the maps it sees and how segmentation becomes channels."""
 
-    input: str = field(default="depth+seg", metadata=_help(
+    input: str = field(default="depth+seg", metadata=help_text(
         f"maps the retriever sees: {', '.join(MODALITIES)} (the paper's best: both; the others are its ablations)"))
-    seg_encoding: str = field(default="label", metadata=_help(
+    seg_encoding: str = field(default="label", metadata=help_text(
         f"segmentation as channels: {', '.join(SEG_ENCODING_NAMES)} (the paper: the label map as one channel)"))
-    imagenet: str = field(default="", metadata=_help(
+    imagenet: str = field(default="", metadata=help_text(
         "a local torchvision ImageNet state dict for the backbone (first convolution adapted to the maps' "
         "channels); '' = random weights (nothing is downloaded)"))
 
@@ -84,17 +81,17 @@ class CosPlaceOptions(RetrieverOptions):
     """CosPlace (Berton et al., CVPR 2022) as its code trains it: classification of UTM cells x heading bins with one
     Large Margin Cosine Loss classifier per group of non-adjacent classes, groups trained in turn."""
 
-    backbone: str = field(default="resnet50", metadata=_help(
+    backbone: str = field(default="resnet50", metadata=help_text(
         f"{', '.join(BACKBONES)} (the paper's best trade-off: resnet50)"))
-    descriptor_size: int = field(default=512, metadata=_help("descriptor size (CosPlace's fc_output_dim)"))
-    cell_m: float = field(default=10.0, metadata=_help("M: metres of a class's UTM cell"))
-    heading_deg: float = field(default=30.0, metadata=_help("alpha: degrees of a class's heading bin"))
-    group_cells: int = field(default=5, metadata=_help("N: classes of one group are N cells apart"))
-    group_bins: int = field(default=2, metadata=_help("L: classes of one group are L heading bins apart"))
-    groups: int = field(default=8, metadata=_help("groups trained, one per epoch in turn (CosPlace: 8)"))
-    min_images_per_class: int = field(default=10, metadata=_help("classes with fewer images are left out"))
-    classifier_lr: float = field(default=0.01, metadata=_help("Adam learning rate of the classifiers"))
-    iterations_per_epoch: int = field(default=10000, metadata=_help(
+    descriptor_size: int = field(default=512, metadata=help_text("descriptor size (CosPlace's fc_output_dim)"))
+    cell_m: float = field(default=10.0, metadata=help_text("M: metres of a class's UTM cell"))
+    heading_deg: float = field(default=30.0, metadata=help_text("alpha: degrees of a class's heading bin"))
+    group_cells: int = field(default=5, metadata=help_text("N: classes of one group are N cells apart"))
+    group_bins: int = field(default=2, metadata=help_text("L: classes of one group are L heading bins apart"))
+    groups: int = field(default=8, metadata=help_text("groups trained, one per epoch in turn (CosPlace: 8)"))
+    min_images_per_class: int = field(default=10, metadata=help_text("classes with fewer images are left out"))
+    classifier_lr: float = field(default=0.01, metadata=help_text("Adam learning rate of the classifiers"))
+    iterations_per_epoch: int = field(default=10000, metadata=help_text(
         "batches per epoch, drawn from the epoch's group and cycling it (CosPlace: 10,000); 0 = one pass over the "
         "group"))
 
@@ -113,18 +110,18 @@ class NetVLADOptions(RetrieverOptions):
     """NetVLAD (Arandjelovic et al., CVPR 2016) as its PyTorch port trains it: VGG16 + NetVLAD, clusters from k-means,
     triplets mined from a descriptor cache refreshed every epoch."""
 
-    clusters: int = field(default=64, metadata=_help("K, the NetVLAD layer's clusters"))
-    negatives: int = field(default=10, metadata=_help("hard negatives per triplet"))
-    margin: float = field(default=math.sqrt(0.1), metadata=_help("triplet margin (sqrt 0.1)"))
-    positive_m: float = field(default=10.0, metadata=_help("positives lie within this many metres"))
-    negative_m: float = field(default=25.0, metadata=_help("negatives lie beyond this many metres"))
-    queries_per_epoch: int = field(default=0, metadata=_help(
+    clusters: int = field(default=64, metadata=help_text("K, the NetVLAD layer's clusters"))
+    negatives: int = field(default=10, metadata=help_text("hard negatives per triplet"))
+    margin: float = field(default=math.sqrt(0.1), metadata=help_text("triplet margin (sqrt 0.1)"))
+    positive_m: float = field(default=10.0, metadata=help_text("positives lie within this many metres"))
+    negative_m: float = field(default=25.0, metadata=help_text("negatives lie beyond this many metres"))
+    queries_per_epoch: int = field(default=0, metadata=help_text(
         "training queries drawn afresh each epoch (0 = all, as NetVLAD does; fewer: shorter epochs on a CPU)"))
-    cache_size: int = field(default=1000, metadata=_help(
+    cache_size: int = field(default=1000, metadata=help_text(
         "training images embedded into the mining cache each epoch (positives and negatives come from it)"))
-    momentum: float = field(default=0.9, metadata=_help("SGD momentum"))
-    weight_decay: float = field(default=0.001, metadata=_help("SGD weight decay"))
-    lr_step: int = field(default=5, metadata=_help("epochs between learning-rate halvings (StepLR, gamma 0.5)"))
+    momentum: float = field(default=0.9, metadata=help_text("SGD momentum"))
+    weight_decay: float = field(default=0.001, metadata=help_text("SGD weight decay"))
+    lr_step: int = field(default=5, metadata=help_text("epochs between learning-rate halvings (StepLR, gamma 0.5)"))
 
     def __post_init__(self):
         super().__post_init__()
@@ -146,9 +143,9 @@ class DemoSegmenterOptions(CpuOptions):
     """The demo segmenter (vprlib.train.demo.segmenter): a small SegFormer trained on a synthetic city's photos to
     their observed ADE20K labels, dynamic objects included. --maps is the city's folder (jobs/synthcity.py)."""
 
-    arch: str = field(default="demo", metadata=_help(f"SegFormer size: {', '.join(SEGFORMER_ARCHS)}"))
-    input_size: int = field(default=128, metadata=_help("side the segmenter sees (the city's: 128)"))
-    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
+    arch: str = field(default="demo", metadata=help_text(f"SegFormer size: {', '.join(SEGFORMER_ARCHS)}"))
+    input_size: int = field(default=128, metadata=help_text("side the segmenter sees (the city's: 128)"))
+    weight_decay: float = field(default=0.01, metadata=help_text("AdamW weight decay"))
 
     def __post_init__(self):
         _check_arch(self.arch, SEGFORMER_ARCHS, "SegFormer")
@@ -159,9 +156,9 @@ class DemoDepthOptions(CpuOptions):
     """The demo depth estimator (vprlib.train.demo.depth): a small DPT-Hybrid trained on a synthetic city's photos
     to their inverse observed depth with MiDaS' scale-and-shift-invariant loss. --maps is the city's folder."""
 
-    arch: str = field(default="demo", metadata=_help(
+    arch: str = field(default="demo", metadata=help_text(
         f"DPT size: {', '.join(DPT_ARCHS)} (each sees photos at its own side: demo 128, tiny 64)"))
-    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
+    weight_decay: float = field(default=0.01, metadata=help_text("AdamW weight decay"))
 
     def __post_init__(self):
         _check_arch(self.arch, DPT_ARCHS, "DPT")
@@ -172,12 +169,12 @@ class DemoInpainterOptions(CpuOptions):
     """The demo inpainter (vprlib.train.demo.inpainter): a small Big-LaMa generator trained on a synthetic city to
     fill its dynamic objects with the static scene. --maps is a city generated with --static-rgb."""
 
-    arch: str = field(default="demo", metadata=_help(f"LaMa size: {', '.join(LAMA_ARCHS)}"))
-    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
-    max_dilation: int = field(default=2, metadata=_help(
+    arch: str = field(default="demo", metadata=help_text(f"LaMa size: {', '.join(LAMA_ARCHS)}"))
+    weight_decay: float = field(default=0.0, metadata=help_text("AdamW weight decay"))
+    max_dilation: int = field(default=2, metadata=help_text(
         "the training hole is the dynamic mask grown by 0 to this many pixels (drawn per batch)"))
-    boxes: int = field(default=2, metadata=_help("up to this many random rectangles added to each training hole"))
-    outside_weight: float = field(default=0.1, metadata=_help(
+    boxes: int = field(default=2, metadata=help_text("up to this many random rectangles added to each training hole"))
+    outside_weight: float = field(default=0.1, metadata=help_text(
         "weight of the L1 loss outside the hole (the generator's output there is discarded when blended)"))
 
     def __post_init__(self):
@@ -205,32 +202,32 @@ FAMILY_DEFAULTS = {
 class TrainConfig:
     """One training run. `options` holds the family's own settings."""
 
-    family: str = field(metadata=_help(f"what is trained: {', '.join(OPTIONS)}"))
-    maps: str = field(metadata=_help("the maps table to train on (jobs/extract.py output, or a city's gt_maps)"))
-    output: str = field(metadata=_help("folder (local or s3://) for checkpoints, metrics and the run's record"))
+    family: str = field(metadata=help_text(f"what is trained: {', '.join(OPTIONS)}"))
+    maps: str = field(metadata=help_text("the maps table to train on (jobs/extract.py output, or a city's gt_maps)"))
+    output: str = field(metadata=help_text("folder (local or s3://) for checkpoints, metrics and the run's record"))
     options: object = None
-    targets: str = field(default="", metadata=_help(
+    targets: str = field(default="", metadata=help_text(
         "refiner: the ground-truth maps table of the same images (strategy ground-truth)"))
-    val_maps: str = field(default="", metadata=_help("maps validated on ('' = --maps)"))
-    train_split: str = field(default="train", metadata=_help("rows trained on: this split of --maps"))
-    val_split: str = field(default="val", metadata=_help("rows validated on: this split of --val-maps"))
-    epochs: int = field(default=0, metadata=_help("epochs, at least 1 (the family's recipe unless given)"))
-    lr: float = field(default=0.0, metadata=_help("learning rate of the network (the family's recipe unless given)"))
-    batch_size: int = field(default=0, metadata=_help(
+    val_maps: str = field(default="", metadata=help_text("maps validated on ('' = --maps)"))
+    train_split: str = field(default="train", metadata=help_text("rows trained on: this split of --maps"))
+    val_split: str = field(default="val", metadata=help_text("rows validated on: this split of --val-maps"))
+    epochs: int = field(default=0, metadata=help_text("epochs, at least 1 (the family's recipe unless given)"))
+    lr: float = field(default=0.0, metadata=help_text("the network's learning rate (the family's recipe unless given)"))
+    batch_size: int = field(default=0, metadata=help_text(
         "images per step, all workers together (NetVLAD: triplets; the family's recipe unless given)"))
-    side: int = field(default=0, metadata=_help("maps are resized to side x side for training (0 = their own)"))
-    seed: int = field(default=0, metadata=_help("seed of weights, shuffling and sampling"))
-    workers: int = field(default=1, metadata=_help("Ray Train workers (DDP when more than one)"))
-    min_workers: int = field(default=1, metadata=_help(
+    side: int = field(default=0, metadata=help_text("maps are resized to side x side for training (0 = their own)"))
+    seed: int = field(default=0, metadata=help_text("seed of weights, shuffling and sampling"))
+    workers: int = field(default=1, metadata=help_text("Ray Train workers (DDP when more than one)"))
+    min_workers: int = field(default=1, metadata=help_text(
         "fewest workers a run goes on with when a node is lost and none replaces it (Ray Train's elastic scaling: "
         "the batch is split among the workers left); --workers keeps the group fixed"))
-    gpus_per_worker: float = field(default=-1.0, metadata=_help(
+    gpus_per_worker: float = field(default=-1.0, metadata=help_text(
         "GPUs per worker (0 on CPU; -1 = 1 when the cluster has or may add GPUs, else 0)"))
-    cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs reserved per worker"))
-    precision: str = field(default="bf16", metadata=_help("bf16 autocast on CUDA (fp32 on CPU always) or fp32"))
-    resume: bool = field(default=True, metadata=_help(
+    cpus_per_worker: float = field(default=1.0, metadata=help_text("CPUs reserved per worker"))
+    precision: str = field(default="bf16", metadata=help_text("bf16 autocast on CUDA (fp32 on CPU always) or fp32"))
+    resume: bool = field(default=True, metadata=help_text(
         "continue an interrupted run in --output from its last checkpoint; off: start afresh"))
-    ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
+    ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
         if self.family not in OPTIONS:

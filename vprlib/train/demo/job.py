@@ -13,6 +13,7 @@ import os
 import posixpath
 from dataclasses import asdict, dataclass, field, replace
 
+from vprlib.cli import help_text
 from vprlib.data.manifest import url_to_fs
 from vprlib.train.config import train_config
 
@@ -20,39 +21,36 @@ WEIGHTS, EVALUATION = "weights", "evaluation.json"
 ROLE_FAMILIES = {"segmenter": "demo-segmenter", "depth": "demo-depth", "inpainter": "demo-inpainter"}
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass(frozen=True)
 class DemoConfig:
     """Train, export and measure the demo extractors."""
 
-    city: str = field(metadata=_help(
+    city: str = field(metadata=help_text(
         "the synthetic city to train on and measure on (jobs/synthcity.py --static-rgb): its train split trains, "
         "val chooses the best epoch, database and query are the held-out captures measured"))
-    output: str = field(metadata=_help("folder for the three training runs, the exported weights and the figures"))
-    roles: str = field(default="segmenter,depth,inpainter", metadata=_help("which of the three to train"))
-    arch: str = field(default="demo", metadata=_help("architecture of all three (tiny: a quick trial)"))
-    input_size: int = field(default=128, metadata=_help("side the segmenter sees (depth: its architecture's)"))
-    epochs: int = field(default=0, metadata=_help("epochs of each (0 = each family's default)"))
-    batch_size: int = field(default=0, metadata=_help("captures per step (0 = each family's default)"))
-    seed: int = field(default=0, metadata=_help("seed of weights, batches, flips and training holes"))
-    workers: int = field(default=1, metadata=_help("Ray Train workers per run"))
-    cpus_per_worker: float = field(default=1.0, metadata=_help("CPUs reserved per worker"))
-    threads: int = field(default=0, metadata=_help(
+    output: str = field(metadata=help_text("folder for the three training runs, the exported weights and the figures"))
+    roles: str = field(default="segmenter,depth,inpainter", metadata=help_text("which of the three to train"))
+    arch: str = field(default="demo", metadata=help_text("architecture of all three (tiny: a quick trial)"))
+    input_size: int = field(default=128, metadata=help_text("side the segmenter sees (depth: its architecture's)"))
+    epochs: int = field(default=0, metadata=help_text("epochs of each (0 = each family's default)"))
+    batch_size: int = field(default=0, metadata=help_text("captures per step (0 = each family's default)"))
+    seed: int = field(default=0, metadata=help_text("seed of weights, batches, flips and training holes"))
+    workers: int = field(default=1, metadata=help_text("Ray Train workers per run"))
+    cpus_per_worker: float = field(default=1.0, metadata=help_text("CPUs reserved per worker"))
+    threads: int = field(default=0, metadata=help_text(
         "torch threads per worker on a CPU (0 = this machine's CPUs over the workers: the captures are in memory "
         "before training starts, so the CPU the harness keeps free for data tasks would idle)"))
-    install: bool = field(default=False, metadata=_help(
+    install: bool = field(default=False, metadata=help_text(
         "copy the exported weights into the package (vprlib/models/demo/), the `demo` models preset"))
-    evaluate: bool = field(default=True, metadata=_help("measure the exported weights on the held-out captures"))
-    evaluate_only: bool = field(default=False, metadata=_help("only measure --models; train nothing"))
-    models: str = field(default="", metadata=_help(
+    evaluate: bool = field(default=True, metadata=help_text("measure the exported weights on the held-out captures"))
+    evaluate_only: bool = field(default=False, metadata=help_text("only measure --models; train nothing"))
+    models: str = field(default="", metadata=help_text(
         "--evaluate-only: the models measured ('' = OUTPUT/weights when there, else the demo preset)"))
-    dilation: int = field(default=0, metadata=_help("pixels the measured dynamic mask grows by before inpainting"))
-    limit: int = field(default=0, metadata=_help("measure the first N held-out captures only (0 = all)"))
-    resume: bool = field(default=True, metadata=_help("continue interrupted training runs in --output"))
-    ray_address: str = field(default="", metadata=_help("Ray cluster address ('' = connect or start local)"))
+    dilation: int = field(default=0, metadata=help_text("pixels the measured dynamic mask grows by before inpainting"))
+    limit: int = field(default=0, metadata=help_text("measure the first N held-out captures only (0 = all)"))
+    resume: bool = field(default=True, metadata=help_text("continue interrupted training runs in --output"))
+    ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
     @property
     def role_list(self) -> tuple[str, ...]:
