@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vprlib.data.manifest import ManifestError, join_uri, read_manifest, url_to_fs, validate, write_manifest
+from vprlib.data.manifest import ManifestError, read_manifest, validate, write_manifest
+from vprlib.storage import join_uri, url_to_fs
 
 
 def _table(**overrides):

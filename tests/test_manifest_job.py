@@ -17,8 +17,8 @@ from test_datasets import (  # the tiny fake datasets
     _upload,
 )
 
-from vprlib.data.manifest import url_to_fs
 from vprlib.extract.output import load_input
+from vprlib.storage import url_to_fs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 try:

@@ -15,6 +15,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from vprlib.storage import absolute_path as absolute_path  # re-exported: index/evaluate.py, index/locate.py
+
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` puts the cluster's config on the head node
 STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_", "S3_")
 DEVICES = ("auto", "cpu", "cuda")
@@ -201,10 +203,3 @@ def io_task_args() -> dict:
     cluster's workers may lack them; Ray merges these env_vars into the job's runtime environment)."""
     env = storage_env()
     return {"runtime_env": {"env_vars": env}} if env else {}
-
-
-def absolute_path(path: str) -> str:
-    """A local path made absolute (tasks and actors run in other folders); URLs and '' unchanged; `file://` dropped
-    so one local path has one spelling."""
-    path = path.removeprefix("file://")
-    return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))

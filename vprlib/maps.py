@@ -40,8 +40,8 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vprlib.data.manifest import is_remote, url_to_fs
 from vprlib.spec import MapSpec, spec_mismatch
+from vprlib.storage import is_remote, url_to_fs
 
 PART_PATTERN = re.compile(r"part-[0-9a-f]{32}\.parquet")
 SPEC_FILE = "_map_spec.json"

@@ -1,15 +1,47 @@
-"""Files on local disk or any fsspec filesystem (s3://), written so that a reader never sees half of one."""
+"""Where files live: local paths and fsspec URLs (s3://, file://) told apart, resolved and opened, and files written
+so that a reader never sees half of one. Every module that touches storage goes through these helpers."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
 import uuid
 from collections.abc import Callable
 
-from vprlib.data.manifest import is_remote, url_to_fs
+import fsspec
 
 TEMP_PREFIX = ".tmp-"
+
+
+def url_to_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem (local or s3fs, credentials from the environment) and the path within it."""
+    return fsspec.core.url_to_fs(uri)
+
+
+def is_remote(uri: str) -> bool:
+    """Whether `uri` names an object store or other remote filesystem (a URL other than `file://`)."""
+    return "://" in uri and not uri.startswith("file://")
+
+
+def join_uri(base: str, relative: str) -> str:
+    """`relative` resolved against the folder `base` (local path or URL); absolute inputs are returned as they are.
+
+    A `file://` URL is absolute like any URL, and a `file://` base keeps its scheme (`file:///data` + `a.jpg` is
+    `file:///data/a.jpg`)."""
+    if "://" in relative or posixpath.isabs(relative):
+        return relative
+    if "://" in base:
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, relative))}"
+    return posixpath.normpath(posixpath.join(posixpath.abspath(base), relative))
+
+
+def absolute_path(path: str) -> str:
+    """A local path made absolute (tasks and actors run in other folders); URLs and '' unchanged; `file://` dropped
+    so one local path has one spelling."""
+    path = path.removeprefix("file://")
+    return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
 def write_atomic(target: str, write: Callable) -> None:

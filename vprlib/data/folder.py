@@ -14,7 +14,8 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from vprlib.data.manifest import ManifestError, join_uri, url_to_fs, validate
+from vprlib.data.manifest import ManifestError, validate
+from vprlib.storage import join_uri, url_to_fs
 
 IMAGE_COLUMNS = ("image", "filename", "uri")
 

@@ -46,7 +46,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vprlib.data.folder import read_csv, require_files
-from vprlib.data.manifest import ManifestError, join_uri, url_to_fs, validate
+from vprlib.data.manifest import ManifestError, validate
+from vprlib.storage import join_uri, url_to_fs
 
 TRAIN_CSV = "train.csv"
 INDEX_CSV = "index.csv"

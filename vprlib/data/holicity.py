@@ -43,8 +43,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from vprlib.data.manifest import ManifestError, is_remote, join_uri, url_to_fs, validate
+from vprlib.data.manifest import ManifestError, validate
 from vprlib.spec import IGNORE_LABEL, to_inverse_metres
+from vprlib.storage import absolute_path, is_remote, join_uri, url_to_fs
 
 # The released segmentation's labels, and each one's refined4 id (REFINED_CLASSES); the synthetic city's static
 # segmentation uses the first five, so the same table serves it.
@@ -329,7 +330,7 @@ def write_ground_truth(manifest_path: str, output: str, side: int = HOLICITY_SID
     already written are skipped. Returns the status counts of the rows this run wrote."""
     import pyarrow.compute as pc
 
-    from vprlib.cluster import absolute_path, connect, io_task_args
+    from vprlib.cluster import connect, io_task_args
     from vprlib.data.manifest import read_manifest
     from vprlib.extract.output import prepare_output
     from vprlib.extract.pipeline import MapsSink

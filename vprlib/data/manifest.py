@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import posixpath
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+# The storage helpers live in vprlib.storage; tune.py, train/, index/ and jobs/manifest.py import them from here too.
+from vprlib.storage import is_remote as is_remote
+from vprlib.storage import join_uri as join_uri
+from vprlib.storage import url_to_fs as url_to_fs
+
 REQUIRED_COLUMNS = ("image_id", "uri", "lat", "lon")
-OPTIONAL_COLUMNS = ("heading", "landmark_id", "split")
 SPLITS = ("database", "query", "train", "val", "test")
 FORMATS = (".parquet", ".csv")  # manifest file extensions, told apart by name
 # ids stay strings in CSVs ("0001" is not 1, a 16-hex-digit GLDv2 id is not a number); empty cells are nulls
@@ -34,11 +37,6 @@ class ManifestError(ValueError):
 
 class StorageError(OSError):
     """Storage that cannot be reached (endpoint down, no credentials, access refused); the message names the URI."""
-
-
-def url_to_fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The fsspec filesystem (local or s3fs, credentials from the environment) and the path within it."""
-    return fsspec.core.url_to_fs(uri)
 
 
 def storage_errors() -> tuple[type[BaseException], ...]:
@@ -64,23 +62,6 @@ def check_reachable(uri: str) -> None:
 def one_line(exc: BaseException) -> str:
     """`exc`'s message on one line (botocore and Arrow messages may span several)."""
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
-
-
-def join_uri(base: str, relative: str) -> str:
-    """`relative` resolved against the folder `base` (local path or URL); absolute inputs are returned as they are.
-
-    A `file://` URL is absolute like any URL, and a `file://` base keeps its scheme (`file:///data` + `a.jpg` is
-    `file:///data/a.jpg`)."""
-    if "://" in relative or posixpath.isabs(relative):
-        return relative
-    if "://" in base:
-        scheme, rest = base.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, relative))}"
-    return posixpath.normpath(posixpath.join(posixpath.abspath(base), relative))
 
 
 def validate(table: pa.Table, source: str = "manifest") -> pa.Table:

@@ -29,8 +29,9 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from vprlib.data.manifest import ManifestError, join_uri, url_to_fs, validate
-from vprlib.data.synthcity import utm_to_latlon
+from vprlib.data.manifest import ManifestError, validate
+from vprlib.geo import utm_to_latlon
+from vprlib.storage import join_uri, url_to_fs
 
 # The fields of a name, in order, as manifest columns; the numeric ones are parsed, the others kept as text.
 FIELDS = ("utm_east", "utm_north", "utm_zone", "utm_letter", "lat", "lon", "pano_id", "tile_num", "heading",

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from vprlib.data.manifest import url_to_fs
+from vprlib.storage import url_to_fs
 
 _ORIENTATION = {  # EXIF orientation -> the transposition that displays the photo upright (as ImageOps.exif_transpose)
     2: Image.Transpose.FLIP_LEFT_RIGHT,

@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vprlib.data.folder import folder_manifest
-from vprlib.data.manifest import ManifestError, read_manifest, url_to_fs
+from vprlib.data.manifest import ManifestError, read_manifest
 from vprlib.extract.config import ExtractConfig
 from vprlib.maps import drop_rows, duplicate_ids, duplicate_rows, part_files, scan_output
 from vprlib.spec import MapSpec
+from vprlib.storage import url_to_fs
 
 CONFIG_FILE = "_extract_config.json"
 SUMMARY_FILE = "_extract_summary.json"

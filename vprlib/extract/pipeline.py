@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from ray.data import Datasink
 
-from vprlib.cluster import Need, absolute_path, check_gpus_per_process, connect, io_task_args
+from vprlib.cluster import Need, check_gpus_per_process, connect, io_task_args
 from vprlib.extract.config import ExtractConfig, RunOptions
 from vprlib.extract.decode import decode_batch, decode_memory
 from vprlib.extract.output import (
@@ -30,6 +30,7 @@ from vprlib.extract.output import (
 from vprlib.extract.stages import STAGES, FusedChain, plan_io
 from vprlib.maps import carry_columns, encode_batch, output_schema, part_files, part_name_of, write_part, write_spec
 from vprlib.models import zoo
+from vprlib.storage import absolute_path
 
 MAX_BLOCKS = 4096
 
