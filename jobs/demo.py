@@ -14,7 +14,6 @@ re-evaluates. Exit status 2 on bad arguments or missing demo weights (one line o
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -43,13 +42,6 @@ class DemoConfig:
             raise ValueError(f"--strategies {self.strategies!r}: the demo has retrievers for "
                              f"{', '.join(zoo.DEMO_RETRIEVERS)} only")
         return strategies
-
-
-def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres (haversine)."""
-    p1, p2, dp, dl = map(math.radians, (lat1, lat2, lat2 - lat1, lon2 - lon1))
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * 6_371_008.8 * math.asin(math.sqrt(a))
 
 
 def run_demo(config: DemoConfig) -> dict:
@@ -117,11 +109,12 @@ def steps(total: int):
 def showcase_line(row: dict, result: dict) -> str:
     """A located photo against where it was taken: the error, whether it is within 25 m (Recall's radius), and how
     sure locate was."""
+    from vprlib.geo import haversine_m
     from vprlib.index.locate import how_sure
     from vprlib.metrics import GPS_THRESHOLD_M
 
     at = result["estimate"]
-    error = distance_m(row["lat"], row["lon"], at["lat"], at["lon"])
+    error = float(haversine_m(row["lat"], row["lon"], at["lat"], at["lon"]))
     within = "within" if error <= GPS_THRESHOLD_M else "not within"
     return (f"  {os.path.basename(row['uri'])}: taken at {row['lat']:.6f}, {row['lon']:.6f}; located at "
             f"{at['lat']:.6f}, {at['lon']:.6f}: {error:.0f} m off, {within} {GPS_THRESHOLD_M:g} m; "

@@ -42,17 +42,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-EARTH_RADIUS_M = 6_371_008.8  # mean Earth radius (IUGG), the usual constant for haversine distances
+from vprlib.geo import haversine_m
+
 DEFAULT_NS = (1, 5, 10)
 GPS_THRESHOLD_M = 25.0  # paper IV-A
 _PAIRS_PER_CHUNK = 2_000_000  # query-database distances computed at once (a few arrays of this size in memory)
-
-
-def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Great-circle distance in metres between points given in degrees (broadcasts like numpy)."""
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (lat1, lon1, lat2, lon2))
-    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
 
 
 def _radius_positives(dist_fn, queries: np.ndarray, db: np.ndarray, radius_m: float, chunk: int | None):

@@ -33,9 +33,11 @@ from PIL import Image
 
 from vprlib.console import Progress
 from vprlib.data.holicity import HOLICITY_CLASSES, holicity_to_refined
-from vprlib.data.manifest import join_uri, write_manifest
+from vprlib.data.manifest import write_manifest
+from vprlib.geo import latlon_to_utm, utm_to_latlon
 from vprlib.maps import carry_columns, encode_batch, output_schema, write_part, write_spec
 from vprlib.spec import MapSpec, to_inverse_metres
+from vprlib.storage import join_uri
 
 # name -> (HoliCity class, ADE20K 0-based id); HoliCity -1 marks a dynamic object, absent from the static maps.
 LABELS = {
@@ -147,50 +149,6 @@ class CityConfig:
 
 
 # ----------------------------------------------------------------------------------------------- UTM and WGS84
-_A, _F, _K0 = 6378137.0, 1 / 298.257223563, 0.9996
-_N = _F / (2 - _F)
-_AA = _A / (1 + _N) * (1 + _N**2 / 4 + _N**4 / 64)
-_ALPHA = (_N / 2 - 2 * _N**2 / 3 + 5 * _N**3 / 16, 13 * _N**2 / 48 - 3 * _N**3 / 5, 61 * _N**3 / 240)
-_BETA = (_N / 2 - 2 * _N**2 / 3 + 37 * _N**3 / 96, _N**2 / 48 + _N**3 / 15, 17 * _N**3 / 480)
-_DELTA = (2 * _N - 2 * _N**2 / 3 - 2 * _N**3, 7 * _N**2 / 3 - 8 * _N**3 / 5, 56 * _N**3 / 15)
-
-
-def utm_zone(lon: float) -> int:
-    return int((lon + 180.0) // 6.0) % 60 + 1
-
-
-def latlon_to_utm(lat, lon, zone: int | None = None):
-    """WGS84 degrees -> (easting, northing, zone) by Krueger's series (mm accuracy within a zone)."""
-    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
-    zone = utm_zone(float(np.mean(lon))) if zone is None else zone
-    phi, lam = np.radians(lat), np.radians(lon - (zone * 6 - 183))
-    c = 2 * math.sqrt(_N) / (1 + _N)
-    t = np.sinh(np.arctanh(np.sin(phi)) - c * np.arctanh(c * np.sin(phi)))
-    xi, eta = np.arctan2(t, np.cos(lam)), np.arctanh(np.sin(lam) / np.sqrt(1 + t * t))
-    east, north = eta.copy(), xi.copy()
-    for j, a in enumerate(_ALPHA, start=1):
-        east += a * np.cos(2 * j * xi) * np.sinh(2 * j * eta)
-        north += a * np.sin(2 * j * xi) * np.cosh(2 * j * eta)
-    false_north = np.where(lat < 0, 10_000_000.0, 0.0)
-    return 500_000.0 + _K0 * _AA * east, false_north + _K0 * _AA * north, zone
-
-
-def utm_to_latlon(east, north, zone: int, southern: bool = False):
-    """(easting, northing) in a UTM zone -> WGS84 (lat, lon) degrees, the inverse of `latlon_to_utm`."""
-    xi = (np.asarray(north, np.float64) - (10_000_000.0 if southern else 0.0)) / (_K0 * _AA)
-    eta = (np.asarray(east, np.float64) - 500_000.0) / (_K0 * _AA)
-    xi_p, eta_p = xi.copy(), eta.copy()
-    for j, b in enumerate(_BETA, start=1):
-        xi_p -= b * np.sin(2 * j * xi) * np.cosh(2 * j * eta)
-        eta_p -= b * np.cos(2 * j * xi) * np.sinh(2 * j * eta)
-    chi = np.arcsin(np.sin(xi_p) / np.cosh(eta_p))
-    phi = chi.copy()
-    for j, d in enumerate(_DELTA, start=1):
-        phi += d * np.sin(2 * j * chi)
-    lon = (zone * 6 - 183) + np.degrees(np.arctan2(np.sinh(eta_p), np.cos(xi_p)))
-    return np.degrees(phi), lon
-
-
 def local_to_geo(config: CityConfig, x, y) -> dict[str, np.ndarray]:
     """Local metres (UTM grid axes around the origin) -> lat, lon, utm_east, utm_north, utm_zone."""
     east0, north0, zone = latlon_to_utm(config.origin_lat, config.origin_lon)

@@ -37,10 +37,10 @@ def shard_keys(rows: pa.Table, shard_by: str, tile_m: float) -> np.ndarray:
         return np.array([str(c) for c in rows["city"].to_pylist()], dtype=object)
     if shard_by != "utm-tile":
         raise ValueError(f"unknown --shard-by {shard_by!r}; known: {', '.join(SHARD_BY)}")
-    from vprlib.data.synthcity import latlon_to_utm
+    from vprlib.geo import latlon_to_utm, utm_zone
 
     lat, lon = rows["lat"].to_numpy(), rows["lon"].to_numpy()
-    zones = np.floor((lon + 180.0) / 6.0).astype(int) % 60 + 1
+    zones = utm_zone(lon)
     keys = np.empty(rows.num_rows, dtype=object)
     for zone in np.unique(zones):
         members = zones == zone
