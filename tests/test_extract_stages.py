@@ -15,7 +15,7 @@ from torch import nn
 
 from vprlib.cluster import Cluster, ResourceError, check_gpus_per_process
 from vprlib.extract.config import ExtractConfig, extract_config
-from vprlib.extract.output import OutputMismatchError, check_config, config_record, prepare_output
+from vprlib.extract.output import OutputMismatchError, check_config, config_record
 from vprlib.extract.pipeline import actor_args, actors_need, resolve_paths
 from vprlib.extract.stages import DepthStage, FusedChain, InpaintStage, MaskStage, build_stage, prepare
 from vprlib.maps import (
@@ -27,6 +27,7 @@ from vprlib.maps import (
     duplicate_rows,
     encode_batch,
     output_schema,
+    prepare_output,
     read_maps,
     scan_output,
     write_part,
@@ -332,7 +333,7 @@ def test_retry_errors_after_a_duplicate_repair(tmp_path):
     for name, ids, statuses in ((f"part-{'0' * 32}.parquet", ["a", "b"], ["ok", "ok"]),
                                 (f"part-{'f' * 32}.parquet", ["a", "b", "c", "d"], ["ok", "ok", "error", "ok"])):
         pq.write_table(pa.table({"image_id": ids, "status": statuses}, schema=schema), tmp_path / name)
-    done = prepare_output(str(tmp_path), retry_errors=True)
+    done = prepare_output(str(tmp_path), retry_errors=True, job="extract")
     assert sorted(done["image_id"].to_pylist()) == ["a", "b", "d"]
     assert sorted(read_maps(str(tmp_path))["image_id"].to_pylist()) == ["a", "b", "d"]  # c is to be redone
 

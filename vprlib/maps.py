@@ -282,6 +282,16 @@ def write_part(batch: pa.Table, output: str, schema: pa.Schema, manifest=None, n
     return table.select(["image_id", "status"])
 
 
+def write_maps(maps: dict[str, np.ndarray], manifest: pa.Table, spec: MapSpec, output: str, schema: pa.Schema,
+               models_json: str = "{}", name: str | None = None) -> pa.Table:
+    """Write the maps of `manifest`'s rows (row i of every array in `maps`: `status`, `error`, `depth`, `seg`,
+    `dynamic_fraction`, as `encode_batch` takes them) as one part file (`write_part`); return its (image_id,
+    status). The same encoding and join as a Ray job's writer (vprlib.maps_ray.MapsSink), for a process that holds
+    its rows whole."""
+    rows = {**maps, "_row": np.arange(manifest.num_rows, dtype=np.int64)}
+    return write_part(pa.table(encode_batch(rows, spec, models_json)), output, schema, manifest, name)
+
+
 def _write_atomic(table: pa.Table, output: str, name: str) -> None:
     fs, root = url_to_fs(output)
     final = posixpath.join(root, name)
@@ -321,6 +331,27 @@ def scan_output(output: str, clean: bool = True) -> tuple[pa.Table, list[str]]:
     rows = np.concatenate([np.arange(c) for c in counts])
     return ids.append_column("part", pa.array(names, pa.string())).append_column("row", pa.array(rows, pa.int64())), \
         removed
+
+
+def prepare_output(output: str, retry_errors: bool, job: str) -> pa.Table:
+    """Before a job writes into `output`: scan it (removing what a kill left half-written), remove rows a concurrent
+    run duplicated and, with `retry_errors`, the earlier error rows; return the rows that stay written. `job` names
+    the job in what it prints."""
+    done, removed = scan_output(output)
+    if removed:
+        print(f"{job}: removed {len(removed)} partial file(s) an interrupted run left", flush=True)
+    duplicates = duplicate_rows(done)
+    if duplicates.any():
+        drop_rows(output, done, duplicates)
+        print(f"{job}: removed {int(duplicates.sum())} duplicate row(s) (two runs wrote into this output at once)",
+              flush=True)
+        done, _ = scan_output(output)  # the repair rewrote parts under new names
+    errors = np.asarray(done["status"].to_pylist(), dtype=object) == ERROR
+    if retry_errors and errors.any():
+        drop_rows(output, done, errors)
+        print(f"{job}: --retry-errors: redoing {int(errors.sum())} row(s) that failed before", flush=True)
+        done = done.filter(pa.array(~errors))
+    return done
 
 
 def _remove_stale_temporaries(output: str) -> list[str]:

@@ -332,9 +332,7 @@ def write_ground_truth(manifest_path: str, output: str, side: int = HOLICITY_SID
 
     from vprlib.cluster import connect, io_task_args
     from vprlib.data.manifest import read_manifest
-    from vprlib.extract.output import prepare_output
-    from vprlib.extract.pipeline import MapsSink
-    from vprlib.maps import carry_columns, check_spec, encode_batch, output_schema, part_files, write_spec
+    from vprlib.maps import carry_columns, check_spec, part_files, prepare_output, write_spec
 
     output = absolute_path(output)
     manifest = read_manifest(absolute_path(manifest_path))
@@ -349,7 +347,7 @@ def write_ground_truth(manifest_path: str, output: str, side: int = HOLICITY_SID
         check_spec(output, spec.record({}), f"this run (--side {side})")
     connect(ray_address)
     write_spec(output, spec.record({}))
-    done = prepare_output(output, retry_errors=False)
+    done = prepare_output(output, retry_errors=False, job="ground truth")
     todo = manifest.filter(pc.invert(pc.is_in(manifest["image_id"], value_set=done["image_id"])))
     print(f"ground truth: {manifest.num_rows} views with ground truth ({pc.sum(pc.invert(has_gt)).as_py() or 0} "
           f"without left out), {manifest.num_rows - todo.num_rows} already written, {todo.num_rows} to do",
@@ -358,14 +356,14 @@ def write_ground_truth(manifest_path: str, output: str, side: int = HOLICITY_SID
         return {}
     import ray
 
+    from vprlib.maps_ray import write_dataset
+
     rows = pa.table({"image_id": todo["image_id"], "gt_depth_uri": todo["gt_depth_uri"],
                      "gt_seg_uri": todo["gt_seg_uri"], "_row": pa.array(range(todo.num_rows), pa.int64())})
     ds = ray.data.from_arrow([rows.slice(i, batch_size) for i in range(0, rows.num_rows, batch_size)])
     ds = ds.map_batches(read_ground_truth_batch, batch_size=batch_size, num_cpus=1, fn_kwargs={"side": side},
                         **io_task_args())
-    ds = ds.map_batches(encode_batch, batch_size=batch_size, num_cpus=1, fn_kwargs={"spec": spec, "models_json": "{}"})
-    sink = MapsSink(output, output_schema(manifest.schema, spec), ray.put(todo), rows_per_file)
-    ds.write_datasink(sink, ray_remote_args={"num_cpus": 1, **io_task_args()})
-    print(f"ground truth: rows ok {sink.counts.get('ok', 0)}, rows failed {sink.counts.get('error', 0)}; maps in "
-          f"{output}", flush=True)
-    return sink.counts
+    counts = write_dataset(ds, output, spec, "{}", todo, rows_per_file, batch_size)
+    print(f"ground truth: rows ok {counts.get('ok', 0)}, rows failed {counts.get('error', 0)}; maps in {output}",
+          flush=True)
+    return counts

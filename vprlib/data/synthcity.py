@@ -35,7 +35,7 @@ from vprlib.console import Progress
 from vprlib.data.holicity import HOLICITY_CLASSES, holicity_to_refined
 from vprlib.data.manifest import write_manifest
 from vprlib.geo import latlon_to_utm, utm_to_latlon
-from vprlib.maps import carry_columns, encode_batch, output_schema, write_part, write_spec
+from vprlib.maps import carry_columns, output_schema, write_maps, write_spec
 from vprlib.spec import MapSpec, to_inverse_metres
 from vprlib.storage import join_uri
 
@@ -811,13 +811,11 @@ def _write_gt_part(city: City, rows: list[dict], depth: np.ndarray, seg: np.ndar
     n = len(rows)
     batch = {"status": np.full(n, "ok", dtype=object), "error": np.full(n, "", dtype=object), "depth": depth,
              "seg": seg, "dynamic_fraction": np.array([r["dynamic_fraction"] for r in rows], np.float32)}
-    table = carry_columns(manifest)
-    for name, values in encode_batch(batch, spec, "{}").items():
-        table = table.append_column(name, pa.array(values))
     # The part is named by what is drawn: neither the processes nor the extra static RGB change these maps.
     fixed = {k: v for k, v in dataclasses.asdict(city.config).items() if k not in ("workers", "static_rgb")}
     name = hashlib.sha256(f"{json.dumps(fixed, sort_keys=True)}:{part}".encode())
-    write_part(table, os.path.join(output, GT_MAPS), output_schema(carry_columns(_manifest(city, [])).schema, spec),
+    write_maps(batch, carry_columns(manifest), spec, os.path.join(output, GT_MAPS),
+               output_schema(carry_columns(_manifest(city, [])).schema, spec),
                name=f"part-{name.hexdigest()[:32]}.parquet")
 
 

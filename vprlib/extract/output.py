@@ -13,14 +13,13 @@ import json
 import posixpath
 from dataclasses import asdict, fields
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from vprlib.data.folder import folder_manifest
 from vprlib.data.manifest import ManifestError, read_manifest
 from vprlib.extract.config import ExtractConfig
-from vprlib.maps import drop_rows, duplicate_ids, duplicate_rows, part_files, scan_output
+from vprlib.maps import duplicate_ids, duplicate_rows, part_files, scan_output
 from vprlib.spec import MapSpec
 from vprlib.storage import url_to_fs
 
@@ -90,26 +89,6 @@ def check_config(output: str, record: dict, write: bool = True) -> None:
     if write:
         with fs.open(path, "w") as f:
             f.write(json.dumps(record, indent=2, sort_keys=True))
-
-
-def prepare_output(output: str, retry_errors: bool) -> pa.Table:
-    """Scan the output (removing what a kill left half-written), remove rows a concurrent run duplicated and, with
-    `retry_errors`, the earlier error rows; return the rows that stay written."""
-    done, removed = scan_output(output)
-    if removed:
-        print(f"extract: removed {len(removed)} partial file(s) an interrupted run left", flush=True)
-    duplicates = duplicate_rows(done)
-    if duplicates.any():
-        drop_rows(output, done, duplicates)
-        print(f"extract: removed {int(duplicates.sum())} duplicate row(s) (two runs wrote into this output at once)",
-              flush=True)
-        done, _ = scan_output(output)  # the repair rewrote parts under new names
-    errors = np.asarray(done["status"].to_pylist(), dtype=object) == "error"
-    if retry_errors and errors.any():
-        drop_rows(output, done, errors)
-        print(f"extract: --retry-errors: redoing {int(errors.sum())} row(s) that failed before", flush=True)
-        done = done.filter(pa.array(~errors))
-    return done
 
 
 def summarise(config: ExtractConfig, manifest: pa.Table, counts: dict, run_seconds: float, wall: float) -> dict:

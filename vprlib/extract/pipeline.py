@@ -1,8 +1,9 @@
 """The extraction job on Ray Data (paper Fig. 2): manifest -> decode -> models -> encode -> maps table.
 
 CPU tasks read and decode the photos; the models run on actor pools that load them once (fused: one actor runs the
-whole strategy per batch; pools: one pool per stage, sharing the GPU); CPU tasks encode the maps, and a Datasink
-writes them as atomic part files (vprlib.maps). `run_extract(config)` resumes: ids already written are skipped.
+whole strategy per batch; pools: one pool per stage, sharing the GPU); the maps table's writer (vprlib.maps_ray)
+encodes them in CPU tasks and writes atomic part files. `run_extract(config)` resumes: ids already written are
+skipped.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from ray.data import Datasink
 
 from vprlib.cluster import Need, check_gpus_per_process, connect, io_task_args
 from vprlib.extract.config import ExtractConfig, RunOptions
@@ -23,12 +23,12 @@ from vprlib.extract.output import (
     config_record,
     input_source,
     load_input,
-    prepare_output,
     print_summary,
     summarise,
 )
 from vprlib.extract.stages import STAGES, FusedChain, plan_io
-from vprlib.maps import carry_columns, encode_batch, output_schema, part_files, part_name_of, write_part, write_spec
+from vprlib.maps import carry_columns, output_schema, part_files, prepare_output, write_part, write_spec
+from vprlib.maps_ray import write_dataset
 from vprlib.models import zoo
 from vprlib.storage import absolute_path
 
@@ -52,15 +52,15 @@ def run_extract(config: ExtractConfig) -> dict:
     cluster.check(actors_need(config.run, spec.side))
     check_config(config.output, config_record(config, identity, manifest.schema))
     write_spec(config.output, spec.record(identity))
-    done = prepare_output(config.output, config.retry_errors)
+    done = prepare_output(config.output, config.retry_errors, "extract")
     todo = manifest.filter(pc.invert(pc.is_in(manifest["image_id"], value_set=done["image_id"])))
     print(f"extract: {manifest.num_rows} rows in the manifest, {manifest.num_rows - todo.num_rows} already written, "
           f"{todo.num_rows} to do", flush=True)
-    schema = output_schema(manifest.schema, spec)
     if manifest.num_rows == 0 and not part_files(config.output):  # readers still find the table and its schema
+        schema = output_schema(manifest.schema, spec)
         write_part(schema.empty_table(), config.output, schema)
     run_start = time.perf_counter()
-    counts = write_maps(config, todo, schema, json.dumps(identity, sort_keys=True)) if todo.num_rows else {}
+    counts = write_maps(config, todo, json.dumps(identity, sort_keys=True)) if todo.num_rows else {}
     summary = summarise(config, manifest, counts, time.perf_counter() - run_start, time.perf_counter() - start)
     print_summary(summary)
     return summary
@@ -79,16 +79,6 @@ def actors_need(run: RunOptions, side: int) -> Need:
                 "--actors", "--cpus-per-actor", "--gpus-per-actor", spare_cpus=1,
                 task_memory=decode_memory(run.max_image_pixels, run.decode_batch_size, side),
                 task_memory_flag="--max-image-pixels")
-
-
-def build_dataset(config: ExtractConfig, todo: pa.Table, models_json: str):
-    """The Ray Data pipeline from the rows still to do to their encoded maps.
-
-    Only `image_id`, `uri` and a row index `_row` flow through it; the writer takes the other manifest columns from
-    one copy of the manifest in the object store, so they keep their exact Arrow types."""
-    run = config.run
-    return maps_dataset_of(config, todo).map_batches(encode_batch, batch_size=run.batch_size, num_cpus=1,
-                                                     fn_kwargs={"spec": config.spec, "models_json": models_json})
 
 
 def maps_dataset_of(config: ExtractConfig, todo: pa.Table):
@@ -141,41 +131,10 @@ def actor_args(run: RunOptions, share: float) -> dict:
     return args
 
 
-class MapsSink(Datasink):
-    """Writes a job's encoded rows as part files of at most `rows_per_file` rows (vprlib.maps.write_part: atomic,
-    manifest columns joined by `_row`) and tallies their statuses in `counts`."""
+def write_maps(config: ExtractConfig, todo: pa.Table, models_json: str) -> dict[str, int]:
+    """Run the pipeline over `todo` into the output; the status counts of the rows written.
 
-    def __init__(self, output: str, schema: pa.Schema, manifest, rows_per_file: int):
-        self.output, self.schema, self.manifest, self.rows_per_file = output, schema, manifest, rows_per_file
-        self.counts: dict[str, int] = {}
-
-    @property
-    def min_rows_per_write(self) -> int:
-        return self.rows_per_file
-
-    def write(self, blocks, ctx) -> dict[str, int]:
-        from ray.data.block import BlockAccessor
-
-        table = pa.concat_tables([BlockAccessor.for_block(block).to_arrow() for block in blocks])
-        counts: dict[str, int] = {}
-        for start in range(0, table.num_rows, self.rows_per_file):
-            rows = table.slice(start, self.rows_per_file)
-            written = write_part(rows, self.output, self.schema, self.manifest,
-                                 name=part_name_of(rows["image_id"].to_pylist()))
-            for status in written["status"].to_pylist():
-                counts[status] = counts.get(status, 0) + 1
-        return counts
-
-    def on_write_complete(self, write_result) -> None:
-        for counts in write_result.write_returns:
-            for status, n in counts.items():
-                self.counts[status] = self.counts.get(status, 0) + n
-
-
-def write_maps(config: ExtractConfig, todo: pa.Table, schema: pa.Schema, models_json: str) -> dict[str, int]:
-    """Run the pipeline over `todo` into the output; the status counts of the rows written."""
-    import ray
-
-    sink = MapsSink(config.output, schema, ray.put(todo), config.run.rows_per_file)
-    build_dataset(config, todo, models_json).write_datasink(sink, ray_remote_args={"num_cpus": 1, **io_task_args()})
-    return sink.counts
+    Only `image_id`, `uri` and a row index `_row` flow through it; the writer takes the other manifest columns from
+    one copy of `todo` in the object store, so they keep their exact Arrow types."""
+    return write_dataset(maps_dataset_of(config, todo), config.output, config.spec, models_json, todo,
+                         config.run.rows_per_file, config.run.batch_size)
