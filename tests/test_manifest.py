@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vprlib.data.manifest import ManifestError, read_manifest, validate, write_manifest
-from vprlib.storage import join_uri, url_to_fs
+from vprlib.storage import absolute_path, is_remote, join_uri, url_to_fs
 
 
 def _table(**overrides):
@@ -57,6 +57,14 @@ def test_join_uri_file_urls():
     assert join_uri("/data/city", "file:///abs/1.png") == "file:///abs/1.png"  # absolute, not joined
     assert join_uri("file:///data/city", "rgb/1.png") == "file:///data/city/rgb/1.png"
     assert join_uri("file:///data/city", "../other/1.png") == "file:///data/other/1.png"
+
+
+def test_absolute_path_and_remote_urls(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_path("maps") == str(tmp_path / "maps")  # tasks run in other folders
+    assert absolute_path("file:///data/maps") == "/data/maps"  # one spelling per local path
+    assert absolute_path("s3://bucket/maps") == "s3://bucket/maps" and absolute_path("") == ""
+    assert is_remote("s3://bucket/x") and not is_remote("file:///x") and not is_remote("/x")
 
 
 def test_file_url_manifest_resolves_like_a_path(tmp_path):

@@ -83,3 +83,28 @@ def test_an_rgb_retriever_refuses_maps_without_photos(gt_maps):
                              map_spec={}, input_side=SIDE, descriptor_size=8)
     with pytest.raises(ModelError, match=r"has no photos \(column rgb\), which the retriever rgb.pt embeds"):
         record.check_photos(gt_maps)
+
+
+def test_write_maps_carries_the_manifest_and_encodes_the_maps(tmp_path):
+    """maps.write_maps (the synthetic city's writer): one part whose rows are the manifest's rows, with their types,
+    beside the encoded maps; an error row keeps empty maps."""
+    import pyarrow as pa
+
+    from vprlib.maps import carry_columns, output_schema, write_maps
+
+    spec = MapSpec(strategy="ground-truth", models="test", side=4)
+    manifest = carry_columns(pa.table({"image_id": ["a", "b"], "uri": ["a.png", "b.png"], "lat": [1.0, 2.0],
+                                       "lon": [3.0, 4.0], "status": pa.array([7, None], pa.int16())}))
+    depth = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
+    seg = np.arange(32, dtype=np.uint8).reshape(2, 4, 4) % 4
+    maps = {"status": np.array(["ok", "error"], dtype=object), "error": np.array(["", "bad"], dtype=object),
+            "depth": depth, "seg": seg, "dynamic_fraction": np.array([0.5, 0.0], np.float32)}
+    name = f"part-{'a' * 32}.parquet"
+    written = write_maps(maps, manifest, spec, str(tmp_path), output_schema(manifest.schema, spec), name=name)
+    assert written.to_pylist() == [{"image_id": "a", "status": "ok"}, {"image_id": "b", "status": "error"}]
+    table = read_maps(str(tmp_path))
+    assert table.schema.field("input_status").type == pa.int16() and table["input_status"].to_pylist() == [7, None]
+    rows = table.to_pylist()
+    assert decode_depth(rows[0]).tolist() == depth[0].tolist() and decode_seg(rows[0]).tolist() == seg[0].tolist()
+    assert rows[1]["depth"] == b"" and rows[1]["error"] == "bad" and np.isnan(rows[1]["dynamic_fraction"])
+    assert (tmp_path / name).is_file()

@@ -61,14 +61,15 @@ def config_record(config: ExtractConfig, identity: dict, manifest: pa.Schema) ->
 
 
 def _result_fields(record: dict) -> dict:
-    """The RESULT_FIELDS of a config record; a record written before the spec had its own section is flat."""
+    """The RESULT_FIELDS of a config record (the spec's fields sit in its `spec` section); a field the record lacks
+    is None, so it differs from any value."""
     flat = {**record, **record.get("spec", {})}
-    return {k: flat[k] for k in RESULT_FIELDS if k in flat}
+    return {k: flat.get(k) for k in RESULT_FIELDS}
 
 
 def check_config(output: str, record: dict, write: bool = True) -> None:
-    """Refuse to resume into maps made with other settings (RESULT_FIELDS; one an older config lacks is not
-    compared), then write the record beside the output."""
+    """Refuse to resume into maps made with other settings (RESULT_FIELDS), then write the record beside the
+    output."""
     fs, root = url_to_fs(output)
     if fs.exists(root) and not fs.isdir(root):
         raise OutputMismatchError(f"--output {output} is a file, not a folder")
@@ -81,7 +82,7 @@ def check_config(output: str, record: dict, write: bool = True) -> None:
         with fs.open(path, "r") as f:
             old = _result_fields(json.load(f))
         new = _result_fields(record)
-        changed = [k for k in RESULT_FIELDS if k in old and old[k] != new.get(k)]
+        changed = [k for k in RESULT_FIELDS if old[k] != new[k]]
         if changed:
             diffs = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
             raise OutputMismatchError(f"{output} already holds maps made with other settings ({diffs}); "

@@ -35,10 +35,9 @@ from vprlib.models import zoo
 from vprlib.models.dynamic import DYNAMIC_ADE20K, dynamic_mask
 from vprlib.models.encodings import label_channel
 from vprlib.models.hf_image import HFImageModel
-from vprlib.spec import ADE20K_NUM_CLASSES, REFINED_CLASSES, STRATEGIES, MapSpec
+from vprlib.spec import ADE20K_NUM_CLASSES, REFINED_CLASSES, MapSpec
 
 OK, ERROR = "ok", "error"
-PASSED_THROUGH = ("image_id", "uri", "_row", "status", "error")  # batch keys no stage reads or writes
 
 
 def host_spec(key: str, side: int) -> tuple[tuple[int, ...], type]:
@@ -377,21 +376,6 @@ def plan_io(spec: MapSpec) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
         emit = tuple(key for key in stage.produces if key in needed)
         io.append((emit, tuple(sorted(transient - needed))))
     return io
-
-
-def check_plan(strategy: str) -> None:
-    """Every key a stage reads is the image or written by an earlier stage, and the outputs are written."""
-    available = {"image"}
-    for name in STRATEGIES[strategy].stages:
-        missing = set(STAGES[name].consumes) - available
-        if missing:
-            raise ValueError(f"strategy {strategy}: stage {name} reads {sorted(missing)}, which no earlier stage "
-                             f"writes")
-        available |= set(STAGES[name].produces)
-    plan = STRATEGIES[strategy]
-    absent = set(plan.outputs + plan.optional_outputs) - available
-    if absent:
-        raise ValueError(f"strategy {strategy}: outputs {sorted(absent)} are written by no stage")
 
 
 def build_stage(name: str, spec: MapSpec, run: RunOptions, models: dict | None = None) -> Stage:

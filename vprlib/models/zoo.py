@@ -286,11 +286,6 @@ def load_depth(models: str) -> DepthEstimator:
     return DepthEstimator(model, DepthConfig(**settings)).eval()
 
 
-def lama_path(models: str) -> Path:
-    """The Big-LaMa checkpoint of `models`; FileNotFoundError naming what to download if there is none."""
-    return Path(_role_source("inpainter", models).where)
-
-
 def load_inpainter(models: str) -> LamaInpainter:
     """The Big-LaMa inpainter L."""
     source = _role_source("inpainter", models)
