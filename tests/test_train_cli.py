@@ -1,5 +1,6 @@
 """jobs/train.py's command line: epochs and other counts given as 0 or less are refused (not trained for the family's
-default), and a --maps that does not exist is named, in one line and before Ray starts."""
+default), a --maps that does not exist is named, in one line and before Ray starts, and every family's subcommand
+makes the config the API makes."""
 
 import importlib.util
 import os

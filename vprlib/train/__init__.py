@@ -3,7 +3,7 @@
 `run_training(train_config(family, maps, output, ...))` or `python jobs/train.py FAMILY ...`. Each family is one
 record of `vprlib.train.families` (its options, recipe, validation score, and the module that provides
 `prepare(config)`, driver-side checks and datasets, `train_func(payload)`, the Ray Train loop on
-`loop.EpochLoop`, and `architecture(config)`, what a resumed run must match).
+`loop.epoch_loop`, and `architecture(config)`, what a resumed run must match).
 
 Importing the package (or its light `config` and `families` modules, which command lines read for their flags)
 imports no family's module and so no torch: `run_training` is loaded when first asked for.

@@ -14,6 +14,12 @@ from vprlib.cli import help_text
 from vprlib.models.archs import BACKBONES, MODALITIES, REFINER_ARCHS, SEG_ENCODING_NAMES
 
 
+def check_known(what: str, value, known) -> None:
+    """ValueError naming `value` and the known ones when it is not among them (an options class's own check)."""
+    if value not in known:
+        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}")
+
+
 @dataclass(frozen=True)
 class CpuOptions:
     """What every family's options share: the worker's torch threads on a CPU (applied by WorkerRun)."""
@@ -39,10 +45,8 @@ class RefinerOptions(CpuOptions):
         "epochs without a better validation loss before training stops (0: never)"))
 
     def __post_init__(self):
-        if self.target not in ("depth", "seg", "both"):
-            raise ValueError(f"unknown refiner target {self.target!r}; known: depth, seg, both")
-        if self.arch not in REFINER_ARCHS:
-            raise ValueError(f"unknown refiner arch {self.arch!r}; known: {', '.join(REFINER_ARCHS)}")
+        check_known("refiner target", self.target, ("depth", "seg", "both"))
+        check_known("refiner arch", self.arch, REFINER_ARCHS)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -62,10 +66,8 @@ class RetrieverOptions(CpuOptions):
         "channels); '' = random weights (nothing is downloaded)"))
 
     def __post_init__(self):
-        for name, value, known in (("input", self.input, MODALITIES), ("seg_encoding", self.seg_encoding,
-                                                                      SEG_ENCODING_NAMES)):
-            if value not in known:
-                raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
+        check_known("input", self.input, MODALITIES)
+        check_known("seg_encoding", self.seg_encoding, SEG_ENCODING_NAMES)
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,7 @@ class CosPlaceOptions(RetrieverOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
+        check_known("backbone", self.backbone, BACKBONES)
         if min(self.groups, self.descriptor_size, self.group_cells, self.group_bins) < 1:
             raise ValueError("groups, descriptor_size, group_cells and group_bins must be >= 1")
         if self.iterations_per_epoch < 0:

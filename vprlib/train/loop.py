@@ -331,6 +331,19 @@ class Trained:
     lr: float | None = None
 
 
+def saved_state(**parts) -> tuple[Callable[[], dict], Callable[[dict], None]]:
+    """`epoch_loop`'s snapshot and load for named parts that have state_dict and load_state_dict (a model, an
+    optimiser, a scheduler): the snapshot holds each part's state under its name."""
+    def snapshot() -> dict:
+        return {name: part.state_dict() for name, part in parts.items()}
+
+    def load(state: dict) -> None:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+
+    return snapshot, load
+
+
 def epoch_loop(run: WorkerRun, *, snapshot: Callable[[], dict], load: Callable[[dict], None],
                best: Callable[[], dict], validate: Callable[[int], dict], train: Callable[[int], Trained],
                record: Callable[[int, Trained, dict], tuple[dict, float | None, float | None]] | None = None,

@@ -39,7 +39,7 @@ from vprlib.spec import SEG_CLASSES
 from vprlib.train.config import TrainConfig
 from vprlib.train.cosplace import retriever_inputs, validation_dataset, validation_recall
 from vprlib.train.data import DATA_TASK_CPUS, TrainDataError, cached, metric_xy, split_rows, training_dataset
-from vprlib.train.loop import Prepared, Trained, WorkerRun, epoch_loop, say
+from vprlib.train.loop import Prepared, Trained, WorkerRun, epoch_loop, saved_state, say
 
 INIT_IMAGES = 500  # k-means of the clusters: up to 100 local descriptors from each of this many training images
 PER_IMAGE = 100  # (pytorch-NetVlad: 50,000 descriptors, 100 per image)
@@ -267,13 +267,7 @@ def train_func(payload: dict) -> None:
                                 momentum=o.momentum, weight_decay=o.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.lr_step, gamma=0.5)
 
-    def snapshot() -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-
-    def load(state: dict) -> None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    snapshot, load = saved_state(model=model, optimizer=optimizer, scheduler=scheduler)
 
     def init_pool() -> None:
         """A fresh run's clusters: k-means on rank 0, the same on every worker (before epoch 0 validates)."""

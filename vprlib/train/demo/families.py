@@ -7,13 +7,8 @@ from dataclasses import dataclass, field
 
 from vprlib.cli import help_text
 from vprlib.models.archs import DPT_ARCHS, LAMA_ARCHS, SEGFORMER_ARCHS
-from vprlib.train.config import CpuOptions
+from vprlib.train.config import CpuOptions, check_known
 from vprlib.train.families import Family, register
-
-
-def _check_arch(arch: str, known: dict, what: str) -> None:
-    if arch not in known:
-        raise ValueError(f"unknown {what} arch {arch!r}; known: {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -26,7 +21,7 @@ class DemoSegmenterOptions(CpuOptions):
     weight_decay: float = field(default=0.01, metadata=help_text("AdamW weight decay"))
 
     def __post_init__(self):
-        _check_arch(self.arch, SEGFORMER_ARCHS, "SegFormer")
+        check_known("SegFormer arch", self.arch, SEGFORMER_ARCHS)
 
 
 @dataclass(frozen=True)
@@ -39,7 +34,7 @@ class DemoDepthOptions(CpuOptions):
     weight_decay: float = field(default=0.01, metadata=help_text("AdamW weight decay"))
 
     def __post_init__(self):
-        _check_arch(self.arch, DPT_ARCHS, "DPT")
+        check_known("DPT arch", self.arch, DPT_ARCHS)
 
 
 @dataclass(frozen=True)
@@ -56,7 +51,7 @@ class DemoInpainterOptions(CpuOptions):
         "weight of the L1 loss outside the hole (the generator's output there is discarded when blended)"))
 
     def __post_init__(self):
-        _check_arch(self.arch, LAMA_ARCHS, "LaMa")
+        check_known("LaMa arch", self.arch, LAMA_ARCHS)
         if self.max_dilation < 0 or self.boxes < 0 or self.outside_weight < 0:
             raise ValueError("max_dilation, boxes and outside_weight must be >= 0")
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from vprlib.train.demo.city import epoch_batches, gather
-from vprlib.train.loop import Trained, WorkerRun, epoch_loop
+from vprlib.train.loop import Trained, WorkerRun, epoch_loop, saved_state
 
 WARMUP_SHARE = 0.05  # of all steps, with the learning rate rising linearly from 0
 
@@ -68,13 +68,7 @@ def train_loop(payload: dict, recipe: Recipe) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(steps * config.epochs))
     architecture = payload["architecture"]
 
-    def snapshot() -> dict:
-        return {"model": inner.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-
-    def load(state: dict) -> None:
-        inner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+    snapshot, load = saved_state(model=inner, optimizer=optimizer, scheduler=scheduler)
 
     def validate(epoch: int) -> dict:
         inner.eval()
