@@ -12,18 +12,20 @@ bad arguments or input (one line on stderr).
 import sys
 
 from vprlib.cli import OneLineParser, add_flags, run
-from vprlib.train.config import FAMILY_DEFAULTS, OPTIONS, TrainConfig, check_inputs, train_config
+from vprlib.train.config import TrainConfig, check_inputs, train_config
+from vprlib.train.families import FAMILIES
 
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="train.py", description=__doc__.split("\n")[0])
-    families = parser.add_subparsers(dest="family", required=True, metavar="{" + ",".join(OPTIONS) + "}")
-    for family, options in OPTIONS.items():
-        sub = families.add_parser(family, help=options.__doc__.split("\n")[0], description=options.__doc__)
+    families = parser.add_subparsers(dest="family", required=True, metavar="{" + ",".join(FAMILIES) + "}")
+    for name, family in FAMILIES.items():
+        doc = family.options.__doc__
+        sub = families.add_parser(name, help=doc.split("\n")[0], description=doc)
         sub.error = parser.error  # one line for a bad flag of a family too
-        add_flags(sub, TrainConfig, skip=("family",) if family == "refiner" else ("family", "targets"))
-        add_flags(sub.add_argument_group(f"{family} options"), options)
-        sub.set_defaults(**FAMILY_DEFAULTS[family])
+        add_flags(sub, TrainConfig, skip=("family",) if family.targets else ("family", "targets"))
+        add_flags(sub.add_argument_group(f"{name} options"), family.options)
+        sub.set_defaults(**family.defaults)
     return parser
 
 

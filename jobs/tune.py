@@ -13,7 +13,9 @@ import argparse
 import sys
 
 from vprlib.cli import OneLineParser, add_flags, run
-from vprlib.train.config import FAMILY_DEFAULTS, OPTIONS, TrainConfig, train_config
+from vprlib.train.config import TrainConfig, train_config
+from vprlib.train.families import family as family_record
+from vprlib.train.families import retriever_families
 from vprlib.tune import SweepConfig, SweepFailed, check_maps, parse_range
 
 
@@ -28,7 +30,7 @@ def _listed(kind):
 
 def build_parser(family: str) -> OneLineParser:
     parser = OneLineParser(prog="tune.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", required=True, choices=("cosplace", "netvlad"), help="the retriever family")
+    parser.add_argument("--model", required=True, choices=retriever_families(), help="the retriever family")
     sweep = parser.add_argument_group("the search space and scheduler")
     sweep.add_argument("--backbones", type=_listed(str), default=(), help="CosPlace backbones, e.g. resnet18,resnet50")
     sweep.add_argument("--lrs", type=_listed(float), default=(), help="learning rates, e.g. 1e-5,1e-4")
@@ -40,14 +42,15 @@ def build_parser(family: str) -> OneLineParser:
     sweep.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers of each trial (DDP)")
     add_flags(parser.add_argument_group("training, shared by every trial (jobs/train.py's flags)"), TrainConfig,
               skip=("family", "targets", "workers"))
-    add_flags(parser.add_argument_group(f"{family} options, shared by every trial"), OPTIONS[family])
-    parser.set_defaults(**FAMILY_DEFAULTS[family])
+    record = family_record(family)
+    add_flags(parser.add_argument_group(f"{family} options, shared by every trial"), record.options)
+    parser.set_defaults(**record.defaults)
     return parser
 
 
 def parse_args(argv: list[str] | None = None) -> SweepConfig:
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument("--model", choices=("cosplace", "netvlad"), default="cosplace")
+    first.add_argument("--model", choices=retriever_families(), default=retriever_families()[0])
     known, _ = first.parse_known_args(argv)
     parser = build_parser(known.model)
     args = vars(parser.parse_args(argv))

@@ -1,6 +1,8 @@
 """jobs/train.py's command line: epochs and other counts given as 0 or less are refused (not trained for the family's
-default), and a --maps that does not exist is named, in one line and before Ray starts."""
+default), a --maps that does not exist is named, in one line and before Ray starts, and every family's subcommand
+makes the config the API makes."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -8,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from vprlib.train.config import FAMILY_DEFAULTS, train_config
+from vprlib.train.config import train_config
+from vprlib.train.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("train_job", ROOT / "jobs" / "train.py")
+train_job = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_job)
 
 
 def _train(*argv: str) -> subprocess.CompletedProcess:
@@ -34,8 +40,23 @@ def test_a_missing_maps_folder_is_named_before_ray_starts(tmp_path):
 
 
 def test_what_is_left_out_takes_the_family_s_recipe_and_what_is_given_is_kept():
-    assert train_config("cosplace", "m", "o").epochs == FAMILY_DEFAULTS["cosplace"]["epochs"]
-    assert train_config("cosplace", "m", "o", epochs=None, lr=None).lr == FAMILY_DEFAULTS["cosplace"]["lr"]
-    assert train_config("cosplace", "m", "o", epochs=3).epochs == 3
+    recipe = train_config("cosplace", "m", "o")
+    assert train_config("cosplace", "m", "o", epochs=None, lr=None, batch_size=None) == recipe  # None: left out
+    given = train_config("cosplace", "m", "o", epochs=3)
+    assert given.epochs == 3 and (given.lr, given.batch_size) == (recipe.lr, recipe.batch_size)
     with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
         train_config("cosplace", "m", "o", epochs=0)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_s_command_line_trains_what_the_api_does(family):
+    """Each family's subcommand with only the folders given makes the config train_config makes (flag defaults and
+    the recipe agree), a valid one: a family's recipe trains without another flag."""
+    folders = {"targets": "t"} if FAMILIES[family].targets else {}
+    argv = [family, "--maps", "m", "--output", "o", *(x for k, v in folders.items() for x in (f"--{k}", v))]
+    assert train_job.parse_args(argv) == train_config(family, "m", "o", **folders)
+
+
+def test_an_unknown_family_names_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown model family 'vgg'; known: refiner, cosplace, netvlad, demo-"):
+        train_config("vgg", "m", "o")

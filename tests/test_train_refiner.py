@@ -228,6 +228,7 @@ def test_training_writes_metrics_checkpoints_and_a_models_folder(trained):
         assert row["dynamic_left"] is None or 0 <= row["dynamic_left"] <= 1
     assert rows[0]["dynamic_left_input"] == 1.0 and 0 <= rows[0]["miou_input"] <= 1 and rows[0]["depth_l1_input"] > 0
     assert rows[-1]["depth_l1"] < rows[0]["depth_l1"] and rows[-1]["val_ce"] < rows[0]["val_ce"]  # it learnt
+    assert rows[2]["loss_depth"] < rows[1]["loss_depth"] and rows[2]["loss_seg"] < rows[1]["loss_seg"], rows
     assert rows[-1]["val_loss"] == pytest.approx(min(r["depth_l1"] for r in rows) + min(r["val_ce"] for r in rows))
     best = torch.load(trained / "best.pt", weights_only=True)
     depth, seg = zoo.load_refiners(str(trained))

@@ -25,7 +25,7 @@ _spec.loader.exec_module(tune_job)
     (["--lrs", "1e-4"], "the search space holds one trial"),
     (["--lr-range", "1e-3"], "--lr-range must be low:high"),
     (["--lr-range", "1e-3:1e-5", "--samples", "2"], "0 < low < high"),
-    (["--model", "netvlad", "--backbones", "resnet18,resnet50"], "NetVLAD has one backbone"),
+    (["--model", "netvlad", "--backbones", "resnet18,resnet50"], "netvlad has no backbone setting, so --backbones"),
 ])
 def test_bad_search_spaces_are_one_line(capsys, tmp_path, argv, message):
     from vprlib.maps import write_spec

@@ -18,10 +18,9 @@ import json
 import math
 import os
 import posixpath
-import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -30,6 +29,7 @@ from vprlib.cli import help_text
 from vprlib.data.manifest import url_to_fs
 from vprlib.models.archs import BACKBONES, MODALITIES
 from vprlib.train.config import TrainConfig, with_options
+from vprlib.train.families import retriever_families
 
 SCHEDULERS = ("asha", "fifo")
 SCORE = "recall@1"
@@ -61,13 +61,18 @@ class SweepConfig:
 
     def __post_init__(self):
         family = self.base.family
-        if family not in ("cosplace", "netvlad"):
-            raise ValueError(f"sweeps train retrievers: --model cosplace or netvlad, not {family!r}")
+        retrievers = retriever_families()
+        if family not in retrievers:
+            raise ValueError(f"sweeps train retrievers: --model {' or '.join(retrievers)}, not {family!r}")
         unknown = [b for b in self.backbones if b not in BACKBONES]
         if unknown:
             raise ValueError(f"unknown backbone(s) {unknown}; known: {', '.join(BACKBONES)}")
-        if family == "netvlad" and (self.backbones or self.descriptor_sizes):
-            raise ValueError("NetVLAD has one backbone (VGG16) and a fixed descriptor size: sweep --lrs/--inputs")
+        settings = {f.name for f in fields(self.base.options)}
+        for flag, name, values in (("--backbones", "backbone", self.backbones),
+                                   ("--descriptor-sizes", "descriptor_size", self.descriptor_sizes)):
+            if values and name not in settings:
+                raise ValueError(f"{family} has no {name.replace('_', ' ')} setting, so {flag} cannot be swept: "
+                                 f"sweep --lrs/--inputs")
         bad = [i for i in self.inputs if i not in MODALITIES]
         if bad:
             raise ValueError(f"unknown input(s) {bad}; known: {', '.join(MODALITIES)}")
@@ -326,10 +331,7 @@ def write_results(sweep: SweepConfig, table: pa.Table, seconds: float, show: boo
     with fs.open(posixpath.join(root, "best_config.json"), "w") as f:
         f.write(json.dumps({**config.to_dict(), "trial": best["trial"], SCORE: best[SCORE]}, indent=2,
                            default=str))
-    if "://" in sweep.base.output:
-        fs.copy(url_to_fs(best["checkpoint"])[1], posixpath.join(root, "best.pt"))
-    else:
-        shutil.copyfile(best["checkpoint"], os.path.join(root, "best.pt"))
+    fs.copy(url_to_fs(best["checkpoint"])[1], posixpath.join(root, "best.pt"))
 
 
 def format_results(rows: list[dict], sweep: SweepConfig, seconds: float) -> str:

@@ -27,8 +27,8 @@ a content hash of each weights file, and the segmenter's side), recorded with ev
 other weights never pass for the same; `check_weights(models, roles)` fails before any work, naming the file to
 download and where to put it. Nothing is ever downloaded.
 
-Retrievers (RETRIEVERS: CosPlace, NetVLAD) share one contract (vprlib.models.retriever); `load_retriever(path)`
-rebuilds whichever family a checkpoint holds.
+Retrievers (RETRIEVERS: CosPlace, NetVLAD, named by the training families' records) share one contract
+(vprlib.models.retriever); `load_retriever(path)` rebuilds whichever family a checkpoint holds.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from pathlib import Path
 import torch
 from transformers import DPTForDepthEstimation, SegformerForSemanticSegmentation
 
-from vprlib.models.cosplace import CosPlace
 from vprlib.models.dpt import (
     DPT_ARCHS,
     MIDAS_CHECKPOINT,
@@ -55,7 +54,6 @@ from vprlib.models.dpt import (
 )
 from vprlib.models.hf_image import processor_settings
 from vprlib.models.lama import LAMA_ARCHS, LamaInpainter, build_lama, load_lama
-from vprlib.models.netvlad import NetVLAD
 from vprlib.models.refiner import DEPTH_FILE, SEG_FILE, DualEncoderUNet, build_refiners, load_refiner
 from vprlib.models.retriever import Retriever
 from vprlib.models.segformer import (
@@ -67,6 +65,7 @@ from vprlib.models.segformer import (
     segmenter_from_checkpoint,
     trained_input_size,
 )
+from vprlib.train.families import family, retriever_families
 
 SEGFORMER_ID = "nvidia/segformer-b5-finetuned-ade-640-640"
 DPT_ID = "Intel/dpt-hybrid-midas"
@@ -438,7 +437,8 @@ def load_small(role: str, path: str, side: int = 0):
     return model.eval()
 
 
-RETRIEVERS: dict[str, type[Retriever]] = {cls.family: cls for cls in (CosPlace, NetVLAD)}
+# The retriever families' model classes (their records, vprlib.train.families), by the family a checkpoint names.
+RETRIEVERS: dict[str, type[Retriever]] = {name: family(name).retriever_class() for name in retriever_families()}
 
 
 def load_retriever(path: str | os.PathLike) -> Retriever:

@@ -1,8 +1,8 @@
-"""The training job's config: what is trained on what (TrainConfig), and each model family's own options, frozen
+"""The training job's config: what is trained on what (TrainConfig), and the model families' own options, frozen
 dataclasses with the paper's defaults (or the family's published recipe where the paper is silent) and help text.
 
-Family defaults of the common knobs (epochs, learning rate, batch size) live in FAMILY_DEFAULTS; `train_config`
-fills them in for whatever the caller leaves unset.
+Which options class a family takes, and its recipe's epochs, learning rate and batch size, are in its record
+(vprlib.train.families); `train_config` fills the recipe in for whatever the caller leaves unset.
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from vprlib.cli import help_text
-from vprlib.models.archs import (
-    BACKBONES,
-    DPT_ARCHS,
-    LAMA_ARCHS,
-    MODALITIES,
-    REFINER_ARCHS,
-    SEG_ENCODING_NAMES,
-    SEGFORMER_ARCHS,
-)
+from vprlib.models.archs import BACKBONES, MODALITIES, REFINER_ARCHS, SEG_ENCODING_NAMES
+
+
+def check_known(what: str, value, known) -> None:
+    """ValueError naming `value` and the known ones when it is not among them (an options class's own check)."""
+    if value not in known:
+        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -47,10 +45,8 @@ class RefinerOptions(CpuOptions):
         "epochs without a better validation loss before training stops (0: never)"))
 
     def __post_init__(self):
-        if self.target not in ("depth", "seg", "both"):
-            raise ValueError(f"unknown refiner target {self.target!r}; known: depth, seg, both")
-        if self.arch not in REFINER_ARCHS:
-            raise ValueError(f"unknown refiner arch {self.arch!r}; known: {', '.join(REFINER_ARCHS)}")
+        check_known("refiner target", self.target, ("depth", "seg", "both"))
+        check_known("refiner arch", self.arch, REFINER_ARCHS)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -70,10 +66,8 @@ class RetrieverOptions(CpuOptions):
         "channels); '' = random weights (nothing is downloaded)"))
 
     def __post_init__(self):
-        for name, value, known in (("input", self.input, MODALITIES), ("seg_encoding", self.seg_encoding,
-                                                                      SEG_ENCODING_NAMES)):
-            if value not in known:
-                raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
+        check_known("input", self.input, MODALITIES)
+        check_known("seg_encoding", self.seg_encoding, SEG_ENCODING_NAMES)
 
 
 @dataclass(frozen=True)
@@ -97,8 +91,7 @@ class CosPlaceOptions(RetrieverOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
+        check_known("backbone", self.backbone, BACKBONES)
         if min(self.groups, self.descriptor_size, self.group_cells, self.group_bins) < 1:
             raise ValueError("groups, descriptor_size, group_cells and group_bins must be >= 1")
         if self.iterations_per_epoch < 0:
@@ -133,76 +126,11 @@ class NetVLADOptions(RetrieverOptions):
             raise ValueError(f"positive_m ({self.positive_m}) must be below negative_m ({self.negative_m})")
 
 
-def _check_arch(arch: str, known: dict, what: str) -> None:
-    if arch not in known:
-        raise ValueError(f"unknown {what} arch {arch!r}; known: {', '.join(known)}")
-
-
-@dataclass(frozen=True)
-class DemoSegmenterOptions(CpuOptions):
-    """The demo segmenter (vprlib.train.demo.segmenter): a small SegFormer trained on a synthetic city's photos to
-    their observed ADE20K labels, dynamic objects included. --maps is the city's folder (jobs/synthcity.py)."""
-
-    arch: str = field(default="demo", metadata=help_text(f"SegFormer size: {', '.join(SEGFORMER_ARCHS)}"))
-    input_size: int = field(default=128, metadata=help_text("side the segmenter sees (the city's: 128)"))
-    weight_decay: float = field(default=0.01, metadata=help_text("AdamW weight decay"))
-
-    def __post_init__(self):
-        _check_arch(self.arch, SEGFORMER_ARCHS, "SegFormer")
-
-
-@dataclass(frozen=True)
-class DemoDepthOptions(CpuOptions):
-    """The demo depth estimator (vprlib.train.demo.depth): a small DPT-Hybrid trained on a synthetic city's photos
-    to their inverse observed depth with MiDaS' scale-and-shift-invariant loss. --maps is the city's folder."""
-
-    arch: str = field(default="demo", metadata=help_text(
-        f"DPT size: {', '.join(DPT_ARCHS)} (each sees photos at its own side: demo 128, tiny 64)"))
-    weight_decay: float = field(default=0.01, metadata=help_text("AdamW weight decay"))
-
-    def __post_init__(self):
-        _check_arch(self.arch, DPT_ARCHS, "DPT")
-
-
-@dataclass(frozen=True)
-class DemoInpainterOptions(CpuOptions):
-    """The demo inpainter (vprlib.train.demo.inpainter): a small Big-LaMa generator trained on a synthetic city to
-    fill its dynamic objects with the static scene. --maps is a city generated with --static-rgb."""
-
-    arch: str = field(default="demo", metadata=help_text(f"LaMa size: {', '.join(LAMA_ARCHS)}"))
-    weight_decay: float = field(default=0.0, metadata=help_text("AdamW weight decay"))
-    max_dilation: int = field(default=2, metadata=help_text(
-        "the training hole is the dynamic mask grown by 0 to this many pixels (drawn per batch)"))
-    boxes: int = field(default=2, metadata=help_text("up to this many random rectangles added to each training hole"))
-    outside_weight: float = field(default=0.1, metadata=help_text(
-        "weight of the L1 loss outside the hole (the generator's output there is discarded when blended)"))
-
-    def __post_init__(self):
-        _check_arch(self.arch, LAMA_ARCHS, "LaMa")
-        if self.max_dilation < 0 or self.boxes < 0 or self.outside_weight < 0:
-            raise ValueError("max_dilation, boxes and outside_weight must be >= 0")
-
-
-OPTIONS = {"refiner": RefinerOptions, "cosplace": CosPlaceOptions, "netvlad": NetVLADOptions,
-           "demo-segmenter": DemoSegmenterOptions, "demo-depth": DemoDepthOptions,
-           "demo-inpainter": DemoInpainterOptions}
-# Per family: epochs, learning rate, batch size (images; NetVLAD: triplets), from each family's recipe.
-FAMILY_DEFAULTS = {
-    "refiner": {"epochs": 30, "lr": 1e-3, "batch_size": 8},  # paper III-A: Adam 1e-3
-    "cosplace": {"epochs": 50, "lr": 1e-5, "batch_size": 32},  # CosPlace: Adam 1e-5, 50 epochs, batch 32
-    "netvlad": {"epochs": 50, "lr": 1e-4, "batch_size": 4},  # NetVLAD: SGD 1e-4, 50 epochs (paper), 4 triplets
-    # The demo extractors: AdamW, warm-up then cosine; sized to train on a 2-core CPU (jobs/train_demo.py).
-    "demo-segmenter": {"epochs": 50, "lr": 2e-3, "batch_size": 16},
-    "demo-depth": {"epochs": 40, "lr": 5e-4, "batch_size": 16},
-    "demo-inpainter": {"epochs": 40, "lr": 2e-3, "batch_size": 16},
-}
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run. `options` holds the family's own settings."""
 
-    family: str = field(metadata=help_text(f"what is trained: {', '.join(OPTIONS)}"))
+    family: str = field(metadata=help_text("what is trained: a family of vprlib.train.families"))
     maps: str = field(metadata=help_text("the maps table to train on (jobs/extract.py output, or a city's gt_maps)"))
     output: str = field(metadata=help_text("folder (local or s3://) for checkpoints, metrics and the run's record"))
     options: object = None
@@ -230,11 +158,10 @@ class TrainConfig:
     ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
-        if self.family not in OPTIONS:
-            raise ValueError(f"unknown model family {self.family!r}; known: {', '.join(OPTIONS)}")
-        if not isinstance(self.options, OPTIONS[self.family]):
-            raise ValueError(f"{self.family} needs {OPTIONS[self.family].__name__}, got {type(self.options).__name__}")
-        if self.family == "refiner" and not self.targets:
+        record = _family(self.family)
+        if not isinstance(self.options, record.options):
+            raise ValueError(f"{self.family} needs {record.options.__name__}, got {type(self.options).__name__}")
+        if record.targets and not self.targets:
             raise ValueError("the refiners need --targets, the ground-truth maps of the training images")
         for name in ("epochs", "batch_size", "workers", "min_workers"):
             if getattr(self, name) < 1:
@@ -254,7 +181,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         values = dict(values)
-        options = OPTIONS[values["family"]](**values.pop("options"))
+        options = _family(values["family"]).options(**values.pop("options"))
         return cls(**values, options=options)
 
 
@@ -262,19 +189,25 @@ def train_config(family: str, maps: str, output: str, **flat) -> TrainConfig:
     """A TrainConfig from flat keyword arguments (the command line's, a sweep's, a test's): each goes to the config
     or to the family's options by name; epochs, lr and batch_size left out (or None) take the family's defaults. A
     value given is kept, so `epochs=0` is refused rather than silently trained for the family's 50."""
-    if family not in OPTIONS:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(OPTIONS)}")
-    option_names = {f.name for f in fields(OPTIONS[family])}
+    record = _family(family)
+    option_names = {f.name for f in fields(record.options)}
     config_names = {f.name for f in fields(TrainConfig)} - {"family", "maps", "output", "options"}
     unknown = set(flat) - option_names - config_names
     if unknown:
         raise TypeError(f"unknown {family} training settings: {sorted(unknown)}")
-    options = OPTIONS[family](**{k: v for k, v in flat.items() if k in option_names})
+    options = record.options(**{k: v for k, v in flat.items() if k in option_names})
     common = {k: v for k, v in flat.items() if k in config_names}
-    for name, default in FAMILY_DEFAULTS[family].items():
+    for name, default in record.defaults.items():
         if common.get(name) is None:
             common[name] = default
     return TrainConfig(family=family, maps=maps, output=output, options=options, **common)
+
+
+def _family(name: str):
+    """The registry's record of `name` (imported here: the registry's records name this module's options)."""
+    from vprlib.train.families import family
+
+    return family(name)
 
 
 def check_inputs(config: TrainConfig) -> None:

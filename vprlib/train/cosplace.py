@@ -28,10 +28,8 @@ from vprlib.train.data import (
     split_rows,
     training_dataset,
 )
-from vprlib.train.loop import Prepared, WorkerRun
+from vprlib.train.loop import Prepared, Trained, WorkerRun, epoch_loop
 from vprlib.train.validate import CAPTURE_COLUMNS, POSITION_COLUMNS, capture_codes, embed_batches, other_capture_recall
-
-SCORE, SCORE_SIGN = "recall@1", 1
 
 
 def architecture(config: TrainConfig) -> dict:
@@ -163,6 +161,12 @@ class _Net(nn.Module):
         return self.heads[group](self.model.embed(depth, seg, rgb), labels)
 
 
+def validation_recall(run: WorkerRun, model) -> dict:
+    """Recall@1/5/10 of a retriever on the validation split, each image against the other captures."""
+    descriptors, rows = embed_batches(model, run.batches("val", 0, shuffle=False), run.autocast())
+    return other_capture_recall(descriptors, rows)
+
+
 def train_func(payload: dict) -> None:
     import ray.train.torch
 
@@ -181,28 +185,14 @@ def train_func(payload: dict) -> None:
         return {"model": inner.model.state_dict(), "heads": inner.heads.state_dict(),
                 "optimizer": optimizer.state_dict(), "head_optimizers": [h.state_dict() for h in head_optimizers]}
 
-    def best() -> dict:
-        return retriever_checkpoint(inner.model, config, payload["map_spec"])
-
-    def validate() -> dict:
-        metrics = None
-        if run.rank == 0:
-            descriptors, rows = embed_batches(inner.model, run.batches("val", 0, shuffle=False), run.autocast())
-            metrics = other_capture_recall(descriptors, rows)
-        return run.share(metrics)
-
-    state = run.restore()
-    if state is not None:
+    def load(state: dict) -> None:
         inner.model.load_state_dict(state["model"])
         inner.heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
         for optim, saved in zip(head_optimizers, state["head_optimizers"], strict=True):
             optim.load_state_dict(saved)
-    else:
-        metrics = validate()
-        run.report(0, {"loss": None, **metrics}, snapshot(), best, metrics[SCORE], lr=config.lr)
-    for epoch in range((state or {"epoch": 0})["epoch"] + 1, config.epochs + 1):
-        run.start_epoch()
+
+    def train(epoch: int) -> Trained:
         position = (epoch - 1) % len(payload["groups"])
         net.train()
         losses, images = [], 0
@@ -216,8 +206,9 @@ def train_func(payload: dict) -> None:
             head_optimizers[position].step()
             losses.append(loss.item())
             images += len(batch["label"])
-        run.trained()
-        metrics = validate()
-        loss = float(np.mean(losses)) if losses else None
-        run.report(epoch, {"loss": loss, "group": payload["groups"][position], **metrics}, snapshot(), best,
-                   metrics[SCORE], images=images * run.world, lr=config.lr)
+        return Trained({"loss": float(np.mean(losses)) if losses else None, "group": payload["groups"][position]},
+                       images * run.world, config.lr)
+
+    epoch_loop(run, snapshot=snapshot, load=load, best=lambda: retriever_checkpoint(inner.model, config,
+                                                                                   payload["map_spec"]),
+               validate=lambda epoch: validation_recall(run, inner.model), train=train)

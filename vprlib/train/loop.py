@@ -1,5 +1,6 @@
-"""What every training run shares: the Ray Train harness on the driver, and the worker-side bookkeeping (resume,
-metrics, checkpoints) each family's training function uses.
+"""What every training run shares: the Ray Train harness on the driver, and on the workers the bookkeeping (resume,
+metrics, checkpoints: `WorkerRun`) and the loop (`epoch_loop`: resume or epoch 0, then train, validate, report each
+epoch) every family's training function runs.
 
 The driver (`run_training`) checks the maps before any worker starts (the family's `prepare`), refuses to resume an
 output of another architecture, connects to the cluster and starts a `TorchTrainer`: one training function per
@@ -25,6 +26,7 @@ import posixpath
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -32,10 +34,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from vprlib.cluster import Need, connect
+from vprlib.cluster import Need, absolute_path, connect
 from vprlib.console import train_logging
 from vprlib.data.manifest import url_to_fs
 from vprlib.train.config import TrainConfig, check_inputs
+from vprlib.train.families import family
 
 LAST, BEST, METRICS, CONFIG, MODEL = "last.pt", "best.pt", "metrics.parquet", "config.json", "model.json"
 RAY_DIR = "_ray"
@@ -60,11 +63,9 @@ class Prepared:
 def run_training(config: TrainConfig, callbacks: tuple = ()) -> dict:
     """Train (or resume training) one model; return the summary. `callbacks`: Ray Train callbacks (a sweep's
     TuneReportCallback)."""
-    from vprlib.train import FAMILIES
-
-    family = FAMILIES[config.family]
+    module = family(config.family).trainer  # prepare, train_func, architecture
     check_inputs(config)
-    check_resume(config, family.architecture(config))
+    check_resume(config, module.architecture(config))
     cluster = connect(config.ray_address)
     cluster.check_shared(config.output, "--output")  # every worker reads the checkpoints rank 0 writes
     gpus = config.gpus_per_worker
@@ -76,10 +77,10 @@ def run_training(config: TrainConfig, callbacks: tuple = ()) -> dict:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False  # the workers print a line per epoch instead
-    prepared = family.prepare(config)
+    prepared = module.prepare(config)
     _write_json(config.output, CONFIG, config.to_dict())
-    _write_json(config.output, MODEL, {"family": config.family, **family.architecture(config), **prepared.model})
-    trainer = _trainer(config, family.train_func, prepared, gpus, callbacks)
+    _write_json(config.output, MODEL, {"family": config.family, **module.architecture(config), **prepared.model})
+    trainer = _trainer(config, module.train_func, prepared, gpus, callbacks)
     start = time.perf_counter()
     trainer.fit()
     summary = summarise(config, time.perf_counter() - start)
@@ -107,8 +108,9 @@ def _trainer(config: TrainConfig, train_func, prepared: Prepared, gpus: float, c
 def ray_storage(folder: str):
     """Ray Train's or Tune's storage_path and storage_filesystem for `folder`: a local path as it is (made absolute);
     a URL through its fsspec filesystem, so Ray writes with the job's own storage settings to any fsspec store."""
+    folder = absolute_path(folder)
     if "://" not in folder:
-        return os.path.abspath(folder), None
+        return folder, None
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     fs, path = url_to_fs(folder)
@@ -153,12 +155,11 @@ def read_metrics(output: str) -> pa.Table:
 
 def summarise(config: TrainConfig, seconds: float) -> dict:
     """The run's figures from metrics.parquet: first and last epoch, the best score and its epoch."""
-    from vprlib.train import FAMILIES
-
     rows = read_metrics(config.output).to_pylist()
-    score = FAMILIES[config.family].SCORE
+    record = family(config.family)
+    score = record.score
     scored = [r for r in rows if r.get(score) is not None and not math.isnan(r[score])]
-    best = max(scored, key=lambda r: r[score] * FAMILIES[config.family].SCORE_SIGN) if scored else {}
+    best = max(scored, key=lambda r: r[score] * record.sign) if scored else {}
     return {"family": config.family, "output": config.output, "epochs_run": rows[-1]["epoch"] if rows else 0,
             "score": score, "untrained": rows[0].get(score) if rows else None, "best": best.get(score),
             "best_epoch": best.get("epoch"), "last": rows[-1] if rows else {}, "wall_s": seconds}
@@ -292,9 +293,7 @@ class WorkerRun:
         training = (self._trained_at or time.perf_counter()) - self._epoch_start  # unmarked: the whole epoch
         row = {"epoch": epoch, **metrics, "lr": lr, "images": images or None,
                "images_per_s": images / training if images and training else None, "wall_s": seconds}
-        from vprlib.train import FAMILIES
-
-        sign = FAMILIES[self.config.family].SCORE_SIGN
+        sign = family(self.config.family).sign
         improved = score is not None and (self.best is None or score * sign > self.best * sign)
         if improved:
             self.best = score
@@ -320,6 +319,72 @@ class WorkerRun:
         keys = list(dict.fromkeys(key for row in self.history for key in row))  # epoch 0 lacks training's keys
         with fs.open(posixpath.join(root, METRICS), "wb") as f:
             pq.write_table(pa.Table.from_pylist([{k: row.get(k) for k in keys} for row in self.history]), f)
+
+
+@dataclass
+class Trained:
+    """One epoch's training, as a family's `train` hands it to the report: its figures (the loss and the family's
+    own), the images trained on (all workers together) and the learning rate it trained at."""
+
+    figures: dict
+    images: int = 0
+    lr: float | None = None
+
+
+def saved_state(**parts) -> tuple[Callable[[], dict], Callable[[dict], None]]:
+    """`epoch_loop`'s snapshot and load for named parts that have state_dict and load_state_dict (a model, an
+    optimiser, a scheduler): the snapshot holds each part's state under its name."""
+    def snapshot() -> dict:
+        return {name: part.state_dict() for name, part in parts.items()}
+
+    def load(state: dict) -> None:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+
+    return snapshot, load
+
+
+def epoch_loop(run: WorkerRun, *, snapshot: Callable[[], dict], load: Callable[[dict], None],
+               best: Callable[[], dict], validate: Callable[[int], dict], train: Callable[[int], Trained],
+               record: Callable[[int, Trained, dict], tuple[dict, float | None, float | None]] | None = None,
+               stop: Callable[[int], bool] | None = None, fresh: Callable[[], None] | None = None) -> None:
+    """The loop every family's workers run: continue after the last checkpoint's epoch, or on a fresh run report
+    epoch 0, the untrained network; then train, validate and report each epoch up to `config.epochs`.
+
+    - snapshot() -> everything needed to continue (last.pt, the Ray checkpoint); load(state) puts it back.
+    - best() -> what best.pt holds, asked for when the epoch's score is the best so far.
+    - validate(epoch) -> the validation metrics; it runs on rank 0 only, and every worker gets its result.
+    - train(epoch) -> the epoch's `Trained`.
+    - record(epoch, trained, metrics) -> (row, score, lr): the family's own bookkeeping once validated; by default
+      the row is the training figures and the metrics, the score the family's metric, the lr the epoch's.
+    - stop(epoch) -> True to end the run before training `epoch` (early stopping).
+    - fresh() -> None: on a fresh run, before epoch 0."""
+    config = run.config
+    score_name = family(config.family).score
+
+    def report(epoch: int, trained: Trained) -> None:
+        metrics = run.share(validate(epoch) if run.rank == 0 else None)
+        if record is None:
+            row, score, lr = {**trained.figures, **metrics}, metrics[score_name], trained.lr
+        else:
+            row, score, lr = record(epoch, trained, metrics)
+        run.report(epoch, row, snapshot(), best, score, images=trained.images, lr=lr)
+
+    state = run.restore()
+    if state is not None:
+        load(state)
+    else:
+        if fresh is not None:
+            fresh()
+        run.start_epoch()
+        report(0, Trained({"loss": None}, lr=config.lr))
+    for epoch in range((state or {"epoch": 0})["epoch"] + 1, config.epochs + 1):
+        if stop is not None and stop(epoch):
+            break
+        run.start_epoch()
+        trained = train(epoch)
+        run.trained()
+        report(epoch, trained)
 
 
 QUIET_LOGGERS = ("ray.data", "ray.train", "ray.train.v2._internal.execution.context")

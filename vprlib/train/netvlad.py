@@ -37,12 +37,10 @@ from vprlib.models.encodings import EncodingConfig
 from vprlib.models.netvlad import NetVLAD, NetVLADConfig, init_clusters, load_imagenet, triplet_loss
 from vprlib.spec import SEG_CLASSES
 from vprlib.train.config import TrainConfig
-from vprlib.train.cosplace import retriever_inputs, validation_dataset
+from vprlib.train.cosplace import retriever_inputs, validation_dataset, validation_recall
 from vprlib.train.data import DATA_TASK_CPUS, TrainDataError, cached, metric_xy, split_rows, training_dataset
-from vprlib.train.loop import Prepared, WorkerRun, say
-from vprlib.train.validate import embed_batches, other_capture_recall
+from vprlib.train.loop import Prepared, Trained, WorkerRun, epoch_loop, saved_state, say
 
-SCORE, SCORE_SIGN = "recall@1", 1
 INIT_IMAGES = 500  # k-means of the clusters: up to 100 local descriptors from each of this many training images
 PER_IMAGE = 100  # (pytorch-NetVlad: 50,000 descriptors, 100 per image)
 CONV5_STRIDE = 16  # VGG16 conv5_3 sees the maps at 1/16 of their side
@@ -264,8 +262,15 @@ def train_func(payload: dict) -> None:
     if o.imagenet:
         load_imagenet(model, o.imagenet)
     model.to(run.device)
-    state = run.restore()
-    if state is None:  # clusters from k-means on rank 0, the same on every worker
+    net = ray.train.torch.prepare_model(_Embed(model))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                momentum=o.momentum, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.lr_step, gamma=0.5)
+
+    snapshot, load = saved_state(model=model, optimizer=optimizer, scheduler=scheduler)
+
+    def init_pool() -> None:
+        """A fresh run's clusters: k-means on rank 0, the same on every worker (before epoch 0 validates)."""
         clusters = None
         if run.rank == 0:
             sample = np.sort(np.random.default_rng(config.seed).permutation(len(xy))[:INIT_IMAGES])
@@ -278,33 +283,8 @@ def train_func(payload: dict) -> None:
             say(f"train: {o.clusters} clusters from k-means over {len(sample)} training images, alpha {alpha:.4g}")
             clusters = {k: v.cpu() for k, v in model.pool.state_dict().items()}
         model.pool.load_state_dict(run.share(clusters))
-    net = ray.train.torch.prepare_model(_Embed(model))
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=config.lr,
-                                momentum=o.momentum, weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=o.lr_step, gamma=0.5)
 
-    def snapshot() -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-
-    def best() -> dict:
-        return model.checkpoint(map_spec=payload["map_spec"])
-
-    def validate() -> dict:
-        metrics = None
-        if run.rank == 0:
-            descriptors, rows = embed_batches(model, run.batches("val", 0, shuffle=False), run.autocast())
-            metrics = other_capture_recall(descriptors, rows)
-        return run.share(metrics)
-
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    else:
-        metrics = validate()
-        run.report(0, {"loss": None, **metrics}, snapshot(), best, metrics[SCORE], lr=config.lr)
-    for epoch in range((state or {"epoch": 0})["epoch"] + 1, config.epochs + 1):
-        run.start_epoch()
+    def train(epoch: int) -> Trained:
         started = time.perf_counter()
         cache = gather_maps("pool", cache_rows(xy, queries, o.cache_size, o.positive_m, config.seed + epoch))
         cache_desc = embed_maps(model, cache, run.device, run.autocast())
@@ -354,9 +334,8 @@ def train_func(payload: dict) -> None:
         del cache, cache_desc
         scheduler.step()
         loss_sum, steps, triplets, skipped, images = _sums(run, [loss_sum, steps, triplets, skipped, images])
-        run.trained()
-        metrics = validate()
-        run.report(epoch, {"loss": loss_sum / steps if steps else None, **metrics, "triplets": int(triplets),
-                           "skipped": int(skipped), "cache": len(cache_index), "cache_s": cache_s},
-                   snapshot(), best, metrics[SCORE], images=int(images), lr=lr)
+        return Trained({"loss": loss_sum / steps if steps else None, "triplets": int(triplets),
+                        "skipped": int(skipped), "cache": len(cache_index), "cache_s": cache_s}, int(images), lr)
 
+    epoch_loop(run, snapshot=snapshot, load=load, best=lambda: model.checkpoint(map_spec=payload["map_spec"]),
+               validate=lambda epoch: validation_recall(run, model), train=train, fresh=init_pool)

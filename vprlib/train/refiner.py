@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
+from vprlib.cluster import absolute_path
 from vprlib.maps import OK, decode_depth, decode_seg, part_files, read_maps, table_schema
 from vprlib.models.dynamic import DYNAMIC_ADE20K
 from vprlib.models.encodings import label_channel
@@ -60,9 +61,10 @@ from vprlib.models.zoo import OVERLAY_FILE
 from vprlib.spec import ADE20K_NUM_CLASSES, IGNORE_LABEL, REFINED_CLASSES, spec_mismatch
 from vprlib.train.config import TrainConfig
 from vprlib.train.data import CACHE_SHARE, TrainDataError, resize_maps, spec_of, split_rows
-from vprlib.train.loop import Prepared, WorkerRun, save_file, say
+from vprlib.train.families import family
+from vprlib.train.loop import Prepared, Trained, WorkerRun, epoch_loop, save_file, say
 
-SCORE, SCORE_SIGN = "val_loss", -1
+SCORE = family("refiner").score  # the row holds it: the harness chooses best.pt by it
 FILES = {"depth": DEPTH_FILE, "seg": SEG_FILE}
 VAL_LOSS = {"depth": "depth_l1", "seg": "val_ce"}  # each refiner's validation loss: plateau, early stop, best state
 MAP_COLUMNS = ("image_id", "status", "depth", "seg", "map_height", "map_width")
@@ -196,7 +198,7 @@ def prepare(config: TrainConfig) -> Prepared:
           f"on {len(val_ids)}, at {side} px", flush=True)
     base = spec["models"]
     if base not in ("tiny", "paper-random", "paper") and "://" not in base and os.path.isdir(base):
-        base = os.path.abspath(base)  # a models folder: found from wherever the extraction job runs
+        base = absolute_path(base)  # a models folder: found from wherever the extraction job runs
     return Prepared(datasets={"train": train, "val": val}, split=["train"],
                     payload={"base": base, "map_spec": spec, "target_spec": target_spec},
                     model={"map_spec": spec, "target_spec": target_spec, "base": base,
@@ -476,19 +478,25 @@ def train_func(payload: dict) -> None:
                 "schedulers": {t: schedulers[t].state_dict() for t in targets},
                 "progress": progress.state_dict(), "best_states": best_states}
 
+    def load(state: dict) -> None:
+        for t in targets:
+            inner[t].load_state_dict(state["nets"][t])
+            optimizers[t].load_state_dict(state["optimizers"][t])
+            schedulers[t].load_state_dict(state["schedulers"][t])
+        progress.load_state_dict(state["progress"])
+        best_states.update(state["best_states"])
+
     def best_checkpoint() -> dict:
         return {"family": "refiner", "arch": o.arch, "target": o.target, "refiners": dict(best_states),
                 "best_epoch": dict(progress.epoch), "best_loss": dict(progress.best),
                 "map_spec": payload["map_spec"], "target_spec": payload["target_spec"]}
 
-    def evaluate(reference: bool) -> dict:
-        metrics = None
-        if run.rank == 0:
-            metrics = validate(inner, run.batches("val", 0, shuffle=False), run.autocast(), o.max_depth_m, reference)
-        return run.share(metrics)
+    def evaluate(epoch: int) -> dict:
+        return validate(inner, run.batches("val", 0, shuffle=False), run.autocast(), o.max_depth_m,
+                        reference=epoch == 0)
 
-    def record(epoch: int, metrics: dict, train_losses: dict, images: int) -> None:
-        """Plateau, early-stop and best-state bookkeeping from the shared metrics, then the harness's report."""
+    def record(epoch: int, trained: Trained, metrics: dict) -> tuple[dict, float | None, float]:
+        """Plateau, early-stop and best-state bookkeeping from the shared metrics; the epoch's row."""
         for t in targets:
             loss = metrics.get(VAL_LOSS[t])
             if loss is not None and not math.isnan(loss):
@@ -501,30 +509,23 @@ def train_func(payload: dict) -> None:
             write_models_file(config.output, payload["base"])
         lrs = {f"lr_{t}": optimizers[t].param_groups[0]["lr"] for t in targets}
         score = progress.score()
-        row = {"loss": sum(train_losses.values()) if train_losses else None,
-               **{f"loss_{t}": train_losses.get(t) for t in targets}, **metrics, SCORE: score, **lrs}
-        run.report(epoch, row, snapshot(), best_checkpoint, score, images=images, lr=lrs[f"lr_{targets[0]}"])
+        row = {"loss": trained.figures["loss"], **{f"loss_{t}": trained.figures.get(f"loss_{t}") for t in targets},
+               **metrics, SCORE: score, **lrs}
+        return row, score, lrs[f"lr_{targets[0]}"]
 
-    state = run.restore()
-    if state is not None:
-        for t in targets:
-            inner[t].load_state_dict(state["nets"][t])
-            optimizers[t].load_state_dict(state["optimizers"][t])
-            schedulers[t].load_state_dict(state["schedulers"][t])
-        progress.load_state_dict(state["progress"])
-        best_states.update(state["best_states"])
-    else:
+    def stop(epoch: int) -> bool:
+        if progress.active():
+            return False
+        if run.rank == 0:
+            say(f"train: early stop after epoch {epoch - 1}: no refiner improved for {o.early_stop} epochs")
+        return True
+
+    def fresh() -> None:
         if run.rank == 0:
             start_output(config.output)
-        run.start_epoch()
-        record(0, evaluate(reference=True), {}, 0)
-    for epoch in range((state or {"epoch": 0})["epoch"] + 1, config.epochs + 1):
+
+    def train(epoch: int) -> Trained:
         active = progress.active()
-        if not active:
-            if run.rank == 0:
-                say(f"train: early stop after epoch {epoch - 1}: no refiner improved for {o.early_stop} epochs")
-            break
-        run.start_epoch()
         for t in targets:
             nets[t].train(t in active)
         sums, steps, images = dict.fromkeys(active, 0.0), 0, 0
@@ -542,8 +543,11 @@ def train_func(payload: dict) -> None:
             steps += 1
             images += len(batch["depth"])
         losses = {t: sums[t] / steps for t in active} if steps else {}
-        run.trained()
-        record(epoch, evaluate(reference=False), losses, images * run.world)
+        return Trained({"loss": sum(losses.values()) if losses else None,
+                        **{f"loss_{t}": loss for t, loss in losses.items()}}, images * run.world)
+
+    epoch_loop(run, snapshot=snapshot, load=load, best=best_checkpoint, validate=evaluate, train=train,
+               record=record, stop=stop, fresh=fresh)
 
 
 def start_output(output: str) -> None:

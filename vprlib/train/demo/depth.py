@@ -15,10 +15,9 @@ import torch
 from vprlib.models.dpt import DepthConfig, DepthEstimator, build_dpt, dpt_architecture, normalize_depth
 from vprlib.train.config import TrainConfig
 from vprlib.train.demo.city import in_order, photos, prepare_city
-from vprlib.train.demo.loop import Family, train_loop
+from vprlib.train.demo.loop import Recipe, train_loop
 from vprlib.train.loop import Prepared
 
-SCORE, SCORE_SIGN = "rmse", -1
 KEYS = ("image", "depth")
 GRADIENT_SCALES = 4  # MiDaS: the gradient-matching term at full, 1/2, 1/4 and 1/8 resolution
 FARTHEST_M = 1000.0  # predicted depth is capped here in the metrics (the city's ground reaches 1 km)
@@ -117,7 +116,7 @@ def validate(model: DepthEstimator, data: dict) -> dict:
     return {k: float(np.mean(np.concatenate([m[k] for m in per_image]))) for k in per_image[0]}
 
 
-FAMILY = Family("depth", SCORE, build, loss, validate)
+FAMILY = Recipe("depth", build, loss, validate)
 
 
 def train_func(payload: dict) -> None:

@@ -14,10 +14,9 @@ from vprlib.models.dynamic import dilate_mask
 from vprlib.models.lama import LAMA_ARCHS, LamaGenerator, LamaInpainter, LamaNet
 from vprlib.train.config import TrainConfig
 from vprlib.train.demo.city import in_order, photos, prepare_city
-from vprlib.train.demo.loop import Family, train_loop
+from vprlib.train.demo.loop import Recipe, train_loop
 from vprlib.train.loop import Prepared
 
-SCORE, SCORE_SIGN = "hole_l1", -1
 KEYS = ("image", "static", "dynamic")
 
 
@@ -86,7 +85,7 @@ def validate(model: LamaInpainter, data: dict) -> dict:
     return {"hole_l1": errors / max(pixels, 1), "hole_psnr": float(10 * np.log10(255.0**2 / max(mse, 1e-12)))}
 
 
-FAMILY = Family("inpainter", SCORE, build, loss, validate, context=lambda train, config: config.options)
+FAMILY = Recipe("inpainter", build, loss, validate, context=lambda train, config: config.options)
 
 
 def train_func(payload: dict) -> None:

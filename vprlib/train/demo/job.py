@@ -14,6 +14,7 @@ import posixpath
 from dataclasses import asdict, dataclass, field, replace
 
 from vprlib.cli import help_text
+from vprlib.cluster import absolute_path
 from vprlib.data.manifest import url_to_fs
 from vprlib.train.config import train_config
 
@@ -79,7 +80,7 @@ def train_demo(config: DemoConfig) -> dict:
     from vprlib.train.loop import run_training
 
     # Local paths made absolute: the training workers run in a folder of Ray's, not in this one.
-    config = replace(config, city=_absolute(config.city), output=_absolute(config.output))
+    config = replace(config, city=absolute_path(config.city), output=absolute_path(config.output))
     if config.evaluate_only:
         return measure(config, config.models or _default_models(config))
     roles = config.role_list
@@ -118,10 +119,6 @@ def _default_models(config: DemoConfig) -> str:
     fs, root = url_to_fs(config.output)
     weights = posixpath.join(root, WEIGHTS)
     return weights if fs.exists(posixpath.join(weights, zoo.SMALL_FILE)) else zoo.DEMO
-
-
-def _absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
 
 
 def _city_config(city: str) -> dict:

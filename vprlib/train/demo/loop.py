@@ -2,9 +2,9 @@
 AdamW with a warm-up then cosine learning rate per step, a seeded epoch of batches (city.epoch_batches), validation
 on rank 0 each epoch (epoch 0: the untrained network), resume from the last checkpoint.
 
-A family module hands `train_loop` its pieces as a `Family`: how to build the model, the loss of a batch, the
-validation metrics and its score. best.pt holds `weights_record`: the role, the architecture and the state dict,
-which `vprlib.train.demo.export` turns into the shipped safetensors.
+A family module hands `train_loop` its pieces as a `Recipe`: how to build the model, the loss of a batch and the
+validation metrics (its score is in its record, vprlib.train.demo.families). best.pt holds `weights_record`: the
+role, the architecture and the state dict, which `vprlib.train.demo.export` turns into the shipped safetensors.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import torch
 from torch import nn
 
 from vprlib.train.demo.city import epoch_batches, gather
-from vprlib.train.loop import WorkerRun
+from vprlib.train.loop import Trained, WorkerRun, epoch_loop, saved_state
 
 WARMUP_SHARE = 0.05  # of all steps, with the learning rate rising linearly from 0
 
 
 @dataclass(frozen=True)
-class Family:
+class Recipe:
     role: str  # the zoo role the model plays: segmenter, depth, inpainter
-    score: str  # the validation metric best.pt is chosen by
     build: Callable  # (TrainConfig) -> nn.Module: the model as inference runs it
     loss: Callable  # (model, batch, generator, context) -> scalar tensor
     validate: Callable  # (model, data) -> dict of metrics, on the whole validation split
@@ -45,18 +44,18 @@ def cosine_schedule(total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def weights_record(family: Family, model: nn.Module, architecture: dict) -> dict:
+def weights_record(recipe: Recipe, model: nn.Module, architecture: dict) -> dict:
     """What best.pt holds: enough to rebuild the model and load its weights (export.py)."""
-    return {"role": family.role, **architecture, "state_dict": {k: v.detach().cpu() for k, v in
+    return {"role": recipe.role, **architecture, "state_dict": {k: v.detach().cpu() for k, v in
                                                                 model.state_dict().items()}}
 
 
-def train_loop(payload: dict, family: Family) -> None:
+def train_loop(payload: dict, recipe: Recipe) -> None:
     import ray.train.torch
 
     run = WorkerRun(payload)
     config = run.config
-    model = family.build(config)
+    model = recipe.build(config)
     net = ray.train.torch.prepare_model(model)
     inner = net.module if hasattr(net, "module") else net
     train, val = gather("train"), gather("val") if run.rank == 0 else None
@@ -64,48 +63,33 @@ def train_loop(payload: dict, family: Family) -> None:
     if steps == 0:
         raise ValueError(f"{len(next(iter(train.values())))} training captures make no batch of "
                          f"{run.batch_size} per worker: lower --batch-size")
-    context = family.context(train, config) if family.context else None
+    context = recipe.context(train, config) if recipe.context else None
     optimizer = torch.optim.AdamW(inner.parameters(), lr=config.lr, weight_decay=config.options.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(steps * config.epochs))
     architecture = payload["architecture"]
 
-    def snapshot() -> dict:
-        return {"model": inner.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    snapshot, load = saved_state(model=inner, optimizer=optimizer, scheduler=scheduler)
 
-    def validate() -> dict:
-        metrics = None
-        if run.rank == 0:
-            inner.eval()
-            with torch.inference_mode(), run.autocast():
-                metrics = family.validate(inner, {k: v.to(run.device) for k, v in val.items()})
-        return run.share(metrics)
+    def validate(epoch: int) -> dict:
+        inner.eval()
+        with torch.inference_mode(), run.autocast():
+            return recipe.validate(inner, {k: v.to(run.device) for k, v in val.items()})
 
-    state = run.restore()
-    if state is not None:
-        inner.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    else:
-        metrics = validate()
-        run.report(0, {"loss": None, **metrics}, snapshot(), lambda: weights_record(family, inner, architecture),
-                   metrics[family.score], lr=config.lr)
-    for epoch in range((state or {"epoch": 0})["epoch"] + 1, config.epochs + 1):
-        run.start_epoch()
+    def one_epoch(epoch: int) -> Trained:
         net.train()
         generator = torch.Generator().manual_seed(config.seed * 7919 + epoch * 31 + run.rank)
         losses, images = [], 0
         for batch in epoch_batches(train, run.batch_size, config.seed, epoch, run.rank, run.world):
             batch = {k: v.to(run.device) for k, v in batch.items()}
             with run.autocast():
-                loss = family.loss(net, batch, generator, context)
+                loss = recipe.loss(net, batch, generator, context)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
             images += len(next(iter(batch.values())))
-        run.trained()
-        metrics = validate()
-        run.report(epoch, {"loss": float(np.mean(losses)), **metrics}, snapshot(),
-                   lambda: weights_record(family, inner, architecture), metrics[family.score],
-                   images=images * run.world, lr=scheduler.get_last_lr()[0])
+        return Trained({"loss": float(np.mean(losses))}, images * run.world, scheduler.get_last_lr()[0])
+
+    epoch_loop(run, snapshot=snapshot, load=load, best=lambda: weights_record(recipe, inner, architecture),
+               validate=validate, train=one_epoch)

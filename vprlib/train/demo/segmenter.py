@@ -17,10 +17,9 @@ from vprlib.models.segformer import Segmenter, SegmenterConfig, build_segformer
 from vprlib.spec import ADE20K_NUM_CLASSES
 from vprlib.train.config import TrainConfig
 from vprlib.train.demo.city import in_order, photos, prepare_city
-from vprlib.train.demo.loop import Family, train_loop
+from vprlib.train.demo.loop import Recipe, train_loop
 from vprlib.train.loop import Prepared
 
-SCORE, SCORE_SIGN = "miou", 1
 CITY_CLASSES = tuple(sorted(ADE_NAMES))  # the ADE20K ids the synthetic city uses
 KEYS = ("image", "labels")
 
@@ -96,7 +95,7 @@ def validate(model: Segmenter, data: dict) -> dict:
     return {"miou": float(np.nanmean(iou)), "pixel_acc": float(np.trace(counts[:, :-1]) / pixels)}
 
 
-FAMILY = Family("segmenter", SCORE, build, loss, validate, context=lambda train, config: class_weights(train["labels"]))
+FAMILY = Recipe("segmenter", build, loss, validate, context=lambda train, config: class_weights(train["labels"]))
 
 
 def train_func(payload: dict) -> None:
