@@ -7,15 +7,18 @@ index holds, with per-query results, a summary and, on request, an HTML report (
    in (vprlib.metrics.gps_columns).
 2. The queries' maps stream through Ray Data (the `query` split's ok rows by default): embedded by that retriever on
    an actor pool, then searched on the index's shards, held by Ray actors (vprlib.index.search.SearchPool: exact
-   merge of the shards' top-k), which also find each query's positives among their rows. The driver holds the query
-   rows' metadata and the results, never a descriptor or the index's rows.
+   merge of the shards' top-k), which also find each query's positives among their rows; with --rerank K (default
+   10) the first K candidates are re-ordered by how well their maps agree with the query's (vprlib.index.rerank:
+   actors that read only the candidates' maps parts). The driver holds the query rows' metadata and the results,
+   never a descriptor, a map or the index's rows.
 3. Ground truth is `vprlib.metrics.manifest_positives` between the query rows and the index's rows: GPS mode
    (within --radius-m, in a metric frame when every row has one, which needs no lat/lon: Nordland), landmark mode
    (--landmarks), or the positives-list mode when the query rows carry `positives` (GLDv2's retrieval protocol).
    A row with no ground truth is not a query (left out of M); a query with no positive in the index stays in M as a
    miss, as the VPR community's evaluation counts it, unless --exclude-no-positive.
 4. `results.parquet` holds one row per embedded query row (its top-k ids, scores, distances in metres, which are
-   correct, the rank of the first correct one, where the hits are); `summary.json` the recalls and settings;
+   correct, the rank of the first correct one, and before re-ranking, where the hits are); `summary.json` the
+   recalls and settings, the search's own recalls and what the re-ranking cost per query;
    `report.html` the report.
 """
 

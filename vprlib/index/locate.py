@@ -3,9 +3,11 @@ index's nearest images say where it was taken.
 
 Everything runs in this process (no Ray cluster needed): the photos are decoded and resized as the extraction job
 does, the strategy's models (from the index's map specification) make their maps, the retriever embeds them, and the
-shards are searched. The position estimate is the similarity-weighted mean of the top-k places that lie within
-`cluster_m` of the best match: the best match decides the neighbourhood, its agreeing neighbours refine it, and a
-far-away runner-up (another street that looks alike) does not pull the estimate between two places.
+shards are searched; the first `rerank` places are re-ordered by how well their maps agree with the photo's
+(vprlib.index.rerank; their similarities stay the descriptors'). The position estimate is the similarity-weighted
+mean of the top-k places that lie within `cluster_m` of the best match: the best match decides the neighbourhood,
+its agreeing neighbours refine it, and a far-away runner-up (another street that looks alike) does not pull the
+estimate between two places.
 
 How sure the answer is (`confidence`) is the ratio test of Lowe (2004) between places: the descriptor distance to the
 best match over the distance to the best match of another place (more than `cluster_m` from it). Near 1, another
