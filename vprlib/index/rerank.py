@@ -39,6 +39,7 @@ MAX_SHIFT = THUMB // 16  # horizontal shifts searched, in thumbnail pixels eithe
 ZOOMS = (0.8, 0.9, 1.0, 1.12, 1.25)  # about the image centre: a step forward or back
 DESCRIPTOR_WEIGHT = 0.25  # weight of the descriptor similarity's z-score beside the agreement's
 DEFAULT_K = 10
+PAD = IGNORE_LABEL  # the label of pixels that count on neither side: ignored classes, and those a warp leaves bare
 
 
 class RerankError(ValueError):
@@ -64,41 +65,47 @@ def ignored_labels(seg_classes: str) -> tuple[int, ...]:
     return (IGNORE_LABEL,)
 
 
-def warps(side: int = THUMB, max_shift: int = MAX_SHIFT, zooms: tuple[float, ...] = ZOOMS):
-    """The sampling of every warp: source rows (T, side) and columns (T, side) of a candidate's pixels for each
-    output pixel, and which output pixels the warp covers (T, side, side). Zoom z about the centre samples the
-    candidate at c + (x - c) / z; a shift s moves it s pixels to the right."""
+def zoom_sources(side: int = THUMB, zooms: tuple[float, ...] = ZOOMS) -> np.ndarray:
+    """For each zoom z about the centre, the candidate pixel each output row (or column) samples, c + (x - c) / z
+    rounded (Z, side); `side` where that falls outside the map (a pad pixel of no class)."""
     centre = (side - 1) / 2
     grid = np.arange(side, dtype=np.float64)
-    rows, cols, valid = [], [], []
-    for zoom in zooms:
-        source = np.floor(centre + (grid - centre) / zoom + 0.5).astype(np.int64)
-        for shift in range(-max_shift, max_shift + 1):
-            shifted = source - shift
-            ok_r, ok_c = (source >= 0) & (source < side), (shifted >= 0) & (shifted < side)
-            rows.append(np.clip(source, 0, side - 1))
-            cols.append(np.clip(shifted, 0, side - 1))
-            valid.append(ok_r[:, None] & ok_c[None, :])
-    return np.stack(rows), np.stack(cols), np.stack(valid)
+    sources = [np.floor(centre + (grid - centre) / zoom + 0.5).astype(np.int64) for zoom in zooms]
+    return np.stack([np.where((s >= 0) & (s < side), s, side) for s in sources])
 
 
-_WARPS = warps()
+_SOURCES = zoom_sources()
 
 
-def agreement(query: np.ndarray, candidates: np.ndarray, ignored: tuple[int, ...] = (IGNORE_LABEL,)) -> np.ndarray:
-    """How well each candidate's labels (K, S, S) agree with the query's (S, S), over the warps: the largest share of
-    the pixels a warp covers (labelled with a static class on both sides) that have equal labels. (K,) in [0, 1]."""
+def agreement(query: np.ndarray, candidates: np.ndarray, ignored: tuple[int, ...] = (IGNORE_LABEL,),
+              max_shift: int = MAX_SHIFT) -> np.ndarray:
+    """How well each candidate's labels (K, S, S) agree with the query's (S, S), searched over every zoom of ZOOMS
+    about the centre and every horizontal shift up to `max_shift` pixels: the largest share, over those warps, of the
+    pixels labelled with a static class on both sides that have equal labels. (K,) in [0, 1].
+
+    Vectorised: the ignored labels and the pixels a warp leaves uncovered become one pad label, each zoom is one
+    gather, and the shifts are sliding windows over the zoomed maps' columns."""
     candidates = np.asarray(candidates, dtype=np.uint8)
+    side = query.shape[-1]
     if len(candidates) == 0:
         return np.zeros(0)
-    rows, cols, valid = _WARPS if query.shape[-1] == THUMB else warps(query.shape[-1])
-    warped = candidates[:, rows[:, :, None], cols[:, None, :]]  # (K, T, S, S)
-    ignore = np.zeros(256, dtype=bool)
-    ignore[list(ignored)] = True
-    counted = valid[None] & ~ignore[warped] & ~ignore[query][None, None]
-    same = (warped == query[None, None]) & counted
-    share = same.sum(axis=(2, 3)) / np.maximum(counted.sum(axis=(2, 3)), 1)
-    return share.max(axis=1)
+    lut = np.arange(256, dtype=np.uint8)
+    lut[list(ignored)] = PAD
+    q, c = lut[query], lut[candidates]
+    sources = _SOURCES if side == THUMB else zoom_sources(side)
+    padded = np.pad(c, ((0, 0), (0, 1), (0, 1)), constant_values=PAD)
+    zoomed = padded[:, sources[:, :, None], sources[:, None, :]]  # (K, Z, S, S)
+    zoomed = np.pad(zoomed, ((0, 0), (0, 0), (0, 0), (max_shift, max_shift)), constant_values=PAD)
+    windows = np.lib.stride_tricks.sliding_window_view(zoomed, side, axis=3)  # (K, Z, S, shifts, S)
+    labelled = (q != PAD)[:, None, :]
+    same = _count(np.equal(windows, q[:, None, :]) & labelled)
+    counted = _count((windows != PAD) & labelled)
+    return (same / np.maximum(counted, 1)).reshape(len(c), -1).max(axis=1)
+
+
+def _count(mask: np.ndarray) -> np.ndarray:
+    """True pixels of each (candidate, zoom, shift) of a (K, Z, S, shifts, S) mask."""
+    return np.einsum("kzysx->kzs", mask.view(np.uint8), dtype=np.int32)
 
 
 def zscore(values: np.ndarray) -> np.ndarray:
