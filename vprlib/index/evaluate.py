@@ -318,10 +318,10 @@ class QueryScorer:
         start = time.perf_counter()
         hits = self.pool.search(np.asarray(batch["vector"], dtype=np.float32), self.depth)
         searched = time.perf_counter()
-        found = hits
+        found, done = hits, searched
         if self.reranker is not None:
             found, _ = self.reranker(hits, batch["rerank_seg"], self.rerank)
-        done = time.perf_counter()
+            done = time.perf_counter()
         truth = has_ground_truth(rows, self.mode, self.columns)
         matches = self.pool.positives(rows, self.mode, self.radius_m, self.columns)
         positives = [set(ids or ()) if t else None for ids, t in zip(matches, truth, strict=True)]
