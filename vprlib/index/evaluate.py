@@ -29,7 +29,6 @@ import json
 import posixpath
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -37,8 +36,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vprlib.cli import help_text
-from vprlib.cluster import DEVICES, Need, absolute_path, check_gpus_per_process, connect, io_task_args
+from vprlib.cluster import absolute_path, connect, io_task_args
 from vprlib.data.manifest import url_to_fs
+from vprlib.index.embed import EmbeddingOptions, RetrieverRecord
 from vprlib.index.rerank import DEFAULT_K
 from vprlib.index.search import SearchPool, read_manifest
 from vprlib.maps import MapSpecError, maps_dataset, read_maps, read_spec, table_schema
@@ -50,11 +50,9 @@ from vprlib.metrics import (
     metric_frame,
     recall_from_ranks,
     recall_key,
+    recall_ns,
 )
 from vprlib.spec import spec_mismatch
-
-if TYPE_CHECKING:  # the retriever's module imports torch: only where an evaluation runs, not for --help
-    from vprlib.index.embed import RetrieverRecord
 
 RESULTS, SUMMARY = "results.parquet", "summary.json"
 TIMING = ("_search_ms", "_rerank_ms")  # per-query milliseconds the scoring step spent searching and re-ranking
@@ -65,7 +63,7 @@ QUERY_COLUMNS = ("lat", "lon", "has_gps", "utm_east", "utm_north", "utm_zone", "
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(EmbeddingOptions):
     index: str = field(metadata=help_text("the index folder (jobs/index.py output)"))
     queries: str = field(metadata=help_text("the maps table of the query photos (same kind of maps as the index's)"))
     output: str = field(metadata=help_text("folder for results.parquet, summary.json and report.html"))
@@ -84,11 +82,6 @@ class EvaluateConfig:
     report_queries: int = field(default=20, metadata=help_text("queries shown in the report (wrong ones first)"))
     report_top: int = field(default=3, metadata=help_text("predictions shown per query in the report"))
     seed: int = field(default=0, metadata=help_text("seed of the report's sample of queries"))
-    batch_size: int = field(default=64, metadata=help_text("maps per embedding batch"))
-    actors: int = field(default=1, metadata=help_text("embedding actors"))
-    device: str = field(default="auto", metadata=help_text("auto (cuda when the cluster has GPUs), cpu or cuda"))
-    gpus_per_actor: float = field(default=1.0, metadata=help_text("GPUs per embedding actor on cuda"))
-    cpus_per_actor: float = field(default=1.0, metadata=help_text("CPUs per embedding actor"))
     search_actors: int = field(default=1, metadata=help_text("actors holding the index's shards (each a share)"))
     search_cpus: float = field(default=0.0, metadata=help_text(
         "CPUs reserved per search actor (0: it searches while the step that asked it waits, on the CPU that step "
@@ -101,15 +94,14 @@ class EvaluateConfig:
     ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
+        super().__post_init__()
         parse_ns(self.recall)
         if self.rerank < 0:
             raise ValueError(f"rerank must be >= 0 (0 = off), got {self.rerank}")
-        if self.device not in DEVICES:
-            raise ValueError(f"unknown device {self.device!r}; known: {', '.join(DEVICES)}")
         if self.radius_m <= 0:
             raise ValueError(f"radius_m must be > 0, got {self.radius_m}")
-        if min(self.report_queries, self.report_top, self.batch_size, self.actors, self.search_actors) < 1:
-            raise ValueError("report_queries, report_top, batch_size, actors and search_actors must be >= 1")
+        if min(self.report_queries, self.report_top, self.search_actors) < 1:
+            raise ValueError("report_queries, report_top and search_actors must be >= 1")
         if self.search_cpus < 0:
             raise ValueError(f"search_cpus must be >= 0, got {self.search_cpus}")
 
@@ -167,7 +159,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     if config.report:
         from vprlib.index.report import write_report
 
-        path = write_report(config, summary, results, queries, predicted_rows(results), manifest["map_spec"])
+        path = write_report(summary, results, queries, predicted_rows(results), manifest["map_spec"],
+                            config.report_queries, config.report_top, config.seed)
         print(f"evaluate: report {path}", flush=True)
     return summary
 
@@ -255,12 +248,7 @@ def score_queries(config: EvaluateConfig, record: RetrieverRecord, manifest: dic
     from vprlib.train.data import DATA_TASK_CPUS
 
     cluster = connect(config.ray_address)
-    device = cluster.device(config.device)
-    gpus = config.gpus_per_actor if device == "cuda" else 0.0
-    check_gpus_per_process(device, gpus, "--gpus-per-actor")
-    search = config.search_actors * config.search_cpus
-    cluster.check(Need("embedding actors", config.actors, config.cpus_per_actor, gpus, "--actors",
-                       "--cpus-per-actor", "--gpus-per-actor", spare_cpus=search + DATA_TASK_CPUS))
+    device, gpus = config.place(cluster, spare_cpus=config.search_actors * config.search_cpus + DATA_TASK_CPUS)
     pool = SearchPool(config.index, config.search_actors, config.search_cpus, manifest)
     reranker = None
     if config.rerank:
@@ -465,7 +453,7 @@ def print_summary(summary: dict) -> None:
     rerank = summary["rerank"]
     lines += [f"  {key:<10} {summary[key]:7.2%}" + (f"   (search alone {rerank['search_only'][key]:7.2%})"
                                                     if rerank["k"] else "")
-              for key in summary if key.startswith("recall@")]
+              for key in map(recall_key, recall_ns(summary))]
     if rerank["k"]:
         lines.append(f"  re-ranked the first {rerank['k']} by their maps: {rerank['ms_per_query']:.2f} ms per query "
                      f"beside the search's {rerank['search_ms_per_query']:.2f} ms")
