@@ -25,7 +25,7 @@ a `CandidateMaps` of every shard in their own process.
 from __future__ import annotations
 
 import posixpath
-import time
+from collections import OrderedDict
 
 import numpy as np
 import pyarrow.compute as pc
@@ -39,6 +39,7 @@ MAX_SHIFT = THUMB // 16  # horizontal shifts searched, in thumbnail pixels eithe
 ZOOMS = (0.8, 0.9, 1.0, 1.12, 1.25)  # about the image centre: a step forward or back
 DESCRIPTOR_WEIGHT = 0.25  # weight of the descriptor similarity's z-score beside the agreement's
 DEFAULT_K = 10
+CACHE_ROWS = 65536  # thumbnails a CandidateMaps keeps
 PAD = IGNORE_LABEL  # the label of pixels that count on neither side: ignored classes, and those a warp leaves bare
 
 
@@ -144,9 +145,12 @@ class CandidateMaps:
     """The maps of some shards' rows, read where they are: which maps part holds each row (from the index's
     embeddings files, each made from one part), and the rows' labels read from those parts only when asked.
 
-    `maps` is the maps table the index was built from (index.json records it; '' = that one)."""
+    `maps` is the maps table the index was built from (index.json records it; '' = that one). The thumbnails last read
+    are kept, at most `cache_rows` of them (THUMB x THUMB bytes each: 64 MiB by default), so the rows that come up
+    often are decoded once while no process holds a city's maps."""
 
-    def __init__(self, root: str, names: list[str] | None = None, manifest: dict | None = None, maps: str = ""):
+    def __init__(self, root: str, names: list[str] | None = None, manifest: dict | None = None, maps: str = "",
+                 cache_rows: int = CACHE_ROWS):
         import pyarrow.dataset as pads
 
         self.manifest = manifest or read_manifest(root)
@@ -168,6 +172,8 @@ class CandidateMaps:
                 columns=["image_id"], filter=pc.field("shard").isin(names))["image_id"].to_pylist()
             part_of.update(dict.fromkeys(ids, part))
         self.part_of = part_of
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_rows = cache_rows
 
     def labels(self, image_ids: list[str]) -> dict[str, np.ndarray]:
         """The thumbnail label maps (THUMB x THUMB) of these rows, read from the parts that hold them."""
@@ -178,11 +184,15 @@ class CandidateMaps:
         unknown = [i for i in image_ids if i not in self.part_of]
         if unknown:
             raise RerankError(f"no maps part of {self.maps} holds {unknown[0]!r} (not a row of these shards)")
+        out: dict[str, np.ndarray] = {}
         by_part: dict[str, list[str]] = {}
         for ident in dict.fromkeys(image_ids):
-            by_part.setdefault(self.part_of[ident], []).append(ident)
+            if ident in self.cache:
+                self.cache.move_to_end(ident)
+                out[ident] = self.cache[ident]
+            else:
+                by_part.setdefault(self.part_of[ident], []).append(ident)
         fs, root = url_to_fs(self.maps)
-        out: dict[str, np.ndarray] = {}
         for part, ids in by_part.items():
             table = pads.dataset(posixpath.join(root, part), filesystem=fs, format="parquet").to_table(
                 columns=["image_id", "seg"], filter=pc.field("image_id").isin(ids))
@@ -192,6 +202,11 @@ class CandidateMaps:
         if missing:
             raise RerankError(f"maps part {self.part_of[missing[0]]} of {self.maps} has no row {missing[0]!r}: the "
                               f"maps changed since the index was built (reindex)")
+        for ids in by_part.values():
+            for ident in ids:
+                self.cache[ident] = out[ident]
+        while len(self.cache) > self.cache_rows:
+            self.cache.popitem(last=False)
         return out
 
     def agreement(self, queries: np.ndarray, pairs: list[tuple[int, str]]) -> np.ndarray:
@@ -267,9 +282,3 @@ class RerankPool:
             values[asked[g]] = ray.get(ref)
         return rerank_hits(hits, fill_agreement(hits, k, pairs, values), k)
 
-
-def timed(function, *args):
-    """(function(*args), milliseconds it took)."""
-    start = time.perf_counter()
-    result = function(*args)
-    return result, (time.perf_counter() - start) * 1e3
