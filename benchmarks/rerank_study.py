@@ -85,6 +85,52 @@ def study(demo: str, strategy: str, k: int, batch_size: int, repeats: int) -> di
             "ratio_search": (ms["search"] + ms["cold"]) / ms["search"]}
 
 
+ABLATION = ((0, (1.0,)), (0, (0.8, 1.0, 1.25)), (2, (1.0,)), (2, (0.8, 1.0, 1.25)), (2, None), (4, None))
+WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+
+
+def ablation(demo: str, strategy: str, k: int) -> None:
+    """Recall@1 of the re-ranked queries for other shifts, zooms and descriptor weights (None: the default zooms)."""
+    import pyarrow.compute as pc
+    import torch
+
+    from vprlib.index import rerank
+    from vprlib.index.embed import load_model
+    from vprlib.index.search import Index
+    from vprlib.maps import decode_depth, decode_seg, read_maps
+    from vprlib.metrics import GPS_THRESHOLD_M, gps_columns
+    from vprlib.train.data import resize_maps
+
+    index = Index(os.path.join(demo, f"index-{strategy}"))
+    rows = read_maps(os.path.join(demo, f"maps-{strategy}"),
+                     filter=(pc.field("split") == "query") & (pc.field("status") == "ok"))
+    listed = rows.select(["depth", "seg", "map_height", "map_width"]).to_pylist()
+    depth, seg = np.stack([decode_depth(r) for r in listed]), np.stack([decode_seg(r) for r in listed])
+    resized = resize_maps({"depth": depth, "seg": seg}, index.manifest["model"]["input_side"])
+    with torch.inference_mode():
+        vectors = load_model(index.manifest["model"]["path"]).eval().embed(
+            torch.from_numpy(np.array(resized["depth"])), torch.from_numpy(np.array(resized["seg"]))).float().numpy()
+    hits = index.search(vectors, k)
+    columns = gps_columns(rows, [s["positions"] for s in index.shards.values()])
+    positives = [set(p or ()) for p in index.group.positives(rows, "gps", GPS_THRESHOLD_M, columns)]
+    maps = rerank.CandidateMaps(index.root, manifest=index.manifest)
+    thumbs = maps.labels([i for row in hits.ids for i in row if i is not None])
+    ignored, queries = rerank.ignored_labels(maps.seg_classes), rerank.thumbnails(seg)
+    alone = np.mean([row[0] in pos for row, pos in zip(hits.ids, positives, strict=True)])
+    print(f"{strategy}: Recall@1 re-ranked by shifts, zooms and descriptor weight w (search alone {100 * alone:.1f})")
+    print(f"{'shifts':>6} {'zooms':<28}" + "".join(f"{'w ' + str(w):>8}" for w in WEIGHTS))
+    for shift, zooms in ABLATION:
+        zooms = zooms or rerank.ZOOMS
+        agree = [rerank.agreement(queries[q], np.stack([thumbs[i] for i in hits.ids[q]]), ignored, shift, zooms)
+                 for q in range(len(queries))]
+        cells = []
+        for weight in WEIGHTS:
+            right = [hits.ids[q][rerank.rerank_order(agree[q], hits.scores[q], weight)][0] in positives[q]
+                     for q in range(len(queries))]
+            cells.append(f"{100 * np.mean(right):>8.1f}")
+        print(f"{shift:>6} {', '.join(f'{z:g}' for z in zooms):<28}" + "".join(cells), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--demo", default="out", help="jobs/demo.py's --output")
@@ -92,10 +138,16 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10, help="candidates searched and re-ranked per query")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ablation", action="store_true",
+                        help="instead: Recall@1 for other shifts, zooms and descriptor weights")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)
+    if args.ablation:
+        for strategy in (s.strip() for s in args.strategies.split(",") if s.strip()):
+            ablation(args.demo, strategy, args.k)
+        return
     print(f"{'strategy':<10} {'queries':>7}  {'Recall@1/5/10 search':>22}  {'re-ranked':>18}  "
           f"{'ms/query embed':>14} {'search':>7} {'rerank':>7} {'(warm)':>7}  {'cost x':>6} {'(warm)':>6} "
           f"{'x search':>8}")

@@ -79,8 +79,8 @@ _SOURCES = zoom_sources()
 
 
 def agreement(query: np.ndarray, candidates: np.ndarray, ignored: tuple[int, ...] = (IGNORE_LABEL,),
-              max_shift: int = MAX_SHIFT) -> np.ndarray:
-    """How well each candidate's labels (K, S, S) agree with the query's (S, S), searched over every zoom of ZOOMS
+              max_shift: int = MAX_SHIFT, zooms: tuple[float, ...] = ZOOMS) -> np.ndarray:
+    """How well each candidate's labels (K, S, S) agree with the query's (S, S), searched over every zoom of `zooms`
     about the centre and every horizontal shift up to `max_shift` pixels: the largest share, over those warps, of the
     pixels labelled with a static class on both sides that have equal labels. (K,) in [0, 1].
 
@@ -93,7 +93,7 @@ def agreement(query: np.ndarray, candidates: np.ndarray, ignored: tuple[int, ...
     lut = np.arange(256, dtype=np.uint8)
     lut[list(ignored)] = PAD
     q, c = lut[query], lut[candidates]
-    sources = _SOURCES if side == THUMB else zoom_sources(side)
+    sources = _SOURCES if (side, zooms) == (THUMB, ZOOMS) else zoom_sources(side, zooms)
     padded = np.pad(c, ((0, 0), (0, 1), (0, 1)), constant_values=PAD)
     zoomed = padded[:, sources[:, :, None], sources[:, None, :]]  # (K, Z, S, S)
     zoomed = np.pad(zoomed, ((0, 0), (0, 0), (0, 0), (max_shift, max_shift)), constant_values=PAD)
