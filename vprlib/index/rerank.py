@@ -13,8 +13,8 @@ candidates', tolerant of the offsets a place allows, and re-orders those K (neve
    the mean, over the standard deviation; 0 when they are all equal), sorted by score, ties kept in search order.
 
 Depth is not compared: the strategies' depth conventions differ (vprlib.spec: `inverse-metres` is metric, `relative-
-inverse` is normalised per image) and on the demo city its agreement added nothing the labels did not give
-(benchmarks/rerank_study.py, docs/RESULTS.md).
+inverse` is normalised per image); labels alone meet the target on the demo city (benchmarks/rerank_study.py,
+docs/RESULTS.md), and what depth would add is not measured.
 
 No process holds the city: `CandidateMaps` knows which maps part holds each row of its shards (from the index's
 embeddings files, one per maps part) and reads only the parts its candidates are in, only their rows' labels.
@@ -258,9 +258,10 @@ class RerankPool:
     def __init__(self, root: str, actors: int = 1, cpus: float = 0.0, manifest: dict | None = None, maps: str = ""):
         import ray
 
-        from vprlib.cluster import io_task_args
+        from vprlib.cluster import absolute_path, io_task_args
 
         self.manifest = manifest or read_manifest(root)
+        maps = absolute_path(maps or self.manifest["config"]["maps"])  # the actors run in other folders
         self.groups = balance(self.manifest["shards"], actors)
         self.group_of = {name: g for g, names in enumerate(self.groups) for name in names}
         remote = ray.remote(CandidateMaps).options(num_cpus=cpus, max_restarts=-1, max_task_retries=-1,
