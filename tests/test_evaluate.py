@@ -284,6 +284,9 @@ def test_bad_input_is_one_line_before_any_work(maps, model, tmp_path, capsys):
          ["the retriever changed since the index was built"]),
         (["--queries", maps, "--landmarks", "--radius-m", "10"], ["not allowed with"]),
         (["--queries", maps, "--recall", "1,five"], ["comma-separated integers"]),
+        (["--queries", maps, "--rerank", "-1"], ["rerank must be >= 0"]),
+        (["--queries", maps, "--database-maps", str(tmp_path / "moved")], [
+            f"re-ranking reads the maps table the index was built from, {tmp_path / 'moved'}, which is not there"]),
     ]
     for argv, words in cases:
         args = ["--index", index, "--output", str(tmp_path / "out"), *argv]

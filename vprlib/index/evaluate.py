@@ -39,7 +39,7 @@ from vprlib.cli import help_text
 from vprlib.cluster import absolute_path, connect, io_task_args
 from vprlib.data.manifest import url_to_fs
 from vprlib.index.embed import EmbeddingOptions, RetrieverRecord
-from vprlib.index.rerank import DEFAULT_K
+from vprlib.index.rerank import DEFAULT_K, database_maps
 from vprlib.index.search import SearchPool, read_manifest
 from vprlib.maps import MapSpecError, maps_dataset, read_maps, read_spec, table_schema
 from vprlib.metrics import (
@@ -137,6 +137,8 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     manifest = read_manifest(config.index)
     check_queries(config.queries, manifest, config.index)
     record = retriever(config, manifest)
+    if config.rerank:
+        database_maps(manifest, config.database_maps)
     record.check_photos(config.queries)
     queries, skipped = query_rows(config)
     mode = resolve_mode(config, queries)
@@ -255,7 +257,7 @@ def score_queries(config: EvaluateConfig, record: RetrieverRecord, manifest: dic
         from vprlib.index.rerank import RerankPool
 
         reranker = RerankPool(config.index, config.search_actors, config.search_cpus, manifest,
-                              absolute_path(config.database_maps))
+                              config.database_maps)
     columns_kept = ("rgb",) if record.uses_rgb else ()
     ds = maps_dataset(absolute_path(config.queries), config.query_split if config.query_split != "all" else None,
                       columns=("image_id", *columns_kept), num_cpus=DATA_TASK_CPUS)

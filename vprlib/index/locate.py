@@ -293,8 +293,7 @@ def locate_batch(config: LocateConfig) -> dict:
     if config.rerank:
         from vprlib.index.rerank import RerankPool
 
-        reranker = RerankPool(index.root, config.search_actors, manifest=index.manifest,
-                              maps=absolute_path(config.database_maps))
+        reranker = RerankPool(index.root, config.search_actors, manifest=index.manifest, maps=config.database_maps)
     priors = photos.select([c for c in ("image_id", "lat", "lon") if c in photos.column_names])
     ds = ds.map_batches(BatchLocator(pool, ray.put(priors), config, reranker), batch_format="numpy",
                         num_cpus=SEARCH_CPUS)

@@ -141,6 +141,19 @@ def rerank_hits(hits: Hits, agree: np.ndarray, k: int, weight: float = DESCRIPTO
 
 
 # ----------------------------------------------------------------------------------------------- candidates' maps
+def database_maps(manifest: dict, maps: str = "") -> str:
+    """The maps table the re-ranking reads: `maps`, or the one the index was built from (index.json), made absolute
+    (actors run in other folders); RerankError in one line when it is not there."""
+    from vprlib.cluster import absolute_path
+
+    path = absolute_path(maps or manifest.get("config", {}).get("maps", ""))
+    fs, root = url_to_fs(path or ".")
+    if not path or not fs.exists(root):
+        raise RerankError(f"re-ranking reads the maps table the index was built from, {path or '(none recorded)'}, "
+                          f"which is not there: give its place with --database-maps, or --rerank 0")
+    return path
+
+
 class CandidateMaps:
     """The maps of some shards' rows, read where they are: which maps part holds each row (from the index's
     embeddings files, each made from one part), and the rows' labels read from those parts only when asked.
@@ -154,11 +167,7 @@ class CandidateMaps:
         import pyarrow.dataset as pads
 
         self.manifest = manifest or read_manifest(root)
-        self.maps = maps or self.manifest["config"]["maps"]
-        fs, maps_root = url_to_fs(self.maps)
-        if not fs.exists(maps_root):
-            raise RerankError(f"re-ranking reads the index's maps table {self.maps}, which is not there (moved? give "
-                              f"its place with --database-maps)")
+        self.maps = database_maps(self.manifest, maps)
         names = list(self.manifest["shards"]) if names is None else list(names)
         self.seg_classes = self.manifest["map_spec"].get("seg_classes", "ade20k")
         parts = read_parts(root, self.manifest)
@@ -258,10 +267,10 @@ class RerankPool:
     def __init__(self, root: str, actors: int = 1, cpus: float = 0.0, manifest: dict | None = None, maps: str = ""):
         import ray
 
-        from vprlib.cluster import absolute_path, io_task_args
+        from vprlib.cluster import io_task_args
 
         self.manifest = manifest or read_manifest(root)
-        maps = absolute_path(maps or self.manifest["config"]["maps"])  # the actors run in other folders
+        maps = database_maps(self.manifest, maps)
         self.groups = balance(self.manifest["shards"], actors)
         self.group_of = {name: g for g, names in enumerate(self.groups) for name in names}
         remote = ray.remote(CandidateMaps).options(num_cpus=cpus, max_restarts=-1, max_task_retries=-1,
