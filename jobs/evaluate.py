@@ -7,8 +7,9 @@ Queries are the `query` rows of --queries (--query-split). Right within --radius
 metric frame when every row has one, lat/lon otherwise), of the same landmark (--landmarks), or listed in the rows'
 `positives` (chosen when the queries carry them). A query with no positive in the index is a miss, as the VPR
 community counts it; --exclude-no-positive leaves it out of Recall@N, and the summary says how many such queries
-there are either way. Writes results.parquet and summary.json (and report.html with --report) in --output. Exit
-status 2 on bad arguments or input (one line on stderr).
+there are either way. Each query's first 10 candidates are re-ranked by how well their maps agree with its maps
+(--rerank K, 0 = off; the summary keeps the search's own recalls beside). Writes results.parquet and summary.json
+(and report.html with --report) in --output. Exit status 2 on bad arguments or input (one line on stderr).
 """
 
 import dataclasses

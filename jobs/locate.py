@@ -5,8 +5,9 @@
 
 Photos named on the command line are located in this process (no cluster needed); a batch (--input: a manifest or a
 folder of photos) streams through Ray into one Parquet file of answers. Both use the index's own extraction models
-and retriever. Exit status 2 on bad arguments or input: an unreadable photo, or an index this call cannot use (one
-line on stderr); in a batch an unreadable photo is a row with its error.
+and retriever, and re-rank the first 10 places by their maps (--rerank K, 0 = off). Exit status 2 on bad arguments
+or input: an unreadable photo, or an index this call cannot use (one line on stderr); in a batch an unreadable photo
+is a row with its error.
 """
 
 import json

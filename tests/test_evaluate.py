@@ -73,7 +73,7 @@ def gps_run(index, maps, tmp_path_factory) -> tuple[dict, str]:
 
     output = str(tmp_path_factory.mktemp("eval"))
     summary = run_evaluate(EvaluateConfig(index=index, queries=maps, output=output, recall="1,2,5", radius_m=RADIUS,
-                                          report=True, report_queries=7))
+                                          report=True, report_queries=7, rerank=0))  # the search's own order
     return summary, output
 
 
@@ -142,7 +142,9 @@ def test_results_and_summary_say_what_was_found_and_how(gps_run, maps, index):
     summary, output = gps_run
     results = pq.read_table(os.path.join(output, "results.parquet"))
     assert results.column_names == ["image_id", "lat", "lon", "top_ids", "scores", "distances_m", "correct",
-                                    "first_correct_rank", "positives", "indexed", "top_uris", "top_lat", "top_lon"]
+                                    "first_correct_rank", "positives", "indexed", "top_uris", "top_lat", "top_lon",
+                                    "search_first_correct_rank"]
+    assert results["search_first_correct_rank"].to_pylist() == results["first_correct_rank"].to_pylist()
     assert not any(results["indexed"].to_pylist())
     queries = _query_rows(maps)
     assert sorted(results["image_id"].to_pylist()) == sorted(queries["image_id"].to_pylist())
@@ -175,6 +177,29 @@ def test_results_and_summary_say_what_was_found_and_how(gps_run, maps, index):
     curve = on_disk["recall_curve"]
     assert len(curve) == 5 and curve == sorted(curve) and [curve[n - 1] for n in (1, 2, 5)] == [
         on_disk[f"recall@{n}"] for n in (1, 2, 5)]
+
+
+@pytest.mark.slow
+def test_reranking_reorders_the_search_top_k_by_the_maps(gps_run, index, maps, tmp_path, capsys):
+    """--rerank 5 on Ray actors: each query's top 5 are the search's (gps_run, --rerank 0), reordered, at least one
+    of them differently; the search's own figures are kept beside the re-ranked ones."""
+    from vprlib.index.evaluate import run_evaluate
+
+    before, searched = gps_run
+    output = str(tmp_path / "reranked")
+    config = evaluate_job.parse_args(["--index", index, "--queries", maps, "--output", output, "--recall", "1,2,5",
+                                      "--radius-m", str(RADIUS), "--rerank", "5"])
+    summary = run_evaluate(config)
+    old = {r["image_id"]: r for r in pq.read_table(os.path.join(searched, "results.parquet")).to_pylist()}
+    new = pq.read_table(os.path.join(output, "results.parquet")).to_pylist()
+    assert all(sorted(r["top_ids"]) == sorted(old[r["image_id"]]["top_ids"]) for r in new)
+    assert any(r["top_ids"] != old[r["image_id"]]["top_ids"] for r in new)
+    assert all(r["search_first_correct_rank"] == old[r["image_id"]]["first_correct_rank"] for r in new)
+    assert summary["rerank"]["search_only"] == {k: before[k] for k in ("recall@1", "recall@2", "recall@5")}
+    assert summary["recall@5"] == before["recall@5"]  # the same five, in another order
+    assert summary["rerank"]["k"] == 5 and summary["rerank"]["ms_per_query"] > 0
+    assert summary["rerank"]["search_ms_per_query"] > 0 and before["rerank"]["ms_per_query"] == 0
+    assert "re-ranked the first 5 by their maps" in capsys.readouterr().out
 
 
 def _handmade_queries(maps: str, output: str) -> pa.Table:
@@ -224,7 +249,7 @@ def test_landmark_and_positives_modes_equal_brute_force(index, maps, model, tmp_
         output = str(tmp_path / mode)
         summary = evaluate.run_evaluate(evaluate.EvaluateConfig(index=index, queries=str(tmp_path / "queries"),
                                                                 output=output, report=True, report_queries=48,
-                                                                **flags))
+                                                                rerank=0, **flags))
         ranks = brute_force(vectors, stored, positive)
         assert summary["mode"] == mode and summary["queries"] == 47 and summary["without_ground_truth"] == 1
         assert [summary[f"recall@{n}"] for n in (1, 5, 10)] == [recall_by_definition(ranks, n) for n in (1, 5, 10)]
@@ -259,6 +284,9 @@ def test_bad_input_is_one_line_before_any_work(maps, model, tmp_path, capsys):
          ["the retriever changed since the index was built"]),
         (["--queries", maps, "--landmarks", "--radius-m", "10"], ["not allowed with"]),
         (["--queries", maps, "--recall", "1,five"], ["comma-separated integers"]),
+        (["--queries", maps, "--rerank", "-1"], ["rerank must be >= 0"]),
+        (["--queries", maps, "--database-maps", str(tmp_path / "moved")], [
+            f"re-ranking reads the maps table the index was built from, {tmp_path / 'moved'}, which is not there"]),
     ]
     for argv, words in cases:
         args = ["--index", index, "--output", str(tmp_path / "out"), *argv]
@@ -357,7 +385,8 @@ def test_nordland_names_are_scored_along_the_track(nordland, model, tmp_path):
     database, stored = _database(index)
     assert database["utm_zone"].null_count == database.num_rows and set(database["lat"].to_pylist()) == {0.0}
     output = str(tmp_path / "eval")
-    summary = run_evaluate(EvaluateConfig(index=index, queries=maps, output=output, recall="1,2,5", radius_m=RADIUS))
+    summary = run_evaluate(EvaluateConfig(index=index, queries=maps, output=output, recall="1,2,5", radius_m=RADIUS,
+                                          rerank=0))
     ranks = brute_force(vectors, stored, _utm_within(queries, database, RADIUS))
     assert summary["mode"] == "gps" and summary["distances"] == "metric frame utm_east/utm_north"
     assert summary["queries"] == 48 and summary["without_positive"] == 0
@@ -387,7 +416,7 @@ def test_queries_without_a_positive_are_counted_and_excluded_on_request(index, m
     for flags, scored in (([], queries.num_rows), (["--exclude-no-positive"], queries.num_rows - no_positive)):
         output = str(tmp_path / f"eval{len(flags)}")
         config = evaluate_job.parse_args(["--index", index, "--queries", maps, "--output", output, "--radius-m",
-                                          str(radius), *flags])
+                                          str(radius), "--rerank", "0", *flags])
         assert config.exclude_no_positive == bool(flags)
         summary = run_evaluate(config)
         # the reference divides by every query; excluding divides by those with a positive within the radius

@@ -264,7 +264,7 @@ def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path):
     shutil.copytree(built[0], index)  # changed below
     query = next(r for r in pq.read_table(os.path.join(root, "manifest.parquet")).to_pylist() if r["split"] == "query")
     photo = os.path.join(root, query["uri"])
-    result = _job("--index", str(index), photo, "--top-k", "3", "--json")  # the command, as a user runs it
+    result = _job("--index", str(index), photo, "--top-k", "3", "--json", "--rerank", "0")  # the search's order
     assert result.returncode == 0, result.stderr[-2000:]
     located = json.loads(result.stdout)
     assert len(located) == 1 and len(located[0]["places"]) == 3
@@ -273,7 +273,8 @@ def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path):
     assert abs(estimate["lat"] - best["lat"]) < 1e-3 and abs(estimate["lon"] - best["lon"]) < 1e-3
     assert [p["similarity"] for p in located[0]["places"]] == sorted((p["similarity"] for p in located[0]["places"]),
                                                                      reverse=True)
-    assert locate(LocateConfig(index=str(index), photos=(photo,), top_k=3)) == located
+    assert locate(LocateConfig(index=str(index), photos=(photo,), top_k=3, rerank=0)) == located
+
     sure = located[0]["confidence"]
     assert 0 < sure["ratio"] <= 1 and sure["sure"] == (sure["ratio"] <= 0.75) and sure["other_rank"] >= 2
     table = format_table(located)

@@ -37,3 +37,25 @@ def test_photos_too_small_to_show_a_street_are_refused(tmp_path):
     for name, shown in (("dot.png", "1x1"), ("strip.png", "300x20")):
         with pytest.raises(LocateError, match=f"{name} is {shown} pixels: too small to show a street"):
             check_photo_sizes((str(tmp_path / "street.png"), str(tmp_path / name)), min_side=32)
+
+
+def test_the_estimate_lands_on_the_photos_true_position_not_between_two_streets():
+    """A photo truly taken at TRUE; its best matches stand 5 m east and west of it and 4 m north (the same place from
+    the database's captures), the runner-up at rank 2 is another street 100 m away: the estimate is within a metre
+    of the truth, where averaging every match would put it 20 m off."""
+    from vprlib.index.locate import LocateConfig, located
+    from vprlib.index.search import Hits
+    from vprlib.metrics import haversine_m
+
+    true_lat, true_lon = 51.5, -0.1
+    metre_lon, metre_lat = 0.0000145, 0.000009  # degrees per metre here
+    lat = np.array([true_lat, true_lat, true_lat + 4 * metre_lat, true_lat])
+    lon = np.array([true_lon + 5 * metre_lon, true_lon + 100 * metre_lon, true_lon, true_lon - 5 * metre_lon])
+    hits = Hits(np.array([[0.9, 0.89, 0.5, 0.9]], np.float32), np.array([["e", "far", "n", "w"]], dtype=object),
+                {"lat": lat[None].astype(object), "lon": lon[None].astype(object),
+                 "heading": np.full((1, 4), None, object)})
+    answer = located("photo.png", hits, 0, LocateConfig(index="i", photos=("photo.png",), top_k=4))
+    at = answer["estimate"]
+    assert haversine_m(true_lat, true_lon, at["lat"], at["lon"]) < 1.0
+    assert haversine_m(true_lat, true_lon, lat.mean(), lon.mean()) > 20.0  # what a plain mean would say
+    assert [p["image_id"] for p in answer["places"]] == ["e", "far", "n", "w"]

@@ -15,6 +15,8 @@ from vprlib.metrics import (
     manifest_positives,
     metric_positives,
     recall_at_n,
+    recall_key,
+    recall_ns,
 )
 
 
@@ -196,3 +198,9 @@ def test_rows_without_gps_outside_a_shared_frame_are_refused():
     # with every row on the track the frame holds them all: within 25 m along it, no lat/lon needed
     track = _utm_rows([0.0] * 3, [10.0, 30.0, 60.0], [None] * 3, [False] * 3, [0.0] * 3, [0.0] * 3)
     assert [p.tolist() for p in manifest_positives(queries, track)] == _within_by_hand(queries, track) == [[0], [0]]
+
+
+def test_recall_keys_are_named_and_read_back_in_one_place():
+    summary = {recall_key(n): 0.5 for n in (10, 1, 5)} | {"recall_curve": [0.1], "queries": 3, "rerank": {}}
+    assert {"recall@1", "recall@5", "recall@10"} < set(summary)
+    assert recall_ns(summary) == [1, 5, 10]

@@ -233,6 +233,16 @@ def _without_gps(q: dict, d: dict) -> str | None:
             f"no metric frame ({frames} on every row): there is no position to measure them from")
 
 
+def recall_key(n: int) -> str:
+    """The name Recall@N goes by in summaries, metrics tables and sweeps: "recall@N"."""
+    return f"recall@{n}"
+
+
+def recall_ns(keys: Iterable[str]) -> list[int]:
+    """The N of the "recall@N" names among `keys` (a summary's, a metrics row's), sorted."""
+    return sorted(int(key.split("@", 1)[1]) for key in keys if key.startswith("recall@"))
+
+
 def recall_at_n(
     predictions,
     positives: Sequence[np.ndarray | None],

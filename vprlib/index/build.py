@@ -31,9 +31,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vprlib.cli import help_text
-from vprlib.cluster import DEVICES, Need, check_gpus_per_process, connect, io_task_args
+from vprlib.cluster import connect, io_task_args
 from vprlib.data.manifest import url_to_fs
-from vprlib.index.embed import Embedder, RetrieverRecord, retriever_record
+from vprlib.index.embed import Embedder, EmbeddingOptions, RetrieverRecord, retriever_record
 from vprlib.index.search import (
     EMBEDDINGS,
     MANIFEST,
@@ -55,7 +55,7 @@ SHARD_MEMORY_FACTOR = 3.0  # a shard build holds its vectors about three times (
 
 
 @dataclass(frozen=True)
-class IndexConfig:
+class IndexConfig(EmbeddingOptions):
     maps: str = field(metadata=help_text("the maps table to index (jobs/extract.py output, or a city's gt_maps)"))
     model: str = field(metadata=help_text("the retriever checkpoint (best.pt of jobs/train.py cosplace|netvlad)"))
     output: str = field(metadata=help_text("the index folder (local or s3://); an index already there is updated"))
@@ -71,21 +71,16 @@ class IndexConfig:
     nprobe: int = field(default=0, metadata=help_text("ivfpq: lists searched per query (0 = nlist / 64, at least 16)"))
     refine: int = field(default=0, metadata=help_text(
         "ivfpq: candidates per result re-ranked exactly from the stored vectors (0 = 8)"))
-    batch_size: int = field(default=64, metadata=help_text("maps per embedding batch"))
-    actors: int = field(default=1, metadata=help_text("embedding actors"))
-    device: str = field(default="auto", metadata=help_text("auto (cuda when the cluster has GPUs), cpu or cuda"))
-    gpus_per_actor: float = field(default=1.0, metadata=help_text("GPUs per embedding actor on cuda"))
-    cpus_per_actor: float = field(default=1.0, metadata=help_text("CPUs per embedding actor"))
     cpus_per_shard: int = field(default=1, metadata=help_text("CPUs (faiss threads) per shard build task"))
     ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
-        for name, value, known in (("shard_by", self.shard_by, SHARD_BY), ("kind", self.kind, KINDS),
-                                   ("device", self.device, DEVICES)):
+        super().__post_init__()
+        for name, value, known in (("shard_by", self.shard_by, SHARD_BY), ("kind", self.kind, KINDS)):
             if value not in known:
                 raise ValueError(f"unknown {name} {value!r}; known: {', '.join(known)}")
-        if self.tile_m <= 0 or min(self.batch_size, self.actors, self.cpus_per_shard) < 1:
-            raise ValueError("tile_m must be > 0, batch_size, actors and cpus_per_shard >= 1")
+        if self.tile_m <= 0 or self.cpus_per_shard < 1:
+            raise ValueError("tile_m must be > 0 and cpus_per_shard >= 1")
         if min(self.nlist, self.pq_m, self.nprobe, self.refine) < 0:
             raise ValueError("nlist, pq_m, nprobe and refine must be >= 0 (0 = from the shard's size)")
 
@@ -185,12 +180,8 @@ def embed_parts(config: IndexConfig, record: RetrieverRecord, kept: list[str], t
     from ray.data import ActorPoolStrategy
 
     cluster = _cluster(config)
-    device = cluster.device(config.device)
-    gpus = config.gpus_per_actor if device == "cuda" else 0.0
-    check_gpus_per_process(device, gpus, "--gpus-per-actor")
     actors = min(config.actors, len(todo))
-    cluster.check(Need("embedding actors", actors, config.cpus_per_actor, gpus, "--actors", "--cpus-per-actor",
-                       "--gpus-per-actor"))
+    device, gpus = config.place(cluster, actors)
     work = ray.data.from_items([{"path": p["path"], "file": p["file"]} for p in todo],
                                override_num_blocks=len(todo))
     options = PartOptions(output=config.output, split=config.split, shard_by=config.shard_by, tile_m=config.tile_m,

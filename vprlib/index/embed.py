@@ -10,12 +10,42 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from vprlib.cli import help_text
+from vprlib.cluster import DEVICES, Need, check_gpus_per_process
 from vprlib.data.manifest import url_to_fs
 from vprlib.spec import spec_mismatch
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingOptions:
+    """How the retriever's actor pool runs, for every job that embeds maps on Ray (index, evaluate): their configs
+    take these fields (and flags) from here."""
+
+    batch_size: int = field(default=64, metadata=help_text("maps per embedding batch"))
+    actors: int = field(default=1, metadata=help_text("embedding actors"))
+    device: str = field(default="auto", metadata=help_text("auto (cuda when the cluster has GPUs), cpu or cuda"))
+    gpus_per_actor: float = field(default=1.0, metadata=help_text("GPUs per embedding actor on cuda"))
+    cpus_per_actor: float = field(default=1.0, metadata=help_text("CPUs per embedding actor"))
+
+    def __post_init__(self):
+        if self.device not in DEVICES:
+            raise ValueError(f"unknown device {self.device!r}; known: {', '.join(DEVICES)}")
+        if min(self.batch_size, self.actors) < 1:
+            raise ValueError("batch_size and actors must be >= 1")
+
+    def place(self, cluster, actors: int | None = None, spare_cpus: float = 0.0) -> tuple[str, float]:
+        """The device and GPUs per actor of `actors` (default --actors) embedding actors on `cluster`
+        (vprlib.cluster.Cluster), after checking they can start beside `spare_cpus` for other tasks."""
+        device = cluster.device(self.device)
+        gpus = self.gpus_per_actor if device == "cuda" else 0.0
+        check_gpus_per_process(device, gpus, "--gpus-per-actor")
+        cluster.check(Need("embedding actors", actors or self.actors, self.cpus_per_actor, gpus, "--actors",
+                           "--cpus-per-actor", "--gpus-per-actor", spare_cpus=spare_cpus))
+        return device, gpus
 
 
 class ModelError(ValueError):

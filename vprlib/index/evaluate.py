@@ -7,15 +7,18 @@ index holds, with per-query results, a summary and, on request, an HTML report (
    in (vprlib.metrics.gps_columns).
 2. The queries' maps stream through Ray Data (the `query` split's ok rows by default): embedded by that retriever on
    an actor pool, then searched on the index's shards, held by Ray actors (vprlib.index.search.SearchPool: exact
-   merge of the shards' top-k), which also find each query's positives among their rows. The driver holds the query
-   rows' metadata and the results, never a descriptor or the index's rows.
+   merge of the shards' top-k), which also find each query's positives among their rows; with --rerank K (default
+   10) the first K candidates are re-ordered by how well their maps agree with the query's (vprlib.index.rerank:
+   actors that read only the candidates' maps parts). The driver holds the query rows' metadata and the results,
+   never a descriptor, a map or the index's rows.
 3. Ground truth is `vprlib.metrics.manifest_positives` between the query rows and the index's rows: GPS mode
    (within --radius-m, in a metric frame when every row has one, which needs no lat/lon: Nordland), landmark mode
    (--landmarks), or the positives-list mode when the query rows carry `positives` (GLDv2's retrieval protocol).
    A row with no ground truth is not a query (left out of M); a query with no positive in the index stays in M as a
    miss, as the VPR community's evaluation counts it, unless --exclude-no-positive.
 4. `results.parquet` holds one row per embedded query row (its top-k ids, scores, distances in metres, which are
-   correct, the rank of the first correct one, where the hits are); `summary.json` the recalls and settings;
+   correct, the rank of the first correct one, and before re-ranking, where the hits are); `summary.json` the
+   recalls and settings, the search's own recalls and what the re-ranking cost per query;
    `report.html` the report.
 """
 
@@ -26,7 +29,6 @@ import json
 import posixpath
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -34,8 +36,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vprlib.cli import help_text
-from vprlib.cluster import DEVICES, Need, absolute_path, check_gpus_per_process, connect, io_task_args
+from vprlib.cluster import absolute_path, connect, io_task_args
 from vprlib.data.manifest import url_to_fs
+from vprlib.index.embed import EmbeddingOptions, RetrieverRecord
+from vprlib.index.rerank import DEFAULT_K, database_maps
 from vprlib.index.search import SearchPool, read_manifest
 from vprlib.maps import MapSpecError, maps_dataset, read_maps, read_spec, table_schema
 from vprlib.metrics import (
@@ -45,13 +49,13 @@ from vprlib.metrics import (
     haversine_m,
     metric_frame,
     recall_from_ranks,
+    recall_key,
+    recall_ns,
 )
 from vprlib.spec import spec_mismatch
 
-if TYPE_CHECKING:  # the retriever's module imports torch: only where an evaluation runs, not for --help
-    from vprlib.index.embed import RetrieverRecord
-
-RESULTS, SUMMARY, REPORT = "results.parquet", "summary.json", "report.html"
+RESULTS, SUMMARY = "results.parquet", "summary.json"
+TIMING = ("_search_ms", "_rerank_ms")  # per-query milliseconds the scoring step spent searching and re-ranking
 # Query columns read besides the maps: positions and ground truth for the metrics, the photo for the report.
 QUERY_COLUMNS = ("lat", "lon", "has_gps", "utm_east", "utm_north", "utm_zone", "east_m", "north_m", "landmark_id",
                  "landmark_ids", "positives", "uri")
@@ -59,7 +63,7 @@ QUERY_COLUMNS = ("lat", "lon", "has_gps", "utm_east", "utm_north", "utm_zone", "
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(EmbeddingOptions):
     index: str = field(metadata=help_text("the index folder (jobs/index.py output)"))
     queries: str = field(metadata=help_text("the maps table of the query photos (same kind of maps as the index's)"))
     output: str = field(metadata=help_text("folder for results.parquet, summary.json and report.html"))
@@ -78,25 +82,26 @@ class EvaluateConfig:
     report_queries: int = field(default=20, metadata=help_text("queries shown in the report (wrong ones first)"))
     report_top: int = field(default=3, metadata=help_text("predictions shown per query in the report"))
     seed: int = field(default=0, metadata=help_text("seed of the report's sample of queries"))
-    batch_size: int = field(default=64, metadata=help_text("maps per embedding batch"))
-    actors: int = field(default=1, metadata=help_text("embedding actors"))
-    device: str = field(default="auto", metadata=help_text("auto (cuda when the cluster has GPUs), cpu or cuda"))
-    gpus_per_actor: float = field(default=1.0, metadata=help_text("GPUs per embedding actor on cuda"))
-    cpus_per_actor: float = field(default=1.0, metadata=help_text("CPUs per embedding actor"))
     search_actors: int = field(default=1, metadata=help_text("actors holding the index's shards (each a share)"))
     search_cpus: float = field(default=0.0, metadata=help_text(
         "CPUs reserved per search actor (0: it searches while the step that asked it waits, on the CPU that step "
         "frees)"))
+    rerank: int = field(default=DEFAULT_K, metadata=help_text(
+        "re-rank each query's first K candidates by how well their maps agree with the query's (vprlib.index.rerank; "
+        "0 = off): only their order changes"))
+    database_maps: str = field(default="", metadata=help_text(
+        "the maps table the index was built from, read by the re-ranking ('' = the one index.json records)"))
     ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
+        super().__post_init__()
         parse_ns(self.recall)
-        if self.device not in DEVICES:
-            raise ValueError(f"unknown device {self.device!r}; known: {', '.join(DEVICES)}")
+        if self.rerank < 0:
+            raise ValueError(f"rerank must be >= 0 (0 = off), got {self.rerank}")
         if self.radius_m <= 0:
             raise ValueError(f"radius_m must be > 0, got {self.radius_m}")
-        if min(self.report_queries, self.report_top, self.batch_size, self.actors, self.search_actors) < 1:
-            raise ValueError("report_queries, report_top, batch_size, actors and search_actors must be >= 1")
+        if min(self.report_queries, self.report_top, self.search_actors) < 1:
+            raise ValueError("report_queries, report_top and search_actors must be >= 1")
         if self.search_cpus < 0:
             raise ValueError(f"search_cpus must be >= 0, got {self.search_cpus}")
 
@@ -108,6 +113,11 @@ class EvaluateConfig:
     def k(self) -> int:
         """Predictions kept per query: enough for the largest N and the report."""
         return max(max(self.ns), self.report_top)
+
+    @property
+    def depth(self) -> int:
+        """Candidates searched per query: the predictions kept, or the re-ranked ones when more."""
+        return max(self.k, self.rerank)
 
 
 def parse_ns(recall: str) -> tuple[int, ...]:
@@ -127,23 +137,32 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     manifest = read_manifest(config.index)
     check_queries(config.queries, manifest, config.index)
     record = retriever(config, manifest)
+    if config.rerank:
+        database_maps(manifest, config.database_maps)
     record.check_photos(config.queries)
     queries, skipped = query_rows(config)
     mode = resolve_mode(config, queries)
     columns = gps_frame(config, queries, manifest) if mode == "gps" else None
     truth = ground_truth_rows(config, queries, mode, columns)
     results = score_queries(config, record, manifest, queries, mode, columns)
+    costs = {c: float(pc.sum(results[c]).as_py() or 0.0) / max(results.num_rows, 1) for c in TIMING}
+    results = results.drop_columns(list(TIMING))
     warn_overlap(results)
-    curve = recall_from_ranks(results["first_correct_rank"].to_pylist(), truth,
-                              results["positives"].to_pylist(), range(1, config.k + 1), config.exclude_no_positive)
+    curve, searched = (recall_from_ranks(results[c].to_pylist(), truth, results["positives"].to_pylist(),
+                                         range(1, config.k + 1), config.exclude_no_positive)
+                       for c in ("first_correct_rank", "search_first_correct_rank"))
     summary = summarize(config, manifest, mode, distance_note(queries, columns), results, truth, curve, skipped,
                         start)
+    summary["rerank"] = {"k": config.rerank, "ms_per_query": costs["_rerank_ms"],
+                         "search_ms_per_query": costs["_search_ms"],
+                         "search_only": {recall_key(n): searched[n] for n in config.ns}}
     write_outputs(config.output, results, summary)
     print_summary(summary)
     if config.report:
         from vprlib.index.report import write_report
 
-        path = write_report(config, summary, results, queries, predicted_rows(results), manifest["map_spec"])
+        path = write_report(summary, results, queries, predicted_rows(results), manifest["map_spec"],
+                            config.report_queries, config.report_top, config.seed)
         print(f"evaluate: report {path}", flush=True)
     return summary
 
@@ -228,24 +247,26 @@ def score_queries(config: EvaluateConfig, record: RetrieverRecord, manifest: dic
     from ray.data import ActorPoolStrategy
 
     from vprlib.index.embed import Embedder
-    from vprlib.train.data import DATA_TASK_CPUS, resize_maps
+    from vprlib.train.data import DATA_TASK_CPUS
 
     cluster = connect(config.ray_address)
-    device = cluster.device(config.device)
-    gpus = config.gpus_per_actor if device == "cuda" else 0.0
-    check_gpus_per_process(device, gpus, "--gpus-per-actor")
-    search = config.search_actors * config.search_cpus
-    cluster.check(Need("embedding actors", config.actors, config.cpus_per_actor, gpus, "--actors",
-                       "--cpus-per-actor", "--gpus-per-actor", spare_cpus=search + DATA_TASK_CPUS))
+    device, gpus = config.place(cluster, spare_cpus=config.search_actors * config.search_cpus + DATA_TASK_CPUS)
     pool = SearchPool(config.index, config.search_actors, config.search_cpus, manifest)
+    reranker = None
+    if config.rerank:
+        from vprlib.index.rerank import RerankPool
+
+        reranker = RerankPool(config.index, config.search_actors, config.search_cpus, manifest,
+                              config.database_maps)
     columns_kept = ("rgb",) if record.uses_rgb else ()
     ds = maps_dataset(absolute_path(config.queries), config.query_split if config.query_split != "all" else None,
                       columns=("image_id", *columns_kept), num_cpus=DATA_TASK_CPUS)
-    ds = ds.map_batches(resize_maps, fn_kwargs={"side": record.input_side}, num_cpus=DATA_TASK_CPUS)
+    ds = ds.map_batches(prepare_maps, fn_kwargs={"side": record.input_side, "rerank": bool(config.rerank)},
+                        num_cpus=DATA_TASK_CPUS)
     ds = ds.map_batches(Embedder, fn_constructor_kwargs={"checkpoint": record.path, "device": device},
                         batch_size=config.batch_size, compute=ActorPoolStrategy(size=config.actors),
                         num_cpus=config.cpus_per_actor, num_gpus=gpus, **io_task_args())
-    scorer = QueryScorer(pool, ray.put(queries), config.k, mode, config.radius_m, columns)
+    scorer = QueryScorer(pool, ray.put(queries), config, mode, columns, reranker)
     ds = ds.map_batches(scorer, batch_format="numpy", num_cpus=DATA_TASK_CPUS, **io_task_args())
     results = pa.concat_tables(ray.get(ds.to_arrow_refs()))
     positions = pc.index_in(queries["image_id"], value_set=results["image_id"])
@@ -256,25 +277,59 @@ def score_queries(config: EvaluateConfig, record: RetrieverRecord, manifest: dic
     return results.take(positions)
 
 
-class QueryScorer:
-    """A Ray Data step: a batch of query descriptors searched on the index's actors, each query's positives found
-    there, scored (vprlib.metrics) into results rows. `queries` (an object ref) holds the query rows' metadata."""
+def prepare_maps(batch: dict, side: int, rerank: bool) -> dict:
+    """A query batch for the retriever: its maps resized to the retriever's side and, for the re-ranking, its label
+    map at the maps' own side cut to the re-ranking's thumbnail (`rerank_seg`, which the embedder passes on)."""
+    from vprlib.train.data import resize_maps
 
-    def __init__(self, pool, queries, k: int, mode: str, radius_m: float, columns):
-        self.pool, self.queries, self.k = pool, queries, k
-        self.mode, self.radius_m, self.columns = mode, radius_m, columns
+    thumbs = {}
+    if rerank:
+        from vprlib.index.rerank import thumbnails
+
+        thumbs["rerank_seg"] = thumbnails(batch["seg"])
+    return {**resize_maps(batch, side), **thumbs}
+
+
+class QueryScorer:
+    """A Ray Data step: a batch of query descriptors searched on the index's actors, the first `config.rerank`
+    candidates re-ordered by their maps (vprlib.index.rerank.RerankPool), each query's positives found there, scored
+    (vprlib.metrics) into results rows, with the milliseconds per query the search and the re-ranking took (TIMING).
+    `queries` (an object ref) holds the query rows' metadata."""
+
+    def __init__(self, pool, queries, config: EvaluateConfig, mode: str, columns, reranker=None):
+        self.pool, self.queries, self.k, self.depth, self.rerank = pool, queries, config.k, config.depth, config.rerank
+        self.mode, self.radius_m, self.columns, self.reranker = mode, config.radius_m, columns, reranker
 
     def __call__(self, batch: dict) -> pa.Table:
         import ray
 
         every = ray.get(self.queries)
         rows = every.take(pc.index_in(pa.array(batch["image_id"].tolist(), pa.string()), value_set=every["image_id"]))
-        hits = self.pool.search(np.asarray(batch["vector"], dtype=np.float32), self.k)
+        start = time.perf_counter()
+        hits = self.pool.search(np.asarray(batch["vector"], dtype=np.float32), self.depth)
+        searched = time.perf_counter()
+        found, done = hits, searched
+        if self.reranker is not None:
+            found, _ = self.reranker(hits, batch["rerank_seg"], self.rerank)
+            done = time.perf_counter()
         truth = has_ground_truth(rows, self.mode, self.columns)
-        found = self.pool.positives(rows, self.mode, self.radius_m, self.columns)
-        positives = [set(ids or ()) if t else None for ids, t in zip(found, truth, strict=True)]
+        matches = self.pool.positives(rows, self.mode, self.radius_m, self.columns)
+        positives = [set(ids or ()) if t else None for ids, t in zip(matches, truth, strict=True)]
         held = self.pool.holds(rows["image_id"].to_pylist())
-        return results_table(rows, hits, positives, held, self.columns)
+        keep = np.tile(np.arange(self.k), (len(rows), 1))
+        table = results_table(rows, found.take(keep), positives, held, self.columns)
+        before = [first_correct(ids, pos) for ids, pos in zip(hits.ids[:, : self.k], positives, strict=True)]
+        n = max(len(rows), 1)
+        return (table.append_column("search_first_correct_rank", pa.array(before, pa.int32()))
+                .append_column("_search_ms", pa.array(np.full(len(rows), (searched - start) * 1e3 / n)))
+                .append_column("_rerank_ms", pa.array(np.full(len(rows), (done - searched) * 1e3 / n))))
+
+
+def first_correct(ids, positives: set | None) -> int | None:
+    """The 1-based rank of the first of `ids` (best first; None pads) in `positives`; None when none is."""
+    if not positives:
+        return None
+    return next((r for r, ident in enumerate(ids, start=1) if ident is not None and ident in positives), None)
 
 
 def warn_overlap(results: pa.Table) -> None:
@@ -365,7 +420,7 @@ def summarize(config: EvaluateConfig, manifest: dict, mode: str, distances: str,
     queries = sum(truth)
     without_positive = sum(c == 0 for c in results["positives"].to_pylist())
     return {
-        **{f"recall@{n}": curve[n] for n in config.ns},
+        **{recall_key(n): curve[n] for n in config.ns},
         "queries": queries, "rows": len(truth), "without_ground_truth": len(truth) - queries,
         "without_positive": without_positive, "exclude_no_positive": config.exclude_no_positive,
         "scored_queries": queries - without_positive if config.exclude_no_positive else queries, "failed_maps": skipped,
@@ -397,5 +452,11 @@ def print_summary(summary: dict) -> None:
             "counted as misses (--exclude-no-positive leaves them out)")
     lines.append(f"  {summary['without_positive']} of the {summary['queries']} queries have no positive in the index "
                  f"({setting}): {fate}")
-    lines += [f"  {key:<10} {summary[key]:7.2%}" for key in summary if key.startswith("recall@")]
+    rerank = summary["rerank"]
+    lines += [f"  {key:<10} {summary[key]:7.2%}" + (f"   (search alone {rerank['search_only'][key]:7.2%})"
+                                                    if rerank["k"] else "")
+              for key in map(recall_key, recall_ns(summary))]
+    if rerank["k"]:
+        lines.append(f"  re-ranked the first {rerank['k']} by their maps: {rerank['ms_per_query']:.2f} ms per query "
+                     f"beside the search's {rerank['search_ms_per_query']:.2f} ms")
     print("\n".join(lines), flush=True)

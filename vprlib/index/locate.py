@@ -3,9 +3,11 @@ index's nearest images say where it was taken.
 
 Everything runs in this process (no Ray cluster needed): the photos are decoded and resized as the extraction job
 does, the strategy's models (from the index's map specification) make their maps, the retriever embeds them, and the
-shards are searched. The position estimate is the similarity-weighted mean of the top-k places that lie within
-`cluster_m` of the best match: the best match decides the neighbourhood, its agreeing neighbours refine it, and a
-far-away runner-up (another street that looks alike) does not pull the estimate between two places.
+shards are searched; the first `rerank` places are re-ordered by how well their maps agree with the photo's
+(vprlib.index.rerank; their similarities stay the descriptors'). The position estimate is the similarity-weighted
+mean of the top-k places that lie within `cluster_m` of the best match: the best match decides the neighbourhood,
+its agreeing neighbours refine it, and a far-away runner-up (another street that looks alike) does not pull the
+estimate between two places.
 
 How sure the answer is (`confidence`) is the ratio test of Lowe (2004) between places: the descriptor distance to the
 best match over the distance to the best match of another place (more than `cluster_m` from it). Near 1, another
@@ -26,6 +28,7 @@ import numpy as np
 
 from vprlib.cli import help_text
 from vprlib.cluster import DEVICES
+from vprlib.index.rerank import DEFAULT_K
 from vprlib.index.search import Index
 from vprlib.metrics import haversine_m
 from vprlib.spec import MapSpec, spec_mismatch
@@ -62,11 +65,15 @@ class LocateConfig:
     batch_size: int = field(default=32, metadata=help_text("batch: photos per model batch"))
     actors: int = field(default=1, metadata=help_text("batch: extraction and embedding actors"))
     search_actors: int = field(default=1, metadata=help_text("batch: actors holding the index's shards"))
+    rerank: int = field(default=DEFAULT_K, metadata=help_text(
+        "re-rank the first K places by how well their maps agree with the photo's (vprlib.index.rerank; 0 = off)"))
+    database_maps: str = field(default="", metadata=help_text(
+        "the maps table the index was built from, read by the re-ranking ('' = the one index.json records)"))
     ray_address: str = field(default="", metadata=help_text("batch: Ray cluster address ('' = connect or start local)"))
 
     def __post_init__(self):
-        if self.top_k < 1 or self.cluster_m < 0 or self.prior_m < 0:
-            raise ValueError("top_k must be >= 1, cluster_m and prior_m >= 0")
+        if self.top_k < 1 or self.cluster_m < 0 or self.prior_m < 0 or self.rerank < 0:
+            raise ValueError("top_k must be >= 1, cluster_m, prior_m and rerank >= 0")
         if min(self.batch_size, self.actors, self.search_actors) < 1:
             raise ValueError("batch_size, actors and search_actors must be >= 1")
         if self.min_side < 1 or not 0 < self.sure_ratio <= 1:
@@ -184,8 +191,17 @@ def locate(config: LocateConfig) -> list[dict]:
     with torch.inference_mode():
         tensors = {k: torch.from_numpy(np.array(v)).to(device) for k, v in resized.items()}
         vectors = model.embed(tensors["depth"], tensors["seg"], tensors.get("rgb")).float().cpu().numpy()
-    hits = index.search(vectors, max(config.top_k, CONFIDENCE_DEPTH))
+    hits = index.search(vectors, search_depth(config))
+    if config.rerank:
+        from vprlib.index.rerank import Reranker
+
+        hits, _ = Reranker(index.root, index.manifest, config.database_maps)(hits, maps["seg"], config.rerank)
     return [located(photo, hits, q, config) for q, photo in enumerate(config.photos)]
+
+
+def search_depth(config: LocateConfig) -> int:
+    """Places searched per photo: the answer's, the confidence's and the re-ranked ones."""
+    return max(config.top_k, CONFIDENCE_DEPTH, config.rerank)
 
 
 def located(photo: str, hits, q: int, config: LocateConfig) -> dict:
@@ -273,8 +289,14 @@ def locate_batch(config: LocateConfig) -> dict:
                         batch_size=config.batch_size, compute=ActorPoolStrategy(size=config.actors), num_cpus=1,
                         num_gpus=gpus, **io_task_args())
     pool = SearchPool(index.root, config.search_actors, manifest=index.manifest)
+    reranker = None
+    if config.rerank:
+        from vprlib.index.rerank import RerankPool
+
+        reranker = RerankPool(index.root, config.search_actors, manifest=index.manifest, maps=config.database_maps)
     priors = photos.select([c for c in ("image_id", "lat", "lon") if c in photos.column_names])
-    ds = ds.map_batches(BatchLocator(pool, ray.put(priors), config), batch_format="numpy", num_cpus=SEARCH_CPUS)
+    ds = ds.map_batches(BatchLocator(pool, ray.put(priors), config, reranker), batch_format="numpy",
+                        num_cpus=SEARCH_CPUS)
     answers = pa.concat_tables(ray.get(ds.to_arrow_refs()))
     answers = answers.take(pc.index_in(photos["image_id"], value_set=answers["image_id"]))
     write_atomic(config.output, lambda sink: pq.write_table(answers, sink, compression="zstd"))
@@ -291,7 +313,8 @@ SEARCH_CPUS = 0.5  # CPUs a light task of the batch reserves
 
 class PhotoEmbedder:
     """Ray Data actor: the index's extraction chain and its retriever, each loaded once; decoded photos in, their
-    descriptors out (`vector`, with `image_id`, `uri`, `status`, `error`; an error row's vector means nothing)."""
+    descriptors out (`vector`, with `image_id`, `uri`, `status`, `error`; an error row's vector means nothing), and
+    the label maps cut for the re-ranking (`rerank_seg`)."""
 
     def __init__(self, spec: MapSpec, run, checkpoint: str, side: int):
         from vprlib.extract.stages import FusedChain
@@ -306,16 +329,19 @@ class PhotoEmbedder:
         maps = self.chain(batch)
         photo = {"rgb": maps["image"]} if "image" in maps else {}
         resized = self.resize({"depth": maps["depth"], "seg": maps["seg"], **photo}, self.side)
+        from vprlib.index.rerank import thumbnails
+
         kept = {k: maps[k] for k in ("image_id", "uri", "status", "error")}
-        return self.embedder({**kept, **resized})
+        return self.embedder({**kept, **resized, "rerank_seg": thumbnails(maps["seg"])})
 
 
 class BatchLocator:
     """A Ray Data step: a batch of photo descriptors searched on the index's actors (only the shards near a row's
-    prior position with --prior-m), each photo's answer (`located`) as a row of `answer_schema()`."""
+    prior position with --prior-m), the first --rerank places re-ordered by their maps (`reranker`, a
+    vprlib.index.rerank.RerankPool), each photo's answer (`located`) as a row of `answer_schema()`."""
 
-    def __init__(self, pool, priors, config: LocateConfig):
-        self.pool, self.priors, self.config = pool, priors, config
+    def __init__(self, pool, priors, config: LocateConfig, reranker=None):
+        self.pool, self.priors, self.config, self.reranker = pool, priors, config, reranker
 
     def allowed(self, ids: list[str]) -> list | None:
         """Per photo, the shards near its prior position (every shard without one); None: no priors asked for."""
@@ -337,8 +363,10 @@ class BatchLocator:
         import pyarrow as pa
 
         ids = [str(i) for i in batch["image_id"]]
-        depth = max(self.config.top_k, CONFIDENCE_DEPTH)
-        hits = self.pool.search(np.asarray(batch["vector"], dtype=np.float32), depth, self.allowed(ids))
+        hits = self.pool.search(np.asarray(batch["vector"], dtype=np.float32), search_depth(self.config),
+                                self.allowed(ids))
+        if self.reranker is not None:
+            hits, _ = self.reranker(hits, batch["rerank_seg"], self.config.rerank)
         rows = []
         for q, ident in enumerate(ids):
             ok = batch["status"][q] == "ok"

@@ -19,7 +19,6 @@ import io
 import math
 import posixpath
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -28,10 +27,8 @@ from PIL import Image, ImageOps
 
 from vprlib.data.manifest import one_line, url_to_fs
 from vprlib.maps import decode_depth, decode_seg, read_maps
+from vprlib.metrics import recall_key, recall_ns
 from vprlib.spec import IGNORE_LABEL, REFINED_CLASSES
-
-if TYPE_CHECKING:
-    from vprlib.index.evaluate import EvaluateConfig
 
 THUMB = 176  # pixels of every tile's longer side
 MAX_LEGEND = 8  # classes named under a segmentation map (the largest first)
@@ -368,8 +365,7 @@ def positions_svg(views: list[QueryView], query_at: list[tuple[float, float]], d
 
 def render(summary: dict, views: list[QueryView], seg_classes: str, groups: list[str], positions: str) -> str:
     """The whole page; `groups` names each view's group (SAMPLE_GROUPS), `positions` is the map (positions_svg)."""
-    recalls = " · ".join(f"Recall@{key.split('@')[1]} {summary[key]:.1%}" for key in summary if key.startswith(
-        "recall@"))
+    recalls = " · ".join(f"Recall@{n} {summary[recall_key(n)]:.1%}" for n in recall_ns(summary))
     right = "right within {:g} m".format(summary["radius_m"]) if summary["mode"] == "gps" else \
         f"right by {summary['mode']}"
     settings = [
@@ -378,6 +374,12 @@ def render(summary: dict, views: list[QueryView], seg_classes: str, groups: list
         f"{html.escape(summary['mode'])} mode, {html.escape(right)}; distances: {html.escape(summary['distances'])}",
         f"index <code>{html.escape(summary['index'])}</code>; retriever {html.escape(summary['model']['family'])} "
         f"sha256 <code>{summary['model']['sha256'][:12]}</code>; {html.escape(summary['time'])}"]
+    rerank = summary.get("rerank") or {}
+    if rerank.get("k"):
+        alone = " · ".join(f"Recall@{n} {rerank['search_only'][recall_key(n)]:.1%}"
+                           for n in recall_ns(rerank["search_only"]))
+        settings.append(f"the first {rerank['k']} candidates re-ranked by their maps ({rerank['ms_per_query']:.2f} ms "
+                        f"per query); the search alone: {alone}")
     counts = {name: groups.count(name) for name in SAMPLE_GROUPS if name in groups}
     said = "; ".join(f"{n} {SAMPLE_GROUPS[name].format(k=summary['k'])}" for name, n in counts.items())
     body, number = [], 0
@@ -409,19 +411,22 @@ def _position(results: pa.Table, row: int) -> tuple[float, float]:
 
 
 def _ns(summary: dict) -> tuple[int, ...]:
-    return tuple(sorted(int(key.split("@")[1]) for key in summary if key.startswith("recall@")))
+    return tuple(recall_ns(summary))
 
 
-def write_report(config: EvaluateConfig, summary: dict, results: pa.Table, queries: pa.Table, database: pa.Table,
-                 map_spec: dict) -> str:
-    """Render the report of an evaluation and write it as report.html in the output folder; its path."""
-    picked = pick_sample(results, config.report_queries, config.seed)
+def write_report(summary: dict, results: pa.Table, queries: pa.Table, database: pa.Table, map_spec: dict,
+                 shown: int = 20, top: int = 3, seed: int = 0) -> str:
+    """Render the report of an evaluation (its summary, results, query rows and the indexed rows its results name)
+    and write it as report.html in the evaluation's output folder (`summary["output"]`); its path. `shown` queries
+    (a seeded sample, `pick_sample`), each with its first `top` predictions; the query maps are read from
+    `summary["queries_maps"]`."""
+    picked = pick_sample(results, shown, seed)
     rows = [i for _, i in picked]
-    views = query_views(results, rows, queries, database, config.queries, config.report_top)
+    views = query_views(results, rows, queries, database, summary["queries_maps"], top)
     query_at = [_position(results, i) for i in rows]
     page = render(summary, views, map_spec.get("seg_classes", "ade20k"), [g for g, _ in picked],
                   positions_svg(views, query_at, database))
-    fs, root = url_to_fs(config.output)
+    fs, root = url_to_fs(summary["output"])
     path = posixpath.join(root, "report.html")
     with fs.open(path, "w", encoding="utf-8") as f:
         f.write(page)
