@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from vprlib.data import synthcity as sc
 from vprlib.data.manifest import read_manifest
+from vprlib.demo import city as sc
 from vprlib.maps import decode_depth, decode_seg, read_maps, read_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

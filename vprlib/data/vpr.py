@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from vprlib.data.manifest import ManifestError, join_uri, url_to_fs, validate
-from vprlib.data.synthcity import utm_to_latlon
+from vprlib.demo.city.layout import utm_to_latlon
 
 # The fields of a name, in order, as manifest columns; the numeric ones are parsed, the others kept as text.
 FIELDS = ("utm_east", "utm_north", "utm_zone", "utm_letter", "lat", "lon", "pano_id", "tile_num", "heading",

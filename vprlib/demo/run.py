@@ -1,14 +1,13 @@
-"""The method end to end on the synthetic city with the shipped demo models: maps, index, Recall@N, located photos.
+"""The demo run (`make demo`, jobs/demo.py): the method end to end on the synthetic city with the shipped demo
+models: maps, index, Recall@N, located photos.
 
-    python jobs/demo.py --output out
-
-Makes the city the demo retrievers were trained on (synthcity.demo_city, as jobs/demo_models.sh does; they learnt
-from its west half), then for each strategy (--strategies) extracts the maps of the east half's captures
-with the `demo` models, indexes the database captures with the strategy's shipped demo retriever, evaluates the query
-captures (Recall@1/5/10 within 25 m, and an HTML report), and locates a few query photos as a user would
-(jobs/locate.py), printing where each was taken against where the system says, how far off that is, whether within
-25 m, and whether locate said it was sure. It says which step it is on. Every step resumes: a second run only
-re-evaluates. Exit status 2 on bad arguments or missing demo weights (one line on stderr), 130 on Ctrl-C.
+Makes the city the demo retrievers were trained on (`vprlib.demo.city.demo_city`, as the demo-models recipe does;
+they learnt from its west half), then for each strategy (`DemoConfig.strategies`) extracts the maps of the east
+half's captures with the `demo` models, indexes the database captures with the strategy's shipped demo retriever,
+evaluates the query captures (Recall@1/5/10 within 25 m, and an HTML report), and locates a few query photos as a
+user would (jobs/locate.py), printing where each was taken against where the system says, how far off that is,
+whether within 25 m, and whether locate said it was sure. It says which step it is on. Every step resumes: a second
+run only re-evaluates.
 """
 
 from __future__ import annotations
@@ -16,10 +15,9 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 
-from vprlib.cli import OneLineParser, add_flags, help_text, run
+from vprlib.cli import help_text
 
 
 @dataclass(frozen=True)
@@ -55,7 +53,7 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 def run_demo(config: DemoConfig) -> dict:
     """Run every step; return {strategy: evaluation summary}."""
     from vprlib.data.manifest import read_manifest, write_manifest
-    from vprlib.data.synthcity import demo_city
+    from vprlib.demo.city import demo_city
     from vprlib.extract.config import extract_config
     from vprlib.extract.pipeline import run_extract
     from vprlib.index.build import IndexConfig, run_index
@@ -133,23 +131,3 @@ def recall_table(summaries: dict) -> str:
     lines = ["", f"{'strategy':<12}" + "".join(f"{k:>11}" for k in keys)]
     lines += [f"{s:<12}" + "".join(f"{summary[k]:>11.1%}" for k in keys) for s, summary in summaries.items()]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="demo.py", description=__doc__.split("\n")[0])
-    add_flags(parser, DemoConfig)
-    config = DemoConfig(**vars(parser.parse_args(argv)))
-    try:
-        config.strategy_list  # noqa: B018 (checks --strategies)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        run_demo(config)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"demo: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run(main))

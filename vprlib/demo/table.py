@@ -1,6 +1,5 @@
-"""The paper's Table 1 in kind on the synthetic city: retrain the refiners and every retriever, print Recall@1/5/10.
-
-    python jobs/table.py --output out          # make table: 75 minutes on a 2-core CPU
+"""The paper's Table 1 in kind on the synthetic city (`make table`, jobs/table.py): retrain the refiners and every
+retriever, print Recall@1/5/10; and the appearance study (`make study`, jobs/table.py --parts study).
 
 Makes the demo's city (or reuses `<output>/city` when `make demo` made it), extracts the maps of all its captures
 with the shipped demo extractors (strategies none and inpaint), trains the demo-size refiners on the raw maps of the
@@ -10,7 +9,7 @@ row of ROWS on the train split (validated on val), indexes the database captures
 CosPlace ResNet-50 on depth only and on segmentation only; NetVLAD VGG16 and CosPlace ResNet-18/50 with inpainting)
 and two it lacks: the same CosPlace on the ground-truth maps (the ceiling) and on raw maps (the floor). Sizes are the
 CPU's, not the paper's (--side, epochs, descriptor size): the table is printed with them. Every step resumes, so a
-second run only evaluates again. Exit status 2 on bad arguments (one line on stderr).
+second run only evaluates again.
 """
 
 from __future__ import annotations
@@ -18,11 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-from vprlib.cli import OneLineParser, add_flags, help_text, run
+from vprlib.cli import help_text
+from vprlib.demo import models as recipe
 
 
 @dataclass(frozen=True)
@@ -78,8 +77,8 @@ class TableConfig:
     netvlad_epochs: int = field(default=3, metadata=help_text(
         "NetVLAD epochs of 128 queries each (the paper: 50 of all queries)"))
     refiner_epochs: int = field(default=2, metadata=help_text("refiner epochs (the paper: 30)"))
-    study_epochs: int = field(default=40, metadata=help_text(
-        "epochs of the study's photo retriever (the shipped demo retrievers': 40)"))
+    study_epochs: int = field(default=recipe.COSPLACE["epochs"], metadata=help_text(
+        f"epochs of the study's photo retriever (the shipped demo retrievers': {recipe.COSPLACE['epochs']})"))
     seed: int = field(default=0, metadata=help_text("seed of every training run"))
     threads: int = field(default=0, metadata=help_text(
         "torch threads of each training run (0 = this machine's CPUs: the table trains one model at a time)"))
@@ -115,9 +114,9 @@ class TableConfig:
         return self.threads or os.cpu_count() or 1
 
 
-# CosPlace's group layout for the demo city's dense visits (jobs/demo_models.sh's): classes of 6 images, 8 groups of
-# about 230 images. Batches per epoch: --cosplace-iterations (the shipped demo retrievers: one pass, iterations 0).
-COSPLACE = {"lr": 3e-4, "batch_size": 32, "groups": 8, "group_cells": 2, "group_bins": 2, "min_images_per_class": 6}
+# CosPlace: the demo-models recipe's (vprlib.demo.models.COSPLACE: its group layout for the demo city's dense visits,
+# classes of 6 images, 8 groups of about 230 images), with the table's backbone, descriptor size, epochs and batches
+# per epoch (--cosplace-iterations; the shipped demo retrievers: one pass, iterations 0).
 # NetVLAD's epochs on a CPU: 128 queries drawn afresh each (of about 1,800), mined from a cache of 500 images.
 NETVLAD = {"batch_size": 4, "queries_per_epoch": 128, "cache_size": 500}
 
@@ -147,7 +146,7 @@ def table_maps(config: TableConfig, needed: set[str], city_config=None) -> dict[
     """The city (made unless there) and the maps tables of the `needed` strategies (extracted unless there, after
     the refiners for synthetic): {strategy: path}. The synthetic maps carry the photos too (--rgb), for the
     appearance study's RGB retriever."""
-    from vprlib.data.synthcity import GT_MAPS
+    from vprlib.demo.city import GT_MAPS
     from vprlib.models import zoo
 
     city = make_city(config, city_config)
@@ -166,7 +165,7 @@ def table_maps(config: TableConfig, needed: set[str], city_config=None) -> dict[
 
 def make_city(config: TableConfig, city_config=None) -> str:
     """<output>/city: the demo's (made unless there), or `city_config`'s (made unless there); its path."""
-    from vprlib.data.synthcity import demo_city, generate_city
+    from vprlib.demo.city import demo_city, generate_city
 
     city = os.path.join(os.path.abspath(config.output), "city")
     if city_config is None:
@@ -215,15 +214,17 @@ def train_row(config: TableConfig, row: Row, maps: str, folder: str) -> dict:
     from vprlib.train.loop import run_training
 
     start = time.perf_counter()
-    if row.method == "cosplace":
-        settings = {**COSPLACE, "backbone": row.backbone, "descriptor_size": config.descriptor_size,
-                    "epochs": config.cosplace_epochs, "iterations_per_epoch": config.cosplace_iterations}
-    else:
-        settings = {**NETVLAD, "epochs": config.netvlad_epochs}
     model = os.path.join(folder, "model")
     print(f"table: {row.name}: training", flush=True)
-    summary = run_training(train_config(row.method, maps, model, input=row.input, side=config.side, seed=config.seed,
-                                        threads=config.torch_threads, ray_address=config.ray_address, **settings))
+    common = {"input": row.input, "side": config.side, "seed": config.seed, "threads": config.torch_threads,
+              "ray_address": config.ray_address}
+    if row.method == "cosplace":
+        summary = recipe.train_retriever(maps, model, backbone=row.backbone, descriptor_size=config.descriptor_size,
+                                         epochs=config.cosplace_epochs,
+                                         iterations_per_epoch=config.cosplace_iterations, **common)
+    else:
+        summary = run_training(train_config(row.method, maps, model, **NETVLAD, epochs=config.netvlad_epochs,
+                                            **common))
     drop_run_checkpoints(model)
     return {**summary, "checkpoint": os.path.join(model, "best.pt"), "seconds": time.perf_counter() - start}
 
@@ -259,7 +260,7 @@ def recalls(summary: dict) -> dict:
 # ------------------------------------------------------------------------------------------ the appearance study
 # The paper's claim: geometry ignores what changes (light, season, crowds) where appearance does not. Measured with
 # the shipped demo CosPlace ResNet-18 of the synthetic strategy (the geometry) against the same network trained by
-# the same recipe (jobs/demo_models.sh's) on the photos of the same captures, evaluated on cities of the demo's
+# the same recipe (vprlib.demo.models.COSPLACE) on the photos of the same captures, evaluated on cities of the demo's
 # layout whose query places are each visited twice: once in the database visit's look (time of day and season),
 # once in another; one city without dynamic objects, one crowded.
 APPEARANCE = Row("cosplace", "resnet18", "synthetic", "rgb", role="appearance baseline")
@@ -275,7 +276,7 @@ def run_study(config: TableConfig, city_config=None, geometry: str = "") -> list
     import pyarrow.compute as pc
 
     from vprlib.data.manifest import read_manifest
-    from vprlib.data.synthcity import DEMO_CITY, CityConfig, generate_city
+    from vprlib.demo.city import DEMO_CITY, CityConfig, generate_city
     from vprlib.index.embed import retriever_record
     from vprlib.models import zoo
 
@@ -285,7 +286,8 @@ def run_study(config: TableConfig, city_config=None, geometry: str = "") -> list
     record = retriever_record(geometry)
     models = record.map_spec["models"]
     study = dataclasses.replace(config, side=record.map_spec["side"], descriptor_size=record.descriptor_size,
-                                cosplace_epochs=config.study_epochs, cosplace_iterations=0)
+                                cosplace_epochs=config.study_epochs,
+                                cosplace_iterations=recipe.COSPLACE["iterations_per_epoch"])
     manifest = read_manifest(os.path.join(make_city(config, city_config), "manifest.parquet"))
     training = split_manifest(manifest, ("train", "val"), os.path.join(work, "study-train.parquet"))
     photos = os.path.join(work, "study-maps-train")
@@ -372,26 +374,3 @@ def format_table(records: list[dict], config: TableConfig) -> str:
                      f"{INPUTS[r['input']]:<12}" + "".join(f"{r[k]:>10.1%}" for k in keys)
                      + f"{r['best_epoch']:>8} / {r['epochs']}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="table.py", description=__doc__.split("\n")[0])
-    add_flags(parser, TableConfig)
-    try:
-        config = TableConfig(**vars(parser.parse_args(argv)))
-        config.row_list, config.part_list  # noqa: B018 (checks --rows and --parts)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        if "table" in config.part_list:
-            run_table(config)
-        if "study" in config.part_list:
-            run_study(config)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"table: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(run(main))

@@ -37,7 +37,7 @@ def shard_keys(rows: pa.Table, shard_by: str, tile_m: float) -> np.ndarray:
         return np.array([str(c) for c in rows["city"].to_pylist()], dtype=object)
     if shard_by != "utm-tile":
         raise ValueError(f"unknown --shard-by {shard_by!r}; known: {', '.join(SHARD_BY)}")
-    from vprlib.data.synthcity import latlon_to_utm
+    from vprlib.demo.city.layout import latlon_to_utm
 
     lat, lon = rows["lat"].to_numpy(), rows["lon"].to_numpy()
     zones = np.floor((lon + 180.0) / 6.0).astype(int) % 60 + 1

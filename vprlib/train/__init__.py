@@ -13,8 +13,8 @@ import importlib
 
 # Family -> the module that trains it.
 FAMILY_MODULES = {"refiner": "vprlib.train.refiner", "cosplace": "vprlib.train.cosplace",
-                  "netvlad": "vprlib.train.netvlad", "demo-segmenter": "vprlib.train.demo.segmenter",
-                  "demo-depth": "vprlib.train.demo.depth", "demo-inpainter": "vprlib.train.demo.inpainter"}
+                  "netvlad": "vprlib.train.netvlad", "demo-segmenter": "vprlib.demo.extractors.segmenter",
+                  "demo-depth": "vprlib.demo.extractors.depth", "demo-inpainter": "vprlib.demo.extractors.inpainter"}
 _LAZY = {"TrainConfig": "vprlib.train.config", "train_config": "vprlib.train.config",
          "run_training": "vprlib.train.loop"}
 

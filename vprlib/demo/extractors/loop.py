@@ -4,7 +4,7 @@ on rank 0 each epoch (epoch 0: the untrained network), resume from the last chec
 
 A family module hands `train_loop` its pieces as a `Family`: how to build the model, the loss of a batch, the
 validation metrics and its score. best.pt holds `weights_record`: the role, the architecture and the state dict,
-which `vprlib.train.demo.export` turns into the shipped safetensors.
+which `vprlib.demo.extractors.export` turns into the shipped safetensors.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vprlib.train.demo.city import epoch_batches, gather
+from vprlib.demo.extractors.city import epoch_batches, gather
 from vprlib.train.loop import WorkerRun
 
 WARMUP_SHARE = 0.05  # of all steps, with the learning rate rising linearly from 0
