@@ -2,5 +2,5 @@
 on it (`extractors`), the recipe that trains the whole `demo` models preset (`models`), the demo run (`run`: `make
 demo`) and the paper's Table 1 in kind with its appearance study (`table`: `make table`, `make study`).
 
-The core (vprlib.extract, vprlib.train, vprlib.index, ...) imports nothing from here; the jobs in jobs/ that run it
-only parse flags and call these modules."""
+The core (vprlib.extract, vprlib.train, vprlib.index, ...) imports nothing from here but the UTM conversions of
+`city.layout`; the jobs in jobs/ that run it only parse flags and call these modules."""
