@@ -3,4 +3,5 @@ on it (`extractors`), the recipe that trains the whole `demo` models preset (`mo
 demo`) and the paper's Table 1 in kind with its appearance study (`table`: `make table`, `make study`).
 
 The core (vprlib.extract, vprlib.train, vprlib.index, ...) imports nothing from here but the UTM conversions of
-`city.layout`; the jobs in jobs/ that run it only parse flags and call these modules."""
+`city.layout` (and vprlib.train's registry names the three demo families of `extractors`); the jobs in jobs/ that
+run it only parse flags and call these modules."""
