@@ -165,7 +165,7 @@ class RefinerConfig:
 
 
 # Architectures by name (out_channels set per refiner): the paper's, a small one for tests, and the demo preset's
-# (trained on the synthetic city on a CPU: jobs/demo_models.sh).
+# (trained on the synthetic city on a CPU: jobs/demo_models.py, vprlib.demo.models).
 REFINER_ARCHS = {"tiny": RefinerConfig(base_width=8, levels=3), "demo": RefinerConfig(base_width=16, levels=4),
                  "paper": RefinerConfig()}
 
