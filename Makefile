@@ -29,9 +29,10 @@ $(STAMP): pyproject.toml $(PINS) $(DEV_PINS)
 demo: $(STAMP)
 	$(VENV)/bin/python jobs/demo.py --output $(OUT)
 
-# Retrain the demo preset (extractors, refiners, retrievers) into vprlib/models/demo/: about an hour on 2 cores.
+# Retrain the demo preset (extractors, refiners, retrievers) into vprlib/models/demo/: about an hour on 2 cores
+# (jobs/demo_models.py, the recipe vprlib.demo.models).
 demo-models: $(STAMP)
-	PY=$(VENV)/bin/python WORK=$(OUT)/demo-models bash jobs/demo_models.sh
+	$(VENV)/bin/python jobs/demo_models.py --work $(OUT)/demo-models
 
 # The paper's Table 1 in kind: the refiners and 11 retrievers retrained on the demo city, Recall@1/5/10 printed
 # (jobs/table.py, resumable). `make study`: the shipped demo CosPlace on refined maps against the same recipe trained

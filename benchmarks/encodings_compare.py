@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from vprlib.data import synthcity
-from vprlib.data.synthcity import CityConfig, generate_city
+from vprlib.demo import city as synthcity
+from vprlib.demo.city import CityConfig, generate_city
 from vprlib.metrics import gps_positives, recall_at_n
 from vprlib.models.cosplace import CosPlace, CosPlaceConfig, LargeMarginCosineLoss
 from vprlib.models.dpt import normalize_depth

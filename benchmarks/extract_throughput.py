@@ -111,7 +111,7 @@ def make_photos(args, work: Path) -> str:
     from PIL import Image
 
     from vprlib.data.manifest import write_manifest
-    from vprlib.data.synthcity import CityConfig, generate_city
+    from vprlib.demo.city import CityConfig, generate_city
 
     city = work / "city"
     places = max(2, math.ceil(args.unique / 16))  # 16 captures per place (8 headings, 2 visits)

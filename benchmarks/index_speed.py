@@ -94,7 +94,7 @@ def write_parts(task: tuple) -> None:
     output, spec, side, first, last, version = task
     import pyarrow as pa
 
-    from vprlib.data.synthcity import CityConfig, local_to_geo
+    from vprlib.demo.city import CityConfig, local_to_geo
     from vprlib.maps import MAP_FIELDS, encode_depth, encode_seg, output_schema, write_part
     from vprlib.spec import MapSpec
 

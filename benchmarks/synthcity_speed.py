@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from vprlib.data import synthcity as sc
+from vprlib.demo import city as sc
 
 
 def render_speed(side: int, captures: int) -> float:

@@ -26,7 +26,7 @@ def say(line: str) -> None:
 
 
 def make_city(args) -> str:
-    from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
+    from vprlib.demo.city import GT_MAPS, CityConfig, generate_city
 
     root = os.path.join(args.work_dir, f"city-{args.places}-{args.side}")
     if not os.path.isdir(os.path.join(root, GT_MAPS)):

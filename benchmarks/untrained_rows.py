@@ -5,28 +5,16 @@
 
 The untrained network is the row's best.pt config rebuilt with torch.manual_seed(seed), as the training worker
 builds it before epoch 1 (epoch 0's validation network), saved with the same map spec, then indexed and evaluated
-exactly as the table evaluates the row (jobs/table.py's `evaluate`, on the row's own maps). Prints a RESULT line per
+exactly as the table evaluates the row (vprlib.demo.table's `evaluate`, on the row's own maps). Prints a RESULT line per
 row: untrained and trained Recall@1/5/10 and the change in Recall@1. Writes under <table>/untrained/.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def table_job():
-    spec = importlib.util.spec_from_file_location("table_job", ROOT / "jobs" / "table.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["table_job"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -38,9 +26,9 @@ def main() -> None:
 
     import torch
 
+    from vprlib.demo import table
     from vprlib.models.zoo import load_retriever
 
-    table = table_job()
     recorded = json.loads((Path(args.table) / "table.json").read_text())
     settings = table.TableConfig(**{**recorded["settings"], "ray_address": args.ray_address})
     wanted = [r for r in args.rows.split(",") if r]
@@ -57,7 +45,7 @@ def main() -> None:
                                                if k not in ("family", "config", "state_dict")})
         maps = os.path.join(args.table, f"maps-{row['maps']}") if row["maps"] != "ground-truth" else None
         if maps is None:
-            from vprlib.data.synthcity import GT_MAPS
+            from vprlib.demo.city import GT_MAPS
 
             maps = os.path.join(os.path.dirname(os.path.abspath(args.table)), "city", GT_MAPS)
         summary = table.evaluate(settings, {"checkpoint": str(folder / "untrained.pt")}, maps, str(folder))

@@ -13,7 +13,7 @@ import sys
 import time
 
 from vprlib.cli import OneLineParser, run
-from vprlib.data.synthcity import CityConfig, generate_city, resolve_workers
+from vprlib.demo.city import CityConfig, generate_city, resolve_workers
 
 
 def parse_args(argv=None) -> tuple[str, CityConfig]:

@@ -13,7 +13,7 @@ OUTPUT/evaluation.json the figures. Exit status: 0 on success, 2 on bad argument
 import sys
 
 from vprlib.cli import OneLineParser, add_flags, run
-from vprlib.train.demo.job import DemoConfig, train_demo
+from vprlib.demo.extractors.job import DemoConfig, train_demo
 
 
 def parse_args(argv: list[str] | None = None) -> DemoConfig:

@@ -116,7 +116,7 @@ def _interrupted(argv: list[str], after: str, delay: float = 0.0) -> tuple[int, 
 
 @pytest.fixture(scope="module")
 def city(tmp_path_factory) -> str:
-    from vprlib.data.synthcity import CityConfig, generate_city
+    from vprlib.demo.city import CityConfig, generate_city
 
     root = tmp_path_factory.mktemp("city")
     generate_city(CityConfig(places=4, side=24, workers=1), str(root))

@@ -1,6 +1,6 @@
-"""jobs/demo.py's own checks (the run itself is `make demo`, minutes long): flags and the shipped retrievers."""
+"""The demo run's own checks (vprlib.demo.run, jobs/demo.py; the run itself is `make demo`, minutes long): flags and
+the shipped retrievers."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -9,28 +9,25 @@ from pathlib import Path
 
 import pytest
 
+from vprlib.demo.run import DemoConfig, run_demo
 from vprlib.models import zoo
 from vprlib.models.retriever import save_half
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("demo_job", ROOT / "jobs" / "demo.py")
-demo_job = importlib.util.module_from_spec(_spec)
-sys.modules["demo_job"] = demo_job  # its dataclass looks its module up
-_spec.loader.exec_module(demo_job)
 
 
-def test_unknown_strategy_is_one_line(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        demo_job.main(["--strategies", "synthetic,none"])
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.count("\n") == 1 and "retrievers for inpaint, synthetic only" in err
+def test_unknown_strategy_is_one_line():
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "demo.py"), "--strategies", "synthetic,none"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "retrievers for inpaint, synthetic only" in done.stderr and done.stdout == ""
 
 
-def test_a_missing_demo_retriever_says_how_to_make_it(tmp_path, monkeypatch, capsys):
+def test_a_missing_demo_retriever_says_how_to_make_it(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "DEMO_DIR", tmp_path)
-    assert demo_job.main(["--output", str(tmp_path / "out"), "--strategies", "inpaint"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cosplace-inpaint.pt is missing" in err and "make demo-models" in err
+    with pytest.raises(FileNotFoundError, match="cosplace-inpaint.pt is missing") as error:
+        run_demo(DemoConfig(output=str(tmp_path / "out"), strategies="inpaint"))
+    assert "make demo-models" in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()  # refused before any work
 
 

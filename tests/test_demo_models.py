@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from vprlib.data import synthcity as sc
+from vprlib.demo import city as sc
+from vprlib.demo.extractors.depth import align, depth_metrics
+from vprlib.demo.extractors.segmenter import confusion, iou_per_class
 from vprlib.maps import read_maps
 from vprlib.models import zoo
 from vprlib.models.dynamic import dynamic_mask
-from vprlib.train.demo.depth import align, depth_metrics
-from vprlib.train.demo.segmenter import confusion, iou_per_class
 
 ROLES = zoo.SMALL_ROLES
 
@@ -149,25 +149,19 @@ def _files(root) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_train_demo_job_on_a_tiny_city_writes_loadable_safetensors(tmp_path, capsys):
-    import importlib.util
+def test_train_demo_on_a_tiny_city_writes_loadable_safetensors(tmp_path, capsys):
+    from vprlib.demo.extractors.export import install
+    from vprlib.demo.extractors.job import DemoConfig, train_demo
 
-    from vprlib.train.demo.export import install
-
-    spec = importlib.util.spec_from_file_location("train_demo", os.path.join(os.path.dirname(__file__), "..", "jobs",
-                                                                                "train_demo.py"))
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     city, output = tmp_path / "city", tmp_path / "out"
     sc.generate_city(sc.CityConfig(places=8, side=32, workers=1, static_rgb=True), str(city))
-    args = ["--city", str(city), "--output", str(output), "--arch", "tiny", "--input-size", "32", "--epochs", "1",
-            "--batch-size", "8", "--ray-address", "local"]
     try:
-        assert job.main(args) == 0
+        train_demo(DemoConfig(city=str(city), output=str(output), arch="tiny", input_size=32, epochs=1, batch_size=8,
+                              ray_address="local"))
     finally:
         import ray
 
-        ray.shutdown()  # the job ran in this process: leave no Ray behind for the next test module
+        ray.shutdown()  # the run was in this process: leave no Ray behind for the next test module
     weights = output / "weights"
     entries = json.loads((weights / zoo.SMALL_FILE).read_text())
     assert set(entries["roles"]) == set(ROLES) and {e["arch"] for e in entries["roles"].values()} == {"tiny"}

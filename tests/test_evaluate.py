@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
+from vprlib.demo.city import GT_MAPS, CityConfig, generate_city
 from vprlib.index.search import read_embeddings, read_manifest
 from vprlib.maps import decode_depth, decode_seg, read_maps, read_spec, write_part, write_spec
 from vprlib.models.cosplace import CosPlace, CosPlaceConfig

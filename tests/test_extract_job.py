@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from vprlib.data.manifest import read_manifest, write_manifest
-from vprlib.data.synthcity import CityConfig, generate_city
+from vprlib.demo.city import CityConfig, generate_city
 from vprlib.extract import decode_depth, decode_seg, read_maps
 from vprlib.extract.config import extract_config
 from vprlib.maps import read_spec

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vprlib.data.synthcity import CityConfig, generate_city
+from vprlib.demo.city import CityConfig, generate_city
 from vprlib.index.build import IndexConfig, run_index
 from vprlib.index.embed import ModelError
 from vprlib.index.search import EMBEDDINGS, SHARDS, Index, SearchPool, read_embeddings, read_manifest, read_parts

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
+from vprlib.demo.city import GT_MAPS, CityConfig, generate_city
 from vprlib.maps import MapSpecError, check_spec, decode_depth, decode_seg, maps_dataset, read_maps, read_spec
 from vprlib.spec import MapSpec
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from vprlib.data.manifest import write_manifest
-from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
+from vprlib.demo.city import GT_MAPS, CityConfig, generate_city
 from vprlib.maps import write_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from vprlib.data.holicity import holicity_to_refined
-from vprlib.data.synthcity import Camera, CityConfig, build_city, render
+from vprlib.demo.city import Camera, CityConfig, build_city, render
 from vprlib.index.rerank import agreement, rerank_hits, thumbnails
 from vprlib.index.search import Hits
 

@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from vprlib.data import synthcity as sc
 from vprlib.data.manifest import read_manifest
+from vprlib.demo import city as sc
 from vprlib.maps import decode_depth, decode_seg, read_maps, read_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -316,7 +316,9 @@ def test_demo_city_is_made_once_and_reused(tmp_path, monkeypatch, capsys):
     reused otherwise, also when written before a field (at its default) existed."""
     import json
 
-    monkeypatch.setattr(sc, "DEMO_CITY", {"places": 4, "side": 16, "train_visits": 1, "workers": 1})
+    from vprlib.demo.city import write  # where demo_city reads its config
+
+    monkeypatch.setattr(write, "DEMO_CITY", {"places": 4, "side": 16, "train_visits": 1, "workers": 1})
     city = tmp_path / "city"
     sc.demo_city(str(city))
     assert "making the synthetic city" in capsys.readouterr().out
@@ -325,7 +327,7 @@ def test_demo_city_is_made_once_and_reused(tmp_path, monkeypatch, capsys):
     (city / "config.json").write_text(json.dumps(config))
     sc.demo_city(str(city))
     assert capsys.readouterr().out == ""
-    monkeypatch.setattr(sc, "DEMO_CITY", {"places": 4, "side": 16, "train_visits": 1, "workers": 1, "seed": 1})
+    monkeypatch.setattr(write, "DEMO_CITY", {"places": 4, "side": 16, "train_visits": 1, "workers": 1, "seed": 1})
     sc.demo_city(str(city))
     assert "making the synthetic city" in capsys.readouterr().out
     assert json.loads((city / "config.json").read_text())["seed"] == 1

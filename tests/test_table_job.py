@@ -1,24 +1,23 @@
-"""jobs/table.py (make table): its flags, one row end to end on a small city, and the appearance study's bookkeeping
-(the whole table and study are `make table` and `make study`, most of an hour; one row and the study end to end,
-a few minutes, are in the long tier)."""
+"""The table (vprlib.demo.table, jobs/table.py: make table): its flags, its rows, one row end to end on a small
+city, and the appearance study's bookkeeping (the whole table and study are `make table` and `make study`, most of an
+hour; one row and the study end to end, a few minutes, are in the long tier)."""
 
-import importlib.util
 import json
+import os
+import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vprlib.data.synthcity import CityConfig
+from vprlib.demo import models as recipe
+from vprlib.demo import table
+from vprlib.demo.city import CityConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("table_job", ROOT / "jobs" / "table.py")
-table_job = importlib.util.module_from_spec(_spec)
-sys.modules["table_job"] = table_job  # its dataclasses look their module up
-_spec.loader.exec_module(table_job)
-
 SMALL_CITY = CityConfig(places=16, side=32, dense_train=8, workers=1)
 SMALL = {"side": 32, "descriptor_size": 16, "cosplace_epochs": 1, "netvlad_epochs": 1, "refiner_epochs": 1,
          "study_epochs": 1, "cosplace_iterations": 3, "threads": 1}
@@ -30,20 +29,30 @@ SMALL = {"side": 32, "descriptor_size": 16, "cosplace_epochs": 1, "netvlad_epoch
     (["--parts", "table,figures"], "--parts 'table,figures': known parts are table, study"),
     (["--side", "0"], "--side must be >= 1"),
 ])
-def test_bad_flags_are_one_line(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        table_job.main(argv)
-    err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.count("\n") == 1 and message in err
+def test_bad_flags_are_one_line(argv, message):
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "table.py"), *argv], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
 
 
-def test_rows_are_the_papers_and_two_more():
-    names = [row.name for row in table_job.ROWS]
-    assert len(names) == len(set(names)) == 11
-    assert {(r.method, r.backbone, r.maps, r.input) for r in table_job.ROWS} >= {
-        ("netvlad", "vgg16", "synthetic", "depth+seg"), ("cosplace", "resnet50", "synthetic", "depth"),
-        ("cosplace", "resnet50", "synthetic", "seg"), ("netvlad", "vgg16", "inpaint", "depth+seg")}
-    assert [r.role for r in table_job.ROWS if r.role] == ["ceiling", "floor"]
+def test_every_row_is_chosen_by_name_trains_and_prints():
+    """--rows picks rows by name in the order given ('' = all); each row's settings are a training run its family
+    accepts, on maps the table makes; each prints in the table's shape, one line per row."""
+    from vprlib.train.config import train_config
+
+    names = [row.name for row in reversed(table.ROWS)]
+    assert table.TableConfig(rows=",".join(names)).row_list == tuple(reversed(table.ROWS))
+    assert table.TableConfig().row_list == table.ROWS
+    config = table.TableConfig(threads=1)
+    for row in table.ROWS:
+        assert row.maps in (*table.EXTRACTED, "ground-truth"), row
+        settings = ({**recipe.COSPLACE, "backbone": row.backbone} if row.method == "cosplace" else table.NETVLAD)
+        train_config(row.method, "maps", "model", input=row.input, side=config.side, **settings)  # raises if not
+    records = [{**asdict(row), "name": row.name, "recall@1": 0.25, "recall@5": 0.5, "recall@10": 0.75, "queries": 64,
+                "epochs": 16, "best_epoch": 9} for row in table.ROWS]
+    rows = table.format_table(records, config).splitlines()[3:]
+    assert len(rows) == len(table.ROWS) and all(line.endswith("25.0%     50.0%     75.0%       9 / 16")
+                                                for line in rows), rows
 
 
 def test_same_look_and_first_correct(tmp_path):
@@ -51,17 +60,17 @@ def test_same_look_and_first_correct(tmp_path):
                                                                            "database", "query"],
                          "place_id": [0, 0, 0, 1, 1], "time_of_day": ["noon", "noon", "dusk", "dawn", "dawn"],
                          "season": ["summer", "summer", "summer", "winter", "autumn"]})
-    assert table_job.same_look(manifest) == {"q1": True, "q2": False, "r1": False}
+    assert table.same_look(manifest) == {"q1": True, "q2": False, "r1": False}
     pq.write_table(pa.table({"image_id": ["q1", "q2"], "first_correct_rank": pa.array([1, None], pa.int32())}),
                    tmp_path / "results.parquet")
-    assert table_job.first_correct(str(tmp_path / "results.parquet")) == {"q1": True, "q2": False}
+    assert table.first_correct(str(tmp_path / "results.parquet")) == {"q1": True, "q2": False}
 
 
 @pytest.mark.long
 def test_one_row_end_to_end(ray_session, tmp_path, capsys):
     """The ceiling row (the city's own maps: no extraction) trains, indexes, evaluates and is printed and recorded."""
-    config = table_job.TableConfig(output=str(tmp_path), rows="cosplace-resnet18-ground-truth-depthseg", **SMALL)
-    records = table_job.run_table(config, SMALL_CITY)
+    config = table.TableConfig(output=str(tmp_path), rows="cosplace-resnet18-ground-truth-depthseg", **SMALL)
+    records = table.run_table(config, SMALL_CITY)
     printed = capsys.readouterr().out
     assert len(records) == 1 and 0.0 <= records[0]["recall@1"] <= records[0]["recall@5"] <= 1.0
     assert records[0]["queries"] == 64 and records[0]["epochs"] == 1 and records[0]["best_epoch"] in (0, 1)
@@ -73,7 +82,7 @@ def test_one_row_end_to_end(ray_session, tmp_path, capsys):
     model = tmp_path / "table" / records[0]["name"] / "model"
     assert not (model / "_ray").exists() and (model / "last.pt").exists()  # Ray's copies dropped, the run resumable
     trained_at = (model / "last.pt").stat().st_mtime_ns
-    again = table_job.run_table(config, SMALL_CITY)  # a second run only evaluates again: nothing retrains
+    again = table.run_table(config, SMALL_CITY)  # a second run only evaluates again: nothing retrains
     assert [r["recall@1"] for r in again] == [r["recall@1"] for r in records]
     assert (model / "last.pt").stat().st_mtime_ns == trained_at and not (model / "_ray").exists()
 
@@ -81,10 +90,10 @@ def test_one_row_end_to_end(ray_session, tmp_path, capsys):
 @pytest.mark.long
 def test_study_end_to_end(ray_session, tmp_path, capsys):
     """Both retrievers (maps, photos) on both study cities: every condition has its queries and a Recall@1."""
-    config = table_job.TableConfig(output=str(tmp_path), parts="study", **SMALL)
-    records = table_job.run_study(config, SMALL_CITY)
+    config = table.TableConfig(output=str(tmp_path), parts="study", **SMALL)
+    records = table.run_study(config, SMALL_CITY)
     assert {(r["crowd"], r["look"], r["retriever"]) for r in records} == {
-        (c, look, m) for c in table_job.CROWDS for look in ("same look", "other look") for m in ("depth+seg", "rgb")}
+        (c, look, m) for c in table.CROWDS for look in ("same look", "other look") for m in ("depth+seg", "rgb")}
     assert all(r["queries"] == 64 and 0.0 <= r["recall@1"] <= 1.0 for r in records)
     assert [r["dynamic_fraction"] for r in records if r["crowd"] == "no crowds"] == [0.0] * 4
     assert min(r["dynamic_fraction"] for r in records if r["crowd"] == "crowds") > 0.02

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
+from vprlib.demo.city import GT_MAPS, CityConfig, generate_city
 from vprlib.models.zoo import load_retriever
 from vprlib.train.config import train_config
 from vprlib.train.cosplace import class_table

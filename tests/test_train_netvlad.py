@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
+from vprlib.demo.city import GT_MAPS, CityConfig, generate_city
 from vprlib.models.netvlad import NetVLAD
 from vprlib.models.zoo import load_retriever
 from vprlib.train.config import train_config

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vprlib.data.manifest import read_manifest, write_manifest
-from vprlib.data.synthcity import GT_MAPS, CityConfig, generate_city
+from vprlib.demo.city import GT_MAPS, CityConfig, generate_city
 from vprlib.maps import read_maps, read_spec, write_part, write_spec
 from vprlib.models import zoo
 from vprlib.models.refiner import DEPTH_FILE, SEG_FILE, DualEncoderUNet, build_refiners

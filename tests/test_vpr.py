@@ -10,8 +10,8 @@ import pytest
 from test_datasets import _jpeg, _upload
 
 from vprlib.data.manifest import ManifestError
-from vprlib.data.synthcity import latlon_to_utm
 from vprlib.data.vpr import FIELDS, parse_vpr_name, vpr_manifest
+from vprlib.geo import latlon_to_utm
 from vprlib.metrics import manifest_positives
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))

@@ -324,7 +324,7 @@ def positions_svg(views: list[QueryView], query_at: list[tuple[float, float]], d
     """A map of the shown queries on the UTM plane: every indexed image a grey dot, each query a black dot numbered
     as on the page, joined to its first prediction (green when right, red when wrong); a scale bar. '' when the
     queries have no positions (no GPS)."""
-    from vprlib.data.synthcity import latlon_to_utm
+    from vprlib.demo.city.layout import latlon_to_utm
 
     db_lat, db_lon = (database[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in ("lat", "lon"))
     q_lat, q_lon = np.array(query_at, np.float64).reshape(-1, 2).T

@@ -15,7 +15,7 @@ BACKBONES = {"resnet18": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 
 
 # Architectures by name. "hybrid" is the config of Intel/dpt-hybrid-midas (~123M parameters), hard-coded so it
 # builds offline; "tiny" is the same hybrid family, small, for tests and CPU runs; "demo" (0.5M), a little larger at
-# 128 px, is the one trained on the synthetic city (vprlib.train.demo).
+# 128 px, is the one trained on the synthetic city (vprlib.demo.extractors).
 DPT_ARCHS: dict[str, dict] = {
     "hybrid": dict(
         backbone=dict(
@@ -96,7 +96,7 @@ DPT_ARCHS: dict[str, dict] = {
 
 # Architectures by name. "b5" is exactly the config of nvidia/segformer-b5-finetuned-ade-640-640 (~85M parameters);
 # "tiny" is a small random-weight stand-in for tests and CPU runs; "demo" (0.8M) is the one trained on the synthetic
-# city (vprlib.train.demo) at 128 px.
+# city (vprlib.demo.extractors) at 128 px.
 SEGFORMER_ARCHS: dict[str, dict] = {
     "b5": dict(
         depths=[3, 6, 40, 3],
@@ -143,7 +143,7 @@ class LamaConfig:
 
 
 # Architectures by name: big-lama (the published model), a tiny one for tests, and "demo" (0.7M), the one trained on
-# the synthetic city (vprlib.train.demo).
+# the synthetic city (vprlib.demo.extractors).
 LAMA_ARCHS: dict[str, LamaConfig] = {
     "big-lama": LamaConfig(),
     "tiny": LamaConfig(ngf=8, n_downsampling=3, n_blocks=2),
@@ -165,7 +165,7 @@ class RefinerConfig:
 
 
 # Architectures by name (out_channels set per refiner): the paper's, a small one for tests, and the demo preset's
-# (trained on the synthetic city on a CPU: jobs/demo_models.sh).
+# (trained on the synthetic city on a CPU: jobs/demo_models.py, vprlib.demo.models).
 REFINER_ARCHS = {"tiny": RefinerConfig(base_width=8, levels=3), "demo": RefinerConfig(base_width=16, levels=4),
                  "paper": RefinerConfig()}
 

@@ -4,7 +4,7 @@
 - "paper-random": the paper's exact architectures (SegFormer-B5, DPT-Hybrid, Big-LaMa, the two refiners) with seeded
   random weights, for GPU benchmarks and parameter counts.
 - "demo": the paper's segmenter, depth estimator and inpainter in small configurations, trained on the synthetic
-  city (vprlib.train.demo, jobs/train_demo.py) and shipped in this package (`DEMO_DIR`: fp16 safetensors and
+  city (vprlib.demo.extractors, jobs/train_demo.py) and shipped in this package (`DEMO_DIR`: fp16 safetensors and
   `architectures.json`); offline, fast on a CPU, and they really segment, estimate depth and inpaint the city's
   photos; with them the demo-size refiners (`refiner_depth.pt`, `refiner_seg.pt`) trained on its maps.
 - "paper": the published weights, from `$VPRLIB_HOME` (default `~/.cache/vprlib`) where the paper's own files are,

@@ -44,7 +44,7 @@ def metric_xy(rows: pa.Table) -> np.ndarray:
         zones = set(rows["utm_zone"].to_pylist()) if "utm_zone" in rows.column_names else {None}
         if len(zones) == 1:
             return np.stack([rows["utm_east"].to_numpy(), rows["utm_north"].to_numpy()], axis=1).astype(np.float64)
-    from vprlib.data.synthcity import latlon_to_utm
+    from vprlib.geo import latlon_to_utm
 
     east, north, _ = latlon_to_utm(rows["lat"].to_numpy(), rows["lon"].to_numpy())
     return np.stack([east, north], axis=1)

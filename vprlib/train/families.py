@@ -7,7 +7,8 @@ the Ray Train loop; `architecture(config)`, what a resumed run must match), the 
 by, and, for a retriever, the model class its checkpoints load into (vprlib.models.zoo.RETRIEVERS).
 
 Reading a record imports no torch: the module and the retriever class are imported when first asked for. The
-refiners, CosPlace and NetVLAD are registered here; the demo extractors register theirs (vprlib.train.demo.families).
+refiners, CosPlace and NetVLAD are registered here; the demo extractors register theirs
+(vprlib.demo.extractors.families).
 """
 
 from __future__ import annotations
@@ -85,4 +86,4 @@ register(Family("netvlad", NetVLADOptions, "vprlib.train.netvlad", score="recall
                 epochs=50, lr=1e-4, batch_size=4,  # NetVLAD: SGD 1e-4, 50 epochs (paper), 4 triplets
                 retriever="vprlib.models.netvlad:NetVLAD"))
 
-import vprlib.train.demo.families  # noqa: E402, F401 -- the demo extractors register their families
+import vprlib.demo.extractors.families  # noqa: E402, F401 -- the demo extractors register their families

@@ -1,4 +1,4 @@
-"""The demo extractors' weights as the `demo` preset ships them: each role's best.pt (vprlib.train.demo.loop
+"""The demo extractors' weights as the `demo` preset ships them: each role's best.pt (vprlib.demo.extractors.loop
 `weights_record`) -> `<role>.safetensors` (float tensors in float16: a few MB in all) and `architectures.json`
 (role -> family, architecture by name and in full, input side, file; and how they were trained). The folder is a
 `--models` for the extraction job as it is, and `install` copies it into the package (vprlib/models/demo/)."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vprlib.demo.extractors.city import in_order, photos, prepare_city
+from vprlib.demo.extractors.loop import Recipe, train_loop
 from vprlib.models.dynamic import dilate_mask
 from vprlib.models.lama import LAMA_ARCHS, LamaGenerator, LamaInpainter, LamaNet
 from vprlib.train.config import TrainConfig
-from vprlib.train.demo.city import in_order, photos, prepare_city
-from vprlib.train.demo.loop import Recipe, train_loop
 from vprlib.train.loop import Prepared
 
 KEYS = ("image", "static", "dynamic")

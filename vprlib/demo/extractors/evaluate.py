@@ -18,12 +18,12 @@ import pyarrow as pa
 import torch
 
 from vprlib.data.manifest import url_to_fs
-from vprlib.data.synthcity import ADE_NAMES, STATIC_RGB
+from vprlib.demo.city import ADE_NAMES, STATIC_RGB
+from vprlib.demo.extractors.city import city_rows, load_captures, photos
+from vprlib.demo.extractors.depth import depth_metrics
+from vprlib.demo.extractors.segmenter import CITY_CLASSES, confusion, iou_per_class
 from vprlib.models import zoo
 from vprlib.models.dynamic import dynamic_mask
-from vprlib.train.demo.city import city_rows, load_captures, photos
-from vprlib.train.demo.depth import depth_metrics
-from vprlib.train.demo.segmenter import CITY_CLASSES, confusion, iou_per_class
 
 HELD_OUT = ("database", "query")  # the city's evaluation area: places no training capture saw
 

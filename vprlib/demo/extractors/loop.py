@@ -3,8 +3,8 @@ AdamW with a warm-up then cosine learning rate per step, a seeded epoch of batch
 on rank 0 each epoch (epoch 0: the untrained network), resume from the last checkpoint.
 
 A family module hands `train_loop` its pieces as a `Recipe`: how to build the model, the loss of a batch and the
-validation metrics (its score is in its record, vprlib.train.demo.families). best.pt holds `weights_record`: the
-role, the architecture and the state dict, which `vprlib.train.demo.export` turns into the shipped safetensors.
+validation metrics (its score is in its record, vprlib.demo.extractors.families). best.pt holds `weights_record`: the
+role, the architecture and the state dict, which `vprlib.demo.extractors.export` turns into the shipped safetensors.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vprlib.train.demo.city import epoch_batches, gather
+from vprlib.demo.extractors.city import epoch_batches, gather
 from vprlib.train.loop import Trained, WorkerRun, epoch_loop, saved_state
 
 WARMUP_SHARE = 0.05  # of all steps, with the learning rate rising linearly from 0

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vprlib.data.synthcity import ADE_NAMES
+from vprlib.demo.city import ADE_NAMES
+from vprlib.demo.extractors.city import in_order, photos, prepare_city
+from vprlib.demo.extractors.loop import Recipe, train_loop
 from vprlib.models.segformer import Segmenter, SegmenterConfig, build_segformer
 from vprlib.spec import ADE20K_NUM_CLASSES
 from vprlib.train.config import TrainConfig
-from vprlib.train.demo.city import in_order, photos, prepare_city
-from vprlib.train.demo.loop import Recipe, train_loop
 from vprlib.train.loop import Prepared
 
 CITY_CLASSES = tuple(sorted(ADE_NAMES))  # the ADE20K ids the synthetic city uses

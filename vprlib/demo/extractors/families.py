@@ -13,7 +13,7 @@ from vprlib.train.families import Family, register
 
 @dataclass(frozen=True)
 class DemoSegmenterOptions(CpuOptions):
-    """The demo segmenter (vprlib.train.demo.segmenter): a small SegFormer trained on a synthetic city's photos to
+    """The demo segmenter (vprlib.demo.extractors.segmenter): a small SegFormer trained on a synthetic city's photos to
     their observed ADE20K labels, dynamic objects included. --maps is the city's folder (jobs/synthcity.py)."""
 
     arch: str = field(default="demo", metadata=help_text(f"SegFormer size: {', '.join(SEGFORMER_ARCHS)}"))
@@ -26,7 +26,7 @@ class DemoSegmenterOptions(CpuOptions):
 
 @dataclass(frozen=True)
 class DemoDepthOptions(CpuOptions):
-    """The demo depth estimator (vprlib.train.demo.depth): a small DPT-Hybrid trained on a synthetic city's photos
+    """The demo depth estimator (vprlib.demo.extractors.depth): a small DPT-Hybrid trained on a synthetic city's photos
     to their inverse observed depth with MiDaS' scale-and-shift-invariant loss. --maps is the city's folder."""
 
     arch: str = field(default="demo", metadata=help_text(
@@ -39,7 +39,7 @@ class DemoDepthOptions(CpuOptions):
 
 @dataclass(frozen=True)
 class DemoInpainterOptions(CpuOptions):
-    """The demo inpainter (vprlib.train.demo.inpainter): a small Big-LaMa generator trained on a synthetic city to
+    """The demo inpainter (vprlib.demo.extractors.inpainter): a small Big-LaMa generator trained on a synthetic city to
     fill its dynamic objects with the static scene. --maps is a city generated with --static-rgb."""
 
     arch: str = field(default="demo", metadata=help_text(f"LaMa size: {', '.join(LAMA_ARCHS)}"))
@@ -56,9 +56,9 @@ class DemoInpainterOptions(CpuOptions):
             raise ValueError("max_dilation, boxes and outside_weight must be >= 0")
 
 
-register(Family("demo-segmenter", DemoSegmenterOptions, "vprlib.train.demo.segmenter", score="miou",
+register(Family("demo-segmenter", DemoSegmenterOptions, "vprlib.demo.extractors.segmenter", score="miou",
                 higher_is_better=True, epochs=50, lr=2e-3, batch_size=16))
-register(Family("demo-depth", DemoDepthOptions, "vprlib.train.demo.depth", score="rmse", higher_is_better=False,
+register(Family("demo-depth", DemoDepthOptions, "vprlib.demo.extractors.depth", score="rmse", higher_is_better=False,
                 epochs=40, lr=5e-4, batch_size=16))
-register(Family("demo-inpainter", DemoInpainterOptions, "vprlib.train.demo.inpainter", score="hole_l1",
+register(Family("demo-inpainter", DemoInpainterOptions, "vprlib.demo.extractors.inpainter", score="hole_l1",
                 higher_is_better=False, epochs=40, lr=2e-3, batch_size=16))

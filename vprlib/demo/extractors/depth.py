@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vprlib.demo.extractors.city import in_order, photos, prepare_city
+from vprlib.demo.extractors.loop import Recipe, train_loop
 from vprlib.models.dpt import DepthConfig, DepthEstimator, build_dpt, dpt_architecture, normalize_depth
 from vprlib.train.config import TrainConfig
-from vprlib.train.demo.city import in_order, photos, prepare_city
-from vprlib.train.demo.loop import Recipe, train_loop
 from vprlib.train.loop import Prepared
 
 KEYS = ("image", "depth")

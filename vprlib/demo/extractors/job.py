@@ -75,8 +75,8 @@ def role_config(config: DemoConfig, role: str):
 
 def train_demo(config: DemoConfig) -> dict:
     """Train (or resume) each role, export, install if asked, measure if asked; return the figures (or {})."""
+    from vprlib.demo.extractors.export import export_weights, install
     from vprlib.models import zoo
-    from vprlib.train.demo.export import export_weights, install
     from vprlib.train.loop import run_training
 
     # Local paths made absolute: the training workers run in a folder of Ray's, not in this one.
@@ -102,7 +102,7 @@ def train_demo(config: DemoConfig) -> dict:
 
 
 def measure(config: DemoConfig, models: str) -> dict:
-    from vprlib.train.demo.evaluate import evaluate_models, format_figures
+    from vprlib.demo.extractors.evaluate import evaluate_models, format_figures
 
     figures = evaluate_models(config.city, models, dilation=config.dilation, limit=config.limit)
     print(format_figures(figures), flush=True)
