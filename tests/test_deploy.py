@@ -4,8 +4,8 @@ the manifests validate against KubeRay's CRDs (tests/data/kuberay) as a server w
 and their job command lines parse."""
 
 import gzip
+import importlib
 import importlib.metadata
-import importlib.util
 import re
 import shlex
 import subprocess
@@ -176,10 +176,7 @@ def test_a_misspelt_or_mistyped_field_fails_validation(validators):
 
 
 def _job_module(script: str):
-    spec = importlib.util.spec_from_file_location(f"{Path(script).stem}_job", ROOT / "jobs" / Path(script).name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"jobs.{Path(script).stem}")
 
 
 def test_kustomization_and_rayjobs_fit_the_cluster_and_their_command_lines_parse():

@@ -2,7 +2,6 @@
 and positives modes, one-line errors, and the HTML report."""
 
 import datetime
-import importlib.util
 import json
 import math
 import os
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from jobs import evaluate as evaluate_job
 from vprlib.demo.city import GT_MAPS, CityConfig, generate_city
 from vprlib.index.search import read_embeddings, read_manifest
 from vprlib.maps import decode_depth, decode_seg, read_maps, read_spec, write_part, write_spec
@@ -25,9 +25,6 @@ from vprlib.models.zoo import load_retriever
 
 SIDE = 32
 RADIUS = 6.0  # a query's own place (jitter 2 m) but not the next one (10 m along the street)
-_spec = importlib.util.spec_from_file_location("evaluate_job", Path(__file__).parents[1] / "jobs" / "evaluate.py")
-evaluate_job = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(evaluate_job)
 
 
 @pytest.fixture(scope="module")

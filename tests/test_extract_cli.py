@@ -2,19 +2,14 @@
 
 These call `main`/`parse_args` in-process and fail before Ray starts (test_extract_job.py runs the job itself)."""
 
-import importlib.util
 import re
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
+from jobs import extract as extract_job
 from vprlib.extract import pipeline
-
-_spec = importlib.util.spec_from_file_location("extract_job", Path(__file__).parents[1] / "jobs" / "extract.py")
-extract_job = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(extract_job)
 
 FLAGS = ["--models", "tiny", "--side", "64"]
 

@@ -3,7 +3,7 @@ and, in the long tier, each job losing a node mid-way: nothing lost, nothing don
 
 Outputs are `file://` URLs, the spelling of a folder every node mounts (here, all nodes share this machine's disk)."""
 
-import importlib.util
+import importlib
 import os
 import signal
 import subprocess
@@ -77,10 +77,7 @@ def _finish(job: subprocess.Popen, log: Path, timeout_s: float) -> str:
 
 
 def _load_job(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_job", ROOT / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"jobs.{name}")
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 default), a --maps that does not exist is named, in one line and before Ray starts, and every family's subcommand
 makes the config the API makes."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -10,13 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from jobs import train as train_job
 from vprlib.train.config import train_config
 from vprlib.train.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("train_job", ROOT / "jobs" / "train.py")
-train_job = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_job)
 
 
 def _train(*argv: str) -> subprocess.CompletedProcess:

@@ -1,6 +1,5 @@
 """Sweeps on Ray Tune over the training job: a small ASHA sweep end to end, resume, Ctrl-C, and bad input."""
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -11,13 +10,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from jobs import tune as tune_job
 from vprlib.demo.city import GT_MAPS, CityConfig, generate_city
 from vprlib.models.zoo import load_retriever
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("tune_job", ROOT / "jobs" / "tune.py")
-tune_job = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tune_job)
 
 
 @pytest.mark.parametrize(("argv", "message"), [
