@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vprlib.demo.city import CityConfig, generate_city
-from vprlib.index.build import IndexConfig, run_index
+from vprlib.index.build import IndexConfig, run_index, vector_matrix
 from vprlib.index.embed import ModelError
 from vprlib.index.search import EMBEDDINGS, SHARDS, Index, SearchPool, read_embeddings, read_manifest, read_parts
 from vprlib.index.shards import build_index, ivfpq_params
@@ -230,6 +230,21 @@ def test_index_refuses_other_maps_and_non_checkpoints(city, tmp_path):
         run_index(_config(maps, str(tmp_path / "junk.pt"), tmp_path / "x"))
     with pytest.raises(ValueError, match="no ok rows in split 'nowhere'"):
         run_index(_config(maps, model, tmp_path / "y", split="nowhere"))
+
+
+def test_a_vector_column_reads_as_the_matrix_of_its_rows():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(7, 5)).astype(np.float32)
+    fixed = pa.chunked_array([pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), 5) for v in (vectors[:3],
+                                                                                                  vectors[3:])])
+    plain = pa.chunked_array([pa.array([list(v) for v in vectors[:4]], pa.list_(pa.float32())),
+                              pa.array([list(v) for v in vectors[4:]], pa.list_(pa.float32()))])
+    for column in (fixed, plain, fixed.combine_chunks()):
+        out = vector_matrix(column)
+        assert out.dtype == np.float32 and np.array_equal(out, vectors)
+    sliced = fixed.combine_chunks().slice(2, 3)  # an offset into the values: rows 2..4, not the first three
+    assert np.array_equal(vector_matrix(sliced), vectors[2:5])
+    assert vector_matrix(pa.chunked_array([], pa.list_(pa.float32(), 5))).shape[0] == 0
 
 
 def test_ivfpq_reranks_exactly_and_small_shards_stay_flat():

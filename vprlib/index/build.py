@@ -274,6 +274,15 @@ def _vector_column(vectors: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
 
 
+def vector_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A vector column (fixed-size or plain lists of float32) as one n x dim array, without a Python object per row."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if len(column) == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(column), -1).astype(np.float32, copy=False)
+
+
 def write_embeddings(table: pa.Table, target: str) -> None:
     """An embeddings file: one row group per shard (a shard builder reads only its own), written whole."""
     shards = table["shard"].to_numpy(zero_copy_only=False)
@@ -369,13 +378,14 @@ def build_shard(output: str, name: str, stem: str, files: list[str], kind: str, 
     faiss.omp_set_num_threads(threads)
     paths = [url_to_fs(posixpath.join(output, EMBEDDINGS, f))[1] for f in files]
     dataset = pads.dataset(paths, filesystem=fs, format="parquet")
-    rows = dataset.to_table(filter=pc.field("shard") == name).sort_by("image_id")
-    vectors = np.stack(rows["vector"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    rows = dataset.to_table(filter=pc.field("shard") == name)
+    order = pc.sort_indices(rows["image_id"])  # the ids alone are sorted; the vectors follow by one numpy take
+    vectors = vector_matrix(rows["vector"])[order.to_numpy()]
+    rows = rows.drop_columns(["vector"]).take(order)
     index, built = build_index(vectors, kind, params)
     del vectors
     write_index(index, index_path)
     del index
-    rows = rows.drop_columns(["vector"])
     entry = {"file": stem, "rows": rows.num_rows, "requested": kind, "params": params, "built": built,
              **shard_bounds(rows)}
     rows = rows.replace_schema_metadata({"vprlib.shard": json.dumps(entry, sort_keys=True)})
