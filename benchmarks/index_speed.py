@@ -78,7 +78,7 @@ def search_speed(args) -> None:
     place = float(np.mean(place_of[np.maximum(found[:, 0], 0)] == query_place))
     say(f"RESULT IVF-PQ with exact re-ranking {built}: build {build_s:.1f} s; {rate:.1f} queries/s "
         f"({rate / flat_rate:.1f}x flat); exact top-1 {top1:.3f}; place Recall@1 {place:.3f} against flat's "
-        f"{flat_place:.3f}; codes {args.vectors * built['m'] / 2**20:.0f} MiB in memory, vectors "
+        f"{flat_place:.3f}; codes {args.vectors * built['m'] * built['nbits'] / 8 / 2**20:.0f} MiB in memory, vectors "
         f"{args.vectors * args.dim * 4 / 2**20:.0f} MiB memory-mapped")
     if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
         gpu = faiss.index_cpu_to_all_gpus(build_index(database, "flat")[0])

@@ -253,7 +253,7 @@ def test_ivfpq_reranks_exactly_and_small_shards_stay_flat():
     vectors = centres[rng.integers(0, 3000, 60_000)] + 0.3 * rng.normal(size=(60_000, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     params = ivfpq_params(len(vectors), 32)
-    assert params is not None and (params.nlist, params.m, params.nprobe, params.refine) == (256, 4, 16, 8)
+    assert params is not None and (params.nlist, params.m, params.nprobe, params.refine) == (256, 4, 128, 16)
     assert ivfpq_params(40_000, 32) is None  # under IVF_MIN_ROWS: flat
     index, built = build_index(vectors, "ivfpq")
     assert built["kind"] == "ivfpq" and built["train"] == 64 * 256  # a sample of the shard
@@ -261,7 +261,7 @@ def test_ivfpq_reranks_exactly_and_small_shards_stay_flat():
     scores, found = index.search(queries, 10)
     exact = queries @ vectors.T
     assert np.allclose(scores, np.take_along_axis(exact, found, 1), atol=1e-5)  # re-ranked: exact inner products
-    assert np.mean(found[:, 0] == exact.argmax(1)) >= 0.97
+    assert np.mean(found[:, 0] == exact.argmax(1)) >= 0.99  # the rule's aim: the exact neighbour first
     assert build_index(vectors[:500], "ivfpq")[1] == {"kind": "flat", "requested": "ivfpq",
                                                       "why": "too few vectors for IVF"}
 

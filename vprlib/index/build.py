@@ -67,10 +67,10 @@ class IndexConfig(EmbeddingOptions):
         "flat (exact inner product) or ivfpq (for shards of millions: inverted lists of compressed codes, candidates "
         "re-ranked exactly; settings from the shard's size; shards under 50,000 rows stay flat)"))
     nlist: int = field(default=0, metadata=help_text("ivfpq: inverted lists (0 = the power of two nearest sqrt(rows))"))
-    pq_m: int = field(default=0, metadata=help_text("ivfpq: bytes per code (0 = descriptor size / 8)"))
-    nprobe: int = field(default=0, metadata=help_text("ivfpq: lists searched per query (0 = nlist / 64, at least 16)"))
+    pq_m: int = field(default=0, metadata=help_text("ivfpq: 4-bit sub-quantizers per code (0 = descriptor size / 8)"))
+    nprobe: int = field(default=0, metadata=help_text("ivfpq: lists searched per query (0 = nlist / 2, at least 16)"))
     refine: int = field(default=0, metadata=help_text(
-        "ivfpq: candidates per result re-ranked exactly from the stored vectors (0 = 8)"))
+        "ivfpq: candidates per result re-ranked exactly from the stored vectors (0 = 16)"))
     cpus_per_shard: int = field(default=1, metadata=help_text("CPUs (faiss threads) per shard build task"))
     ray_address: str = field(default="", metadata=help_text("Ray cluster address ('' = connect or start local)"))
 
