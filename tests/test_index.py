@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from vprlib.demo.city import CityConfig, generate_city
-from vprlib.index.build import IndexConfig, run_index, vector_matrix
+from vprlib.index.build import IndexConfig, run_index, vector_matrix, write_embeddings
 from vprlib.index.embed import ModelError
 from vprlib.index.search import EMBEDDINGS, SHARDS, Index, SearchPool, read_embeddings, read_manifest, read_parts
 from vprlib.index.shards import build_index, ivfpq_params
@@ -245,6 +245,18 @@ def test_a_vector_column_reads_as_the_matrix_of_its_rows():
     sliced = fixed.combine_chunks().slice(2, 3)  # an offset into the values: rows 2..4, not the first three
     assert np.array_equal(vector_matrix(sliced), vectors[2:5])
     assert vector_matrix(pa.chunked_array([], pa.list_(pa.float32(), 5))).shape[0] == 0
+
+
+def test_an_embeddings_file_costs_about_its_vectors_bytes(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(256, 512)).astype(np.float32)
+    table = pa.table({"image_id": [f"{i:09d}" for i in range(256)], "shard": ["a"] * 128 + ["b"] * 128,
+                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 512)})
+    target = str(tmp_path / "part.parquet")
+    write_embeddings(table, target)
+    assert pq.ParquetFile(target).metadata.num_row_groups == 2  # one per shard
+    assert os.path.getsize(target) < 1.05 * vectors.nbytes
+    assert np.array_equal(vector_matrix(pq.read_table(target)["vector"]), vectors)
 
 
 def test_ivfpq_reranks_exactly_and_small_shards_stay_flat():
