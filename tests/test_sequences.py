@@ -107,3 +107,10 @@ def test_group_frames_orders_by_frame_and_refuses_repeats():
     assert group_frames(["s1", "s0", "s1", "s0"], [1, 0, 0, 1]) == {"s1": [2, 0], "s0": [1, 3]}
     with pytest.raises(ValueError, match="repeats a frame index"):
         group_frames(["s", "s"], [0, 0])
+
+
+def test_one_frame_is_plain_retrieval():
+    sim, positions, _, _ = planted(5, frames=1)
+    sim[0, [3, 7]] = sim[0].max() + 1.0  # a tie: broken by the lower index, as the index breaks it by image_id
+    match = match_paths(sim, positions)
+    np.testing.assert_array_equal(match.order, np.lexsort((np.arange(sim.shape[1]), -sim[0])))

@@ -9,9 +9,10 @@ on the metric plane, not along the database's order.
 - A hypothesis is the last frame's place (a database item `c`), a walking direction (a heading, degrees clockwise
   from north) and a speed (metres per frame). Frame i of L (oldest first) is then expected at
   p_c - (L - 1 - i) * speed * (sin heading, cos heading).
-- A frame's term is its best similarity among the database items within `tolerance_m` of where the hypothesis puts
-  it (`floor` when none is there); a hypothesis scores the mean of its frames' terms; an end scores its best
-  hypothesis. Ranking the ends by that score is the sequence's answer: places for its last frame.
+- The last frame's term is its similarity to the end itself; an earlier frame's term is its best similarity among
+  the database items within `tolerance_m` of where the hypothesis puts it (`floor` when none is there). A
+  hypothesis scores the mean of its frames' terms, an end its best hypothesis. Ranking the ends by that score is
+  the sequence's answer: places for its last frame. With one frame it is plain retrieval's ranking.
 - A 1-D database in traversal order (SeqSLAM's setting) is the special case of positions (index, 0), a tolerance
   under half a step and the directions east and west.
 
@@ -94,18 +95,18 @@ def match_paths(similarity, positions, search: PathSearch = PathSearch(), ends=N
     angle = np.radians(search.headings)
     step = np.stack([np.sin(angle), np.cos(angle)], axis=1).astype(np.float32)  # (A, 2) east, north
     speeds = np.asarray(search.speeds, np.float32)
-    back = (frames - 1 - np.arange(frames)).astype(np.float32)  # frames behind the last one
-    offset = -(speeds[None, :, None, None] * back[None, None, :, None]) * step[:, None, None, :]  # (A, V, L, 2)
+    back = (frames - 1 - np.arange(frames - 1)).astype(np.float32)  # the earlier frames, how far behind the last
+    offset = -(speeds[None, :, None, None] * back[None, None, :, None]) * step[:, None, None, :]  # (A, V, L-1, 2)
     best = np.full(len(ends), -np.inf, np.float32)
     heading, speed = np.zeros(len(ends)), np.zeros(len(ends))
     tol2 = np.float32(search.tolerance_m**2)
     for start in range(0, len(ends), search.chunk):
         chunk = ends[start : start + search.chunk]
-        expected = pos[chunk][:, None, None, None, :] + offset[None]  # (c, A, V, L, 2)
-        d2 = ((expected[..., None, :] - pos) ** 2).sum(-1)  # (c, A, V, L, D)
-        near = np.where(d2 <= tol2, sim[None, None, None], -np.inf).max(-1)  # (c, A, V, L)
-        terms = np.where(np.isfinite(near), near, low)
-        score = terms.mean(-1).reshape(len(chunk), -1)  # (c, A * V)
+        expected = pos[chunk][:, None, None, None, :] + offset[None]  # (c, A, V, L-1, 2)
+        d2 = ((expected[..., None, :] - pos) ** 2).sum(-1)  # (c, A, V, L-1, D)
+        near = np.where(d2 <= tol2, sim[None, None, None, :-1], -np.inf).max(-1, initial=-np.inf)  # (c, A, V, L-1)
+        earlier = np.where(np.isfinite(near), near, low[:-1]).sum(-1)
+        score = ((earlier + sim[-1, chunk][:, None, None]) / frames).reshape(len(chunk), -1)  # (c, A * V)
         which = score.argmax(1)
         best[start : start + len(chunk)] = score[np.arange(len(chunk)), which]
         heading[start : start + len(chunk)] = search.headings[which // len(speeds)]
