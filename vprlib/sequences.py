@@ -27,12 +27,13 @@ frames (`loose`), or, in the strict form, within `radius_m` of its last frame, t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from vprlib.metrics import DEFAULT_NS, GPS_THRESHOLD_M
+from vprlib.metrics import DEFAULT_NS, EARTH_RADIUS_M, GPS_THRESHOLD_M
 
 SEQUENCE_COLUMNS = ("sequence_id", "frame_index")  # a query frame's walk and its place in it (0 = first)
 PROTOCOLS = ("loose", "strict")  # right within the radius of any frame, or of the last frame
@@ -174,3 +175,11 @@ def group_frames(sequence_ids: Sequence, frame_indices: Sequence) -> dict:
             raise ValueError(f"sequence {seq!r} repeats a frame index ({frames})")
         out[seq] = [r for _, r in members]
     return out
+
+
+def local_plane(lat, lon, origin: tuple[float, float]) -> np.ndarray:
+    """(n, 2) east and north metres of lat/lon degrees on the tangent plane at `origin` (lat, lon): the matcher's
+    plane where the rows have no metric frame (equirectangular: well under a millimetre per 25 m within a city)."""
+    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    scale = math.radians(1.0) * EARTH_RADIUS_M
+    return np.stack([(lon - origin[1]) * scale * math.cos(math.radians(origin[0])), (lat - origin[0]) * scale], 1)
