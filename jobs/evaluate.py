@@ -10,6 +10,11 @@ community counts it; --exclude-no-positive leaves it out of Recall@N, and the su
 there are either way. Each query's first 10 candidates are re-ranked by how well their maps agree with its maps
 (--rerank K, 0 = off; the summary keeps the search's own recalls beside). Writes results.parquet and summary.json
 (and report.html with --report) in --output. Exit status 2 on bad arguments or input (one line on stderr).
+
+    python jobs/evaluate.py --sequences --index out/index --queries out/walk-maps --output out/eval-seq
+
+--sequences evaluates query sequences instead (rows with sequence_id and frame_index): sequence Recall@N of the last
+--lengths frames, loose and strict, by path matching and by the mean descriptor (vprlib/index/sequence_eval.py).
 """
 
 import dataclasses
@@ -33,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> EvaluateConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--sequences" in (sys.argv[1:] if argv is None else argv):  # query sequences: vprlib.index.sequence_eval
+        from vprlib.index.sequence_eval import main as sequences_main
+
+        return sequences_main(argv)
     config = parse_args(argv)
     from vprlib.index.evaluate import run_evaluate
 

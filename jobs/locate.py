@@ -2,6 +2,7 @@
 
     python jobs/locate.py --index out/index photo1.jpg photo2.jpg [--top-k 5] [--json]
     python jobs/locate.py --index out/index --input out/photos.parquet --output out/located.parquet [--prior-m 500]
+    python jobs/locate.py --index out/index --sequence out/walk/  # a walk's frames: one position, the last frame's
 
 Photos named on the command line are located in this process (no cluster needed); a batch (--input: a manifest or a
 folder of photos) streams through Ray into one Parquet file of answers. Both use the index's own extraction models
@@ -29,6 +30,10 @@ def parse_args(argv: list[str] | None = None) -> LocateConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--sequence" in (sys.argv[1:] if argv is None else argv):  # a walk's frames: vprlib.index.locate_sequence
+        from vprlib.index.locate_sequence import main as sequence_main
+
+        return sequence_main(sys.argv[1:] if argv is None else argv)
     config = parse_args(argv)
     from vprlib.index.locate import format_table, locate, locate_batch
 

@@ -67,3 +67,11 @@ def haversine_m(lat1, lon1, lat2, lon2) -> np.ndarray:
     lat1, lon1, lat2, lon2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (lat1, lon1, lat2, lon2))
     h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
     return 2 * EARTH_RADIUS_M * np.arcsin(np.sqrt(np.clip(h, 0.0, 1.0)))
+
+
+def local_plane(lat, lon, origin: tuple[float, float]) -> np.ndarray:
+    """(n, 2) east and north metres of lat/lon degrees on the tangent plane at `origin` (lat, lon): the matcher's
+    plane where the rows have no metric frame (equirectangular: well under a millimetre per 25 m within a city)."""
+    lat, lon = np.asarray(lat, np.float64), np.asarray(lon, np.float64)
+    scale = math.radians(1.0) * EARTH_RADIUS_M
+    return np.stack([(lon - origin[1]) * scale * math.cos(math.radians(origin[0])), (lat - origin[0]) * scale], 1)
