@@ -82,6 +82,8 @@ def build_parser() -> OneLineParser:
                      help="keep only this subset's database and queries (default: every subset found)")
     vpr.add_argument("--queries", default=defaults["queries"],
                      help="keep only this query folder, e.g. queries_night (default: every queries* folder)")
+    vpr.add_argument("--sequence-frames", type=int, default=0, help="group each query folder's consecutive frames "
+                     "into sequences of this many (sequence_id, frame_index; 0: none)")
 
     retrieval, paper = _defaults(gldv2_retrieval_manifest), _defaults(gldv2_paper_manifest)
     gldv2.add_argument("--protocol", required=True, choices=list(GLDV2_PROTOCOLS),

@@ -44,12 +44,15 @@ ZONE_LETTERS = "CDEFGHJKLMNPQRSTUVWX"  # latitude bands; those before N are sout
 _ROLE = re.compile(r"database|queries(?:_.+)?")
 
 
-def vpr_manifest(root: str, subset: str | None = None, queries: str | None = None) -> pa.Table:
+def vpr_manifest(root: str, subset: str | None = None, queries: str | None = None,
+                 sequence_frames: int = 0) -> pa.Table:
     """Manifest of a benchmark in the VPR format under `root` (local or s3://), validated.
 
     subset: keep only this train/val/test folder; queries: keep only this query folder (e.g. `queries_night`)
     besides the database. Columns: image_id (path under `root`), uri, lat, lon, heading, split (database/query),
     subset, role_folder, has_gps, utm_east, utm_north, utm_zone, then the other fields of the name (FIELDS).
+    sequence_frames > 0: each query folder's frames grouped into sequences of that many consecutive frames
+    (`sequence_id`, `frame_index`: vprlib.data.vpr_sequences).
     """
     if subset is not None and subset not in SUBSETS:
         raise ManifestError(f"unknown subset {subset!r}; known: {list(SUBSETS)}")
@@ -78,6 +81,10 @@ def vpr_manifest(root: str, subset: str | None = None, queries: str | None = Non
         **{name: _column(fields, name, pa.string()) for name in TEXT_FIELDS},
         **{name: _column(fields, name, pa.float64()) for name in ("pitch", "roll", "height")},
     })  # fmt: skip
+    if sequence_frames:
+        from vprlib.data.vpr_sequences import add_sequences
+
+        table = add_sequences(table, sequence_frames)
     return validate(table, source=root)
 
 
