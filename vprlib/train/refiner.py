@@ -29,13 +29,10 @@ refiner's own best state, as `refiner_depth.pt` / `refiner_seg.pt` do (bare stat
 folder a models folder for `jobs/extract.py --strategy synthetic --models DIR`: the segmenter and depth estimator come
 from the base, the refiners from the folder (vprlib.models.zoo).
 
-Pairing: the rows of the two tables are matched by image_id with a hash shuffle of plain Ray tasks (a map task per
-part file of each table cuts its wanted rows into buckets by id; a reduce task per bucket pairs them): each row's
-bytes move once, memory and work are spread over the cluster, and nothing is assumed about the tables' row order.
-Only the ids of both tables are read on the driver, for the checks. (Ray Data's `Dataset.join` needs polars, which
-is not a dependency, and its `groupby().map_groups` did the same work some 20 s slower on 64 rows, mostly fixed
-costs, on this 2-core machine.) It runs once, before the workers start: the decoded pairs stay in the object store
-when small (data.CACHE_SHARE), else the encoded pairs are written to `DIR/_pairs/` and decoded from there each epoch.
+Pairing: the rows of the two tables are matched by image_id with vprlib.maps_ray.pair_maps (a hash shuffle of plain
+Ray tasks; only the ids of both tables are read on the driver, for the checks), once, before the workers start; each
+pair is decoded and resized by `decode_pair`. The decoded pairs stay in the object store when small
+(data.CACHE_SHARE), else the encoded pairs are written to `DIR/_pairs/` and decoded from there each epoch.
 """
 
 from __future__ import annotations
@@ -43,7 +40,6 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-import zlib
 from dataclasses import replace
 
 import numpy as np
@@ -53,12 +49,13 @@ import torch
 import torch.nn.functional as F
 
 from vprlib.cluster import absolute_path
-from vprlib.maps import OK, decode_depth, decode_seg, part_files, read_maps, table_schema
+from vprlib.maps import OK, decode_depth, decode_seg, read_maps, table_schema
 from vprlib.models.dynamic import DYNAMIC_ADE20K
 from vprlib.models.encodings import label_channel
 from vprlib.models.refiner import DEPTH_FILE, REFINER_ARCHS, SEG_FILE, DualEncoderUNet, RefinerConfig
 from vprlib.models.zoo import OVERLAY_FILE
 from vprlib.spec import ADE20K_NUM_CLASSES, IGNORE_LABEL, REFINED_CLASSES, spec_mismatch
+from vprlib.storage import url_to_fs
 from vprlib.train.config import TrainConfig
 from vprlib.train.data import CACHE_SHARE, TrainDataError, resize_maps, spec_of, split_rows
 from vprlib.train.families import family
@@ -68,8 +65,6 @@ SCORE = family("refiner").score  # the row holds it: the harness chooses best.pt
 FILES = {"depth": DEPTH_FILE, "seg": SEG_FILE}
 VAL_LOSS = {"depth": "depth_l1", "seg": "val_ce"}  # each refiner's validation loss: plateau, early stop, best state
 MAP_COLUMNS = ("image_id", "status", "depth", "seg", "map_height", "map_width")
-ROWS_PER_PARTITION = 128  # rows per bucket of the pairing shuffle
-MAX_BUCKETS = 256
 PAIRS_DIR = "_pairs"  # in the output: the paired encoded rows, when they are too many to keep in the object store
 NUM_REFINED = len(REFINED_CLASSES)
 
@@ -250,83 +245,6 @@ def common_ids(path: str, split: str, targets: str, what: str) -> pa.Array:
     return pc.unique(common)
 
 
-TARGET = -1  # `source` of a ground-truth row in the pairing shuffle; input rows carry their source's index
-PAIR_COLUMNS = ("depth", "seg", "map_height", "map_width")
-
-
-def _encoded_rows(table: pa.Table, ids: pa.Array, source: int, split: str | None) -> pa.Table:
-    """A part file's ok rows of the wanted ids (and split), encoded maps only, tagged with their `source`."""
-    keep = pc.and_(pc.equal(table["status"], OK), pc.is_in(table["image_id"], value_set=ids))
-    if split is not None:
-        keep = pc.and_(keep, pc.equal(table["split"], split))
-    rows = table.filter(keep).select(["image_id", *PAIR_COLUMNS])
-    return rows.append_column("source", pa.array(np.full(rows.num_rows, source, np.int8)))
-
-
-def bucket_of(ids: pa.Array, buckets: int) -> np.ndarray:
-    """A stable bucket per id (CRC-32 of its UTF-8 bytes: the same in every process, unlike hash())."""
-    return np.array([zlib.crc32(i.encode()) % buckets for i in ids.to_pylist()], dtype=np.int64)
-
-
-def _bucketed(part: str, ids: pa.Array, source: int, split: str | None, buckets: int):
-    """Map side of the pairing shuffle: one part file's wanted rows, cut into `buckets` by id."""
-    import pyarrow.parquet as pq
-
-    from vprlib.data.manifest import url_to_fs
-
-    fs, path = url_to_fs(part)
-    with fs.open(path, "rb") as f:
-        table = pq.read_table(f, columns=list(MAP_COLUMNS) + (["split"] if split is not None else []))
-    rows = _encoded_rows(table, ids, source, split)
-    bucket = bucket_of(rows["image_id"].combine_chunks(), buckets)
-    pieces = [rows.filter(pa.array(bucket == b)) for b in range(buckets)]
-    return pieces if buckets > 1 else pieces[0]  # one return value per bucket
-
-
-def pair_rows(rows: pa.Table) -> pa.Table:
-    """Input rows (source >= 0) each with the maps of the ground-truth row (source TARGET) of its image_id, as
-    gt_* columns; inputs without one are dropped."""
-    is_target = pc.equal(rows["source"], TARGET)
-    targets, inputs = rows.filter(is_target), rows.filter(pc.invert(is_target))
-    where = pc.index_in(inputs["image_id"], value_set=targets["image_id"].combine_chunks())
-    found = pc.is_valid(where)
-    inputs, where = inputs.filter(found), where.filter(found)
-    truth = targets.take(where)
-    for name in PAIR_COLUMNS:
-        inputs = inputs.append_column(f"gt_{name}", truth[name])
-    return inputs
-
-
-def _paired(side: int, sources: int, folder: str | None, index: int, *pieces: pa.Table) -> list:
-    """Reduce side: one bucket's rows of every part, paired, per source either decoded (an Arrow table of tensors,
-    kept in the object store) or, with `folder`, written encoded to `folder`/source-<i>/ (its row count)."""
-    from ray.data.extensions import ArrowTensorArray
-
-    pairs = pair_rows(pa.concat_tables(pieces))
-    out = []
-    for source in range(sources):
-        rows = pairs.filter(pc.equal(pairs["source"], source))
-        if folder is not None:
-            if rows.num_rows:
-                _write_pairs(rows, posixpath.join(folder, f"source-{source}"), index)
-            out.append(rows.num_rows)
-            continue
-        decoded = decode_pair(rows.to_pydict(), side)
-        out.append(pa.table({k: ArrowTensorArray.from_numpy(v) for k, v in decoded.items()}))
-    return out if sources > 1 else out[0]  # one return value per source
-
-
-def _write_pairs(rows: pa.Table, folder: str, index: int) -> None:
-    import pyarrow.parquet as pq
-
-    from vprlib.data.manifest import url_to_fs
-
-    fs, root = url_to_fs(folder)
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(posixpath.join(root, f"part-{index:05d}.parquet"), "wb") as f:
-        pq.write_table(rows.drop_columns(["source"]), f, compression="zstd")
-
-
 def decode_pair(batch: dict, side: int) -> dict:
     """Paired encoded rows -> `depth` float32, `seg` uint8 (the input, resized: bilinear depth, nearest labels) and
     `gt_depth`, `gt_seg` (nearest: no valid depth is blended with a 0, no label with another), all B,side,side."""
@@ -353,48 +271,18 @@ def paired_datasets(sources: list[tuple[str, str, pa.Array]], targets: str, side
     """Per (path, split, ids) source, its rows of those ids each with its ground truth from `targets`, decoded and
     resized: Ray Datasets of depth, seg, gt_depth, gt_seg (only tensors: what the workers iterate).
 
-    One hash shuffle of plain Ray tasks pairs all sources at once, here, before any worker starts: a map task per
-    part file of every table (its wanted rows, cut into buckets by id), a reduce task per bucket (pairs by id). The
-    decoded pairs stay in the object store when they take at most data.CACHE_SHARE of it; else the reducers write
-    the encoded pairs under `output`/_pairs/ and the datasets decode them from there every epoch."""
+    The pairing is vprlib.maps_ray.pair_maps, here, before any worker starts. The decoded pairs stay in the object
+    store when they take at most data.CACHE_SHARE of it; else the encoded pairs are written under `output`/_pairs/
+    and the datasets decode them from there every epoch."""
     import ray
 
-    from vprlib.cluster import io_task_args
+    from vprlib.maps_ray import pair_maps
 
-    everything = pc.unique(pa.concat_arrays([ids for _, _, ids in sources]))
     rows = sum(len(ids) for _, _, ids in sources)
-    buckets = max(1, min(MAX_BUCKETS, math.ceil(rows / ROWS_PER_PARTITION)))
     need = rows * side * side * 2 * (4 + 1 + 8)  # input and target: float32 depth, uint8 labels, slack
     in_memory = need <= CACHE_SHARE * ray.available_resources().get("object_store_memory", 0)
-    folder = None
-    if not in_memory:
-        from vprlib.data.manifest import url_to_fs
-
-        fs, root = url_to_fs(output)
-        folder = posixpath.join(output, PAIRS_DIR)
-        if fs.exists(posixpath.join(root, PAIRS_DIR)):
-            fs.rm(posixpath.join(root, PAIRS_DIR), recursive=True)
-    mapper = ray.remote(_bucketed).options(num_returns=buckets, **io_task_args())
-    reducer = ray.remote(_paired).options(num_returns=len(sources), **io_task_args())
-    wanted = [(path, split, ray.put(ids)) for path, split, ids in sources] + [(targets, None, ray.put(everything))]
-    pieces = []
-    for source, (path, split, ids) in enumerate(wanted):
-        for part in part_files(path):
-            refs = mapper.remote(part, ids, TARGET if split is None else source, split, buckets)
-            pieces.append(refs if buckets > 1 else [refs])
-    outputs = [reducer.remote(side, len(sources), folder, b, *(p[b] for p in pieces)) for b in range(buckets)]
-    outputs = [o if len(sources) > 1 else [o] for o in outputs]
-    if in_memory:
-        return [ray.data.from_arrow_refs([o[i] for o in outputs]) for i in range(len(sources))]
-    ray.get([ref for o in outputs for ref in o])  # written
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    from vprlib.data.manifest import url_to_fs
-
-    fs, root = url_to_fs(output)
-    filesystem = PyFileSystem(FSSpecHandler(fs))
-    return [ray.data.read_parquet(posixpath.join(root, PAIRS_DIR, f"source-{i}"), filesystem=filesystem)
-            .map_batches(decode_pair, fn_kwargs={"side": side}) for i in range(len(sources))]
+    return pair_maps(sources, targets, decode_pair, {"side": side},
+                     folder=None if in_memory else posixpath.join(output, PAIRS_DIR))
 
 
 # ----------------------------------------------------------------------------------------------- the workers
@@ -552,8 +440,6 @@ def train_func(payload: dict) -> None:
 
 def start_output(output: str) -> None:
     """A fresh run: no refiner (or models.json) of an earlier run in the output is left behind to be mixed in."""
-    from vprlib.data.manifest import url_to_fs
-
     fs, root = url_to_fs(output)
     for name in (DEPTH_FILE, SEG_FILE, OVERLAY_FILE):
         if fs.exists(posixpath.join(root, name)):
@@ -563,8 +449,6 @@ def start_output(output: str) -> None:
 def write_models_file(output: str, base: str) -> None:
     """models.json: the output is a models folder whose segmenter and depth estimator come from `base`."""
     import json
-
-    from vprlib.data.manifest import url_to_fs
 
     fs, root = url_to_fs(output)
     with fs.open(posixpath.join(root, OVERLAY_FILE), "w") as f:
