@@ -26,8 +26,9 @@ from vprlib.cli import OneLineParser, run
 from vprlib.data.folder import folder_manifest
 from vprlib.data.gldv2 import USAGES, gldv2_paper_manifest, gldv2_retrieval_manifest, paper_counts
 from vprlib.data.holicity import SPLIT_FOLDERS, holicity_manifest
-from vprlib.data.manifest import SPLITS, ManifestError, url_to_fs, write_manifest
+from vprlib.data.manifest import SPLITS, ManifestError, write_manifest
 from vprlib.data.vpr import SUBSETS, vpr_manifest
+from vprlib.storage import url_to_fs
 
 GLDV2_PROTOCOLS = {"retrieval": gldv2_retrieval_manifest, "paper": gldv2_paper_manifest}
 

@@ -13,8 +13,9 @@ from PIL import Image
 from vprlib.data.folder import folder_manifest
 from vprlib.data.gldv2 import gldv2_paper_manifest, gldv2_retrieval_manifest, paper_counts
 from vprlib.data.holicity import holicity_manifest, holicity_to_wgs84
-from vprlib.data.manifest import ManifestError, url_to_fs
+from vprlib.data.manifest import ManifestError
 from vprlib.metrics import haversine_m
+from vprlib.storage import url_to_fs
 
 
 def _jpeg(path: Path, seed: int = 0) -> None:

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vprlib.cli import help_text
-from vprlib.data.manifest import url_to_fs
 from vprlib.models.archs import BACKBONES, MODALITIES
+from vprlib.storage import url_to_fs
 from vprlib.train.config import TrainConfig, with_options
 from vprlib.train.families import retriever_families
 

@@ -17,10 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-# The storage helpers live in vprlib.storage; tune.py, train/, index/ and jobs/manifest.py import them from here too.
-from vprlib.storage import is_remote as is_remote
-from vprlib.storage import join_uri as join_uri
-from vprlib.storage import url_to_fs as url_to_fs
+from vprlib.storage import join_uri, url_to_fs
 
 REQUIRED_COLUMNS = ("image_id", "uri", "lat", "lon")
 SPLITS = ("database", "query", "train", "val", "test")

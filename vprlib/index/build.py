@@ -32,7 +32,6 @@ import pyarrow.parquet as pq
 
 from vprlib.cli import help_text
 from vprlib.cluster import connect, io_task_args
-from vprlib.data.manifest import url_to_fs
 from vprlib.index.embed import Embedder, EmbeddingOptions, RetrieverRecord, retriever_record
 from vprlib.index.search import (
     EMBEDDINGS,
@@ -45,7 +44,7 @@ from vprlib.index.search import (
 )
 from vprlib.index.shards import KINDS, SHARD_BY, build_index, shard_keys, write_index
 from vprlib.maps import OK, decode_batch, part_fingerprints, read_spec, table_schema
-from vprlib.storage import remove_temporaries, write_atomic
+from vprlib.storage import remove_temporaries, url_to_fs, write_atomic
 
 # Columns kept with each indexed image: positions and ground truth the metrics read, and the photo for reports.
 KEPT_COLUMNS = ("lat", "lon", "heading", "utm_east", "utm_north", "utm_zone", "east_m", "north_m", "has_gps",

@@ -16,8 +16,8 @@ import numpy as np
 
 from vprlib.cli import help_text
 from vprlib.cluster import DEVICES, Need, check_gpus_per_process
-from vprlib.data.manifest import url_to_fs
 from vprlib.spec import spec_mismatch
+from vprlib.storage import url_to_fs
 
 
 @dataclass(frozen=True, kw_only=True)

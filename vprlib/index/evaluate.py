@@ -37,7 +37,6 @@ import pyarrow.parquet as pq
 
 from vprlib.cli import help_text
 from vprlib.cluster import absolute_path, connect, io_task_args
-from vprlib.data.manifest import url_to_fs
 from vprlib.index.embed import EmbeddingOptions, RetrieverRecord
 from vprlib.index.rerank import DEFAULT_K, database_maps
 from vprlib.index.search import SearchPool, read_manifest
@@ -53,6 +52,7 @@ from vprlib.metrics import (
     recall_ns,
 )
 from vprlib.spec import spec_mismatch
+from vprlib.storage import url_to_fs
 
 RESULTS, SUMMARY = "results.parquet", "summary.json"
 TIMING = ("_search_ms", "_rerank_ms")  # per-query milliseconds the scoring step spent searching and re-ranking

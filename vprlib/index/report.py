@@ -25,10 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageOps
 
-from vprlib.data.manifest import one_line, url_to_fs
+from vprlib.data.manifest import one_line
 from vprlib.maps import decode_depth, decode_seg, read_maps
 from vprlib.metrics import recall_key, recall_ns
 from vprlib.spec import IGNORE_LABEL, REFINED_CLASSES
+from vprlib.storage import url_to_fs
 
 THUMB = 176  # pixels of every tile's longer side
 MAX_LEGEND = 8  # classes named under a segmentation map (the largest first)

@@ -30,9 +30,9 @@ from collections import OrderedDict
 import numpy as np
 import pyarrow.compute as pc
 
-from vprlib.data.manifest import url_to_fs
 from vprlib.index.search import EMBEDDINGS, Hits, balance, read_manifest, read_parts
 from vprlib.spec import IGNORE_LABEL
+from vprlib.storage import url_to_fs
 
 THUMB = 32  # side of the label maps compared
 MAX_SHIFT = THUMB // 16  # horizontal shifts searched, in thumbnail pixels either way (1/16 of the width)

@@ -27,8 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vprlib.data.manifest import url_to_fs
 from vprlib.metrics import haversine_m
+from vprlib.storage import url_to_fs
 
 MANIFEST, SHARDS, EMBEDDINGS = "index.json", "shards", "embeddings"
 METRIC_COLUMNS = (("utm_east", "utm_north"), ("east_m", "north_m"))

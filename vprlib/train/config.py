@@ -213,7 +213,7 @@ def _family(name: str):
 def check_inputs(config: TrainConfig) -> None:
     """Every folder the run reads exists: a mistyped --maps is one line naming it, before Ray starts (and before a
     sweep's search space is looked at), not a missing _map_spec.json after it."""
-    from vprlib.data.manifest import url_to_fs
+    from vprlib.storage import url_to_fs
 
     for flag, path in (("--maps", config.maps), ("--targets", config.targets), ("--val-maps", config.val_maps)):
         if not path:

@@ -36,7 +36,7 @@ import torch
 
 from vprlib.cluster import Need, absolute_path, connect
 from vprlib.console import train_logging
-from vprlib.data.manifest import url_to_fs
+from vprlib.storage import url_to_fs
 from vprlib.train.config import TrainConfig, check_inputs
 from vprlib.train.families import family
 

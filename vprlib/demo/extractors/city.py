@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vprlib.data.manifest import join_uri, url_to_fs
 from vprlib.demo.city import STATIC_RGB
+from vprlib.storage import join_uri, url_to_fs
 from vprlib.train.data import CACHE_SHARE, DATA_TASK_CPUS, TrainDataError
 
 # What a capture can hand a family: uint8 H,W,3 photos, uint8 ADE20K labels, float32 metres (0 = sky), bool mask.

@@ -17,13 +17,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from vprlib.data.manifest import url_to_fs
 from vprlib.demo.city import ADE_NAMES, STATIC_RGB
 from vprlib.demo.extractors.city import city_rows, load_captures, photos
 from vprlib.demo.extractors.depth import depth_metrics
 from vprlib.demo.extractors.segmenter import CITY_CLASSES, confusion, iou_per_class
 from vprlib.models import zoo
 from vprlib.models.dynamic import dynamic_mask
+from vprlib.storage import url_to_fs
 
 HELD_OUT = ("database", "query")  # the city's evaluation area: places no training capture saw
 

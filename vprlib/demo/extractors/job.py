@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from vprlib.cli import help_text
 from vprlib.cluster import absolute_path
-from vprlib.data.manifest import url_to_fs
+from vprlib.storage import url_to_fs
 from vprlib.train.config import train_config
 
 WEIGHTS, EVALUATION = "weights", "evaluation.json"
