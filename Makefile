@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(PINS) $(DEV_PINS)
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -c $(PINS) $(TORCH_SPEC)
-	$(VENV)/bin/python -m pip install -q -c $(PINS) -c $(DEV_PINS) -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q -c $(PINS) -c $(DEV_PINS) -e '.[dev,video]'
 	touch $(STAMP)
 
 # The method end to end with the shipped demo models: city, maps (inpaint and synthetic), indexes, Recall@1/5/10,

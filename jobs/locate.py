@@ -3,6 +3,7 @@
     python jobs/locate.py --index out/index photo1.jpg photo2.jpg [--top-k 5] [--json]
     python jobs/locate.py --index out/index --input out/photos.parquet --output out/located.parquet [--prior-m 500]
     python jobs/locate.py --index out/index --sequence out/walk/  # a walk's frames: one position, the last frame's
+    python jobs/locate.py --index out/index --sequence walk.mp4 [--frames 5] [--seconds 3]  # a video of a walk
 
 Photos named on the command line are located in this process (no cluster needed); a batch (--input: a manifest or a
 folder of photos) streams through Ray into one Parquet file of answers. Both use the index's own extraction models

@@ -66,7 +66,7 @@ def project() -> dict:
 
 
 def test_every_dependency_has_one_pin_within_its_range_and_the_tests_run_on_the_pins():
-    dependencies = project()["dependencies"]
+    dependencies = project()["dependencies"] + project()["optional-dependencies"]["video"]
     assert set(pins()) == {canonicalize_name(Requirement(r).name) for r in dependencies}
     check_pins(dependencies, pins())
     assert sys.version_info[:2] == pinned_python()
@@ -75,7 +75,7 @@ def test_every_dependency_has_one_pin_within_its_range_and_the_tests_run_on_the_
 def test_every_test_tool_has_one_pin_within_its_range_and_the_tests_run_on_the_pins():
     """A fresh venv resolves without backtracking (an unpinned moto[server] once walked back to Python 2 packages)."""
     check_pins(project()["optional-dependencies"]["dev"], pins(DEV_PINS))
-    assert "-c $(DEV_PINS) -e '.[dev]'" in (ROOT / "Makefile").read_text()
+    assert "-c $(DEV_PINS) -e '.[dev,video]'" in (ROOT / "Makefile").read_text()  # the tests decode videos too
 
 
 def test_make_builds_the_image_from_rays_image_of_the_pinned_versions():

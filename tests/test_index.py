@@ -321,6 +321,41 @@ def test_locate_photos_and_refuse_what_does_not_fit(city, built, tmp_path):
         locate(LocateConfig(index=str(index), photos=(photo,)))
 
 
+def test_a_walk_as_a_video_is_located_as_the_same_frames_in_a_folder(city, built, tmp_path, capsys):
+    """Five query photos of the city as the frames of a walk: written losslessly into a video (ffv1) and as PNG files
+    into a folder, `locate --sequence` answers the same for both (resized to the maps' side alike); only the frames'
+    names differ."""
+    av = pytest.importorskip("av")
+    from PIL import Image
+
+    from jobs import locate as locate_job
+
+    root, _ = city
+    manifest = pq.read_table(os.path.join(root, "manifest.parquet")).to_pylist()
+    photos = [np.asarray(Image.open(os.path.join(root, r["uri"])).convert("RGB").resize((48, 40)))
+              for r in manifest if r["split"] == "query"][:5]  # not the maps' side: the frames are resized as photos
+    assert len(photos) == 5
+    (tmp_path / "walk").mkdir()
+    with av.open(str(tmp_path / "walk.mkv"), "w") as out:
+        stream = out.add_stream("ffv1", rate=2)
+        stream.height, stream.width = photos[0].shape[:2]
+        stream.pix_fmt = "bgr0"
+        for i, photo in enumerate(photos):
+            Image.fromarray(photo).save(tmp_path / "walk" / f"frame{i}.png")
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(photo, format="rgb24")))
+        out.mux(stream.encode())
+    answers = {}
+    for walk in ("walk", "walk.mkv"):
+        assert locate_job.main(["--index", str(built[0]), "--sequence", str(tmp_path / walk), "--json",
+                                "--top-k", "3"]) == 0
+        answers[walk] = json.loads(capsys.readouterr().out)
+    assert answers["walk"]["frame_files"] == [f"frame{i}.png" for i in range(5)]
+    assert answers["walk.mkv"]["frame_files"] == [f"walk.mkv@{i / 2:.2f}s" for i in range(5)]
+    same = {k: v for k, v in answers["walk"].items() if k not in ("sequence", "frame_files")}
+    assert {k: v for k, v in answers["walk.mkv"].items() if k not in ("sequence", "frame_files")} == same
+    assert same["frames"] == 5 and len(same["places"]) == 3
+
+
 def test_locate_a_batch_on_ray_as_photo_by_photo(city, built, tmp_path, ray_session):
     from vprlib.index.locate import LocateConfig, locate, locate_batch
 

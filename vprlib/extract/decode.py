@@ -220,6 +220,11 @@ def load_image(uri: str, side: int, max_pixels: int = 89_478_485) -> np.ndarray:
         raise DecodeError(f"cannot read ({type(exc).__name__}: {exc}): {uri}") from None
 
 
+def fit_image(image: Image.Image, side: int) -> np.ndarray:
+    """An image already decoded (a video's frame) as `load_image` returns a photo: RGB uint8 (side, side, 3)."""
+    return np.asarray(_resize_to_rgb(image.copy(), side), dtype=np.uint8)
+
+
 def decode_batch(batch: dict[str, np.ndarray], side: int, max_pixels: int) -> dict:
     """Ray Data task: add `image` (B,side,side,3 uint8), `status` and `error`; a bad photo becomes an error row."""
     n = len(batch["uri"])

@@ -118,14 +118,18 @@ def check_index(index: Index, models: str) -> tuple[MapSpec, str]:
     return spec, model["path"]
 
 
-def photo_maps(photos: tuple[str, ...], spec: MapSpec, device: str) -> dict[str, np.ndarray]:
-    """Maps of the photos by the strategy's chain (one batch): decoded as the extraction job decodes them."""
+def photo_maps(photos, spec: MapSpec, device: str) -> dict[str, np.ndarray]:
+    """Maps of the photos by the strategy's chain (one batch). A photo is a path, decoded as the extraction job
+    decodes it, or an image already decoded (a PIL image: a video's frame), resized the same way."""
     from vprlib.extract.config import RunOptions
-    from vprlib.extract.decode import DecodeError, load_image
+    from vprlib.extract.decode import DecodeError, fit_image, load_image
     from vprlib.extract.stages import FusedChain
 
     images = []
     for photo in photos:
+        if not isinstance(photo, str):
+            images.append(fit_image(photo, spec.side))
+            continue
         try:
             images.append(load_image(photo, spec.side))
         except DecodeError as exc:
@@ -134,19 +138,23 @@ def photo_maps(photos: tuple[str, ...], spec: MapSpec, device: str) -> dict[str,
     return FusedChain(spec, run).compute({"image": np.stack(images)})
 
 
-def check_photo_sizes(photos: tuple[str, ...], min_side: int) -> None:
-    """Refuse, in one line, a photo whose shorter side is under `min_side` pixels (read from its header). One that
-    cannot be read is left to `photo_maps`, which names why."""
+def check_photo_sizes(photos: tuple[str, ...], min_side: int, images=()) -> None:
+    """Refuse, in one line, a photo whose shorter side is under `min_side` pixels (read from its header, or from
+    `images`, the photos already decoded, when given). One that cannot be read is left to `photo_maps`, which names
+    why."""
     from PIL import Image
 
     from vprlib.extract.decode import DecodeError, read_bytes
 
-    for photo in photos:
-        try:
-            with Image.open(io.BytesIO(read_bytes(photo))) as image:
-                width, height = image.size
-        except (DecodeError, OSError):
-            continue
+    for q, photo in enumerate(photos):
+        if images:
+            width, height = images[q].size
+        else:
+            try:
+                with Image.open(io.BytesIO(read_bytes(photo))) as image:
+                    width, height = image.size
+            except (DecodeError, OSError):
+                continue
         if min(width, height) < min_side:
             raise LocateError(f"{photo} is {width}x{height} pixels: too small to show a street (the shorter side "
                               f"must be at least --min-side {min_side})")
