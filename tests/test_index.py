@@ -389,3 +389,18 @@ def test_locate_a_batch_on_ray_as_photo_by_photo(city, built, tmp_path, ray_sess
     priors = photos.to_pylist()
     assert locator.allowed([p["image_id"] for p in priors]) == [index.near(p["lat"], p["lon"], 5.0) for p in priors]
     assert any(len(index.near(p["lat"], p["lon"], 5.0)) < len(index.shards) for p in priors)
+
+
+def test_an_embedding_actor_loads_its_retriever_without_the_extraction_models(tmp_path):
+    """Every embedding actor (index, evaluate, locate) starts by loading the retriever: only its family's module is
+    imported, not vprlib.models.zoo and the transformers it brings (about a second more at each actor's start)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = CosPlace(CosPlaceConfig(backbone="resnet18", descriptor_size=16, encoding=EncodingConfig(num_classes=4)))
+    path = tmp_path / "model.pt"
+    model.save(path, map_spec={"side": 8}, input_side=8)
+    code = ("import sys; from vprlib.index.embed import Embedder, retriever_record; "
+            f"r = retriever_record({str(path)!r}); e = Embedder({str(path)!r}); "
+            "print(r.descriptor_size, sorted(m for m in ('transformers', 'vprlib.models.zoo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["16", "[]"]

@@ -18,6 +18,7 @@ from vprlib.cli import help_text
 from vprlib.cluster import DEVICES, Need, check_gpus_per_process
 from vprlib.spec import spec_mismatch
 from vprlib.storage import url_to_fs
+from vprlib.train.families import family, retriever_families
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,14 +107,12 @@ def read_checkpoint(path: str) -> tuple[dict, bytes]:
 
 def retriever_record(path: str) -> RetrieverRecord:
     """The record of a retriever checkpoint written by the training job; ModelError in one line otherwise."""
-    from vprlib.models.zoo import RETRIEVERS
-
     checkpoint, data = read_checkpoint(path)
     family = checkpoint.get("family") if isinstance(checkpoint, dict) else None
-    if family not in RETRIEVERS or "map_spec" not in checkpoint:
+    if family not in retriever_families() or "map_spec" not in checkpoint:
         raise ModelError(f"--model {path}: not a retriever checkpoint of the training job (best.pt or last.pt of "
-                         f"jobs/train.py cosplace|netvlad)")
-    model = RETRIEVERS[family].from_checkpoint(checkpoint)
+                         f"jobs/train.py {'|'.join(retriever_families())})")
+    model = retriever_class(family).from_checkpoint(checkpoint)
     spec = checkpoint["map_spec"]
     return RetrieverRecord(path=path, sha256=hashlib.sha256(data).hexdigest(), family=family,
                            config=checkpoint["config"], map_spec=spec,
@@ -122,11 +121,15 @@ def retriever_record(path: str) -> RetrieverRecord:
 
 
 def load_model(path: str):
-    """The retriever a checkpoint holds, in eval mode on the CPU."""
-    from vprlib.models.zoo import RETRIEVERS
-
+    """The retriever a checkpoint holds, in eval mode on the CPU. Only its family's model module is imported (not
+    vprlib.models.zoo, whose extraction models bring transformers: ~1.2 s more at each embedding actor's start)."""
     checkpoint, _ = read_checkpoint(path)
-    return RETRIEVERS[checkpoint["family"]].from_checkpoint(checkpoint)
+    return retriever_class(checkpoint["family"]).from_checkpoint(checkpoint)
+
+
+def retriever_class(name: str) -> type:
+    """The model class of the retriever family `name` (its training record names it)."""
+    return family(name).retriever_class()
 
 
 MAP_KEYS = ("depth", "seg", "rgb", "image", "mask", "labels_x", "inpainted", "seg_prob")  # what a batch drops
