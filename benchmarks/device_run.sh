@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one call on the device machine (H100/H200, no internet, no Ray installed there): the
 # extraction job (first: the figure that matters most), then CosPlace training under Ray Train against a plain loop.
-# Here, first: ../shared/tools/device-wheels.sh   (builds .whl/: Ray's wheels, kept out of git)
+# Here, first: Ray's wheels into .whl/ (pip wheel of ray[data,train,tune] and its dependencies; kept out of git)
 # There (the `run` tool, carry [".whl"], timeout_s about 560): bash benchmarks/device_run.sh [benchmark flags]
 # Prints every phase as it ends and, last, the RESULT lines again; the whole log is left in $OUT/bench.log.
 set -uo pipefail
