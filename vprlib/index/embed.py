@@ -18,7 +18,8 @@ from vprlib.cli import help_text
 from vprlib.cluster import DEVICES, Need, check_gpus_per_process
 from vprlib.spec import spec_mismatch
 from vprlib.storage import url_to_fs
-from vprlib.train.families import family, retriever_families
+from vprlib.train.families import family as family_record
+from vprlib.train.families import retriever_families
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,7 +130,7 @@ def load_model(path: str):
 
 def retriever_class(name: str) -> type:
     """The model class of the retriever family `name` (its training record names it)."""
-    return family(name).retriever_class()
+    return family_record(name).retriever_class()
 
 
 MAP_KEYS = ("depth", "seg", "rgb", "image", "mask", "labels_x", "inpainted", "seg_prob")  # what a batch drops
